@@ -1,0 +1,86 @@
+"""Atomic, never-overwriting file writes.
+
+A file is written to a temporary name in the destination folder, flushed, and then hard-linked to its final
+name; ``os.link`` fails if the name exists, so an existing file is never replaced and a crash mid-write never
+leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+
+class OutputExistsError(FileExistsError):
+    """The destination already exists and will not be overwritten."""
+
+
+def _commit(tmp: Path, dest: Path) -> None:
+    try:
+        os.link(tmp, dest)
+    except FileExistsError:
+        raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)") from None
+    except OSError:  # filesystems without hard links: fall back to an exclusive check + rename
+        if dest.exists():
+            raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)") from None
+        os.replace(tmp, dest)
+        return
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success it becomes ``dest``, on error it is removed.
+
+    ``dest`` must not exist (checked first and again at the commit). ``suffix`` defaults to dest's suffix so
+    writers that look at the extension (tifffile, torch) behave the same.
+    """
+    dest = Path(dest)
+    if dest.exists():
+        raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=(dest.suffix if suffix is None else suffix) + ".part",
+                                dir=dest.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        _commit(tmp, dest)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def atomic_write(dest: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_path)`` and atomically publish the result as ``dest`` (never overwriting)."""
+    with atomic_path(dest) as tmp:
+        write(tmp)
+    return Path(dest)
+
+
+def atomic_write_bytes(dest: str | Path, data: bytes) -> Path:
+    """Atomically write ``data`` to ``dest`` (never overwriting)."""
+    return atomic_write(dest, lambda p: p.write_bytes(data))
+
+
+def unique_path(dest: str | Path) -> Path:
+    """``dest`` if free, else ``stem-1.suffix``, ``stem-2.suffix``, ... (the first free name)."""
+    dest = Path(dest)
+    if not dest.exists():
+        return dest
+    stem, suffix = dest.name.split(".", 1) if "." in dest.name else (dest.name, "")
+    dot = "." if suffix else ""
+    i = 1
+    while True:
+        cand = dest.with_name(f"{stem}-{i}{dot}{suffix}")
+        if not cand.exists():
+            return cand
+        i += 1

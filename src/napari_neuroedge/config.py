@@ -1,0 +1,155 @@
+"""Configuration dataclasses for every core job, serialisable to and from plain dicts / JSON.
+
+Every config is a frozen dataclass so a run's settings cannot drift after it starts; ``to_dict`` and
+``from_dict`` round-trip them (nested configs included) so they can be saved beside checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """Input intensity normalisation stored with a model.
+
+    mode "percentile": per 2D slice, map the ``low``/``high`` percentiles (of a strided subsample) to 0/1.
+    mode "meanstd": scale by dtype range (uint8 /255, uint16 /65535, float as is), then (x - mean) / std.
+    """
+
+    mode: str = "percentile"
+    low: float = 1.0
+    high: float = 99.5
+    mean: float = 0.5
+    std: float = 0.25
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Overlap-tile inference: square tiles of ``tile`` px, ``overlap`` as a fraction of the tile."""
+
+    tile: int = 512
+    overlap: float = 0.25
+    batch: int = 4
+    blend: str = "gaussian"  # "gaussian" | "cosine" | "constant"
+
+
+@dataclass(frozen=True)
+class TTAConfig:
+    """Test-time augmentation: n = 1 (off), 6 (the seed's set) or 8 (full dihedral group)."""
+
+    n: int = 1
+    variance: bool = False
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation (the seed's scheme + U-Net elastic deformation)."""
+
+    flip_rot: bool = True
+    contrast_p: float = 0.5
+    contrast_low: float = 0.9
+    contrast_high: float = 1.1
+    elastic_p: float = 0.5
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0  # px, std of the random displacements on the coarse grid
+    crop: int = 256
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the loss terms; a term with weight 0 is not computed."""
+
+    f1: float = 0.5
+    focal: float = 0.5
+    edge: float = 0.0
+    skeleton_recall: float = 0.0
+    weighted_bce: float = 0.0  # U-Net weight map BCE
+    dice: float = 0.0
+    bce: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.7
+    w0: float = 10.0
+    sigma: float = 5.0
+    edge_band: int = 3  # px: width of the "near but not on" band for the edge loss
+    edge_band_weight: float = 4.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training or fine-tuning run."""
+
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    lr_backbone: float = 0.0014
+    lr_head: float = 0.014
+    poly_power: float = 0.9
+    weight_decay: float = 0.0
+    batch: int = 4
+    steps: int = 2000
+    val_every: int = 200
+    amp: bool = True  # only used on CUDA
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = leave torch's default
+    loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    norm: NormConfig = field(default_factory=NormConfig)
+    replay_fraction: float = 0.0
+    corrected_weight: float = 1.0  # pixel-weight multiplier where the user changed the prediction
+    side_weight: float = 1.0  # weight of deep-supervision losses on side outputs (CASENet/DFF)
+    select: str = "f1-rand"  # checkpoint selection score: "f1", "rand" (lower is better) or "f1-rand"
+    val_tile: int = 256
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Export of corrected slices as a training set."""
+
+    image_format: str = "tif"
+    include_mask: bool = True
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain, JSON-serialisable dict of a config dataclass (nested configs become dicts)."""
+    if not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"expected a config dataclass, got {type(cfg).__name__}")
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build ``cls`` from a dict made by :func:`to_dict`; unknown keys are an error, missing keys default."""
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected a dict, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        hint = hints.get(name)
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, dict):
+            value = from_dict(hint, value)
+        kwargs[name] = value
+    return cls(**kwargs)  # type: ignore[call-arg]
+
+
+def save_json(cfg: Any, path: str | Path) -> None:
+    """Write a config as JSON (atomically; refuses to overwrite)."""
+    from .atomic import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), json.dumps(to_dict(cfg), indent=2).encode())
+
+
+def load_json(cls: type[T], path: str | Path) -> T:
+    """Read a config written by :func:`save_json`."""
+    return from_dict(cls, json.loads(Path(path).read_text()))

@@ -1,0 +1,196 @@
+"""Overlap-tile inference over 2D images and (z, y, x) stacks, writing into any array-like sink.
+
+A *predictor* is any callable mapping a float32 batch (B, 1, t, t) to (B, C, t, t) (numpy in, numpy out);
+:class:`TorchPredictor` wraps a torch model (with optional TTA on the device). :func:`iter_predict` is a
+generator: it yields a :class:`ProgressEvent` after every tile batch, so a caller can report progress and stop
+between batches (see :func:`napari_neuroedge.progress.drive`). Memory: each slice is processed in bands of tile
+rows, so besides the model only O(tile x width) floats are held, whatever the image height or stack depth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..config import NormConfig, TileConfig, TTAConfig
+from ..progress import ProgressEvent, Progress, drive
+from .normalize import apply_stats, slice_stats
+from .tiling import TileGrid, blend_window, make_grid, read_window
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+class TorchPredictor:
+    """Numpy (B, 1, t, t) -> numpy (B, C, t, t) probabilities from a torch model returning logits.
+
+    Runs under ``torch.inference_mode`` on ``device``, with float16 autocast on CUDA when ``amp``; TTA (if
+    ``tta.n > 1``) runs on the device in one forward pass of n*B tiles. C is 1, or 2 with the TTA variance.
+    """
+
+    def __init__(self, model: Any, device: Any = "cpu", amp: bool = True, tta: TTAConfig | None = None) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.tta = tta or TTAConfig()
+        self.multiple = int(getattr(model, "multiple", 1))
+        self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
+
+    def _probs(self, x: Any) -> Any:
+        torch = self.torch
+        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with ctx:
+            logits = self.model(x)
+        return torch.sigmoid(logits.float())
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        from .tta import tta_predict
+
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+            if self.tta.n > 1:
+                y = tta_predict(self._probs, x, self.tta.n, self.tta.variance)
+            else:
+                y = self._probs(x)
+            return y.float().cpu().numpy()
+
+
+class _Plane:
+    """A 2D (y, x) view of slice ``z`` of a stack (or of a 2D image) that reads lazily."""
+
+    def __init__(self, volume: Any, z: int | None) -> None:
+        self.volume, self.z = volume, z
+        self.shape = tuple(volume.shape[-2:])
+        self.dtype = volume.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if self.z is None:
+            return np.asarray(self.volume[key])
+        return np.asarray(self.volume[(self.z, *key)])
+
+
+def _plane_writer(sink: Any, z: int | None) -> Callable[[int, int, np.ndarray], None]:
+    """Return write(y0, y1, rows) writing rows [y0, y1) of one slice into ``sink``."""
+    def write(y0: int, y1: int, rows: np.ndarray) -> None:
+        if z is None:
+            sink[y0:y1, :] = rows.astype(sink.dtype, copy=False)
+        else:
+            sink[z, y0:y1, :] = rows.astype(sink.dtype, copy=False)
+    return write
+
+
+def parse_slices(spec: str | slice | None, depth: int) -> range:
+    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed) or "i"."""
+    if spec is None or spec == "":
+        return range(depth)
+    if isinstance(spec, slice):
+        return range(depth)[spec]
+    parts = str(spec).split(":")
+    try:
+        if len(parts) == 1:
+            i = int(parts[0])
+            r = range(depth)[i:i + 1] if i >= 0 else range(depth)[i:][:1]
+        else:
+            vals = [int(p) if p.strip() else None for p in parts]
+            r = range(depth)[slice(*vals)]
+    except ValueError:
+        raise ValueError(f"cannot parse slices {spec!r}; expected like 3 or 0:10 or 5:") from None
+    if len(r) == 0:
+        raise ValueError(f"slices {spec!r} select nothing from a stack of {depth} slices")
+    return r
+
+
+def count_tiles(volume_shape: Sequence[int], tile: TileConfig, multiple: int = 1, n_slices: int | None = None) -> int:
+    """Total number of tiles :func:`iter_predict` will run (for progress totals)."""
+    grid = make_grid(int(volume_shape[-2]), int(volume_shape[-1]), tile.tile, tile.overlap, multiple)
+    depth = n_slices if n_slices is not None else (int(volume_shape[0]) if len(volume_shape) == 3 else 1)
+    return grid.n_tiles * depth
+
+
+def _predict_plane(plane: _Plane, grid: TileGrid, predictor: Predictor, writers: Sequence[Callable[..., None]],
+                   tile: TileConfig, norm: NormConfig, window: np.ndarray,
+                   done: list[int], total: int) -> Generator[ProgressEvent, None, None]:
+    """Stitch one slice band by band; yields after every batch of tiles."""
+    H, W, t = grid.height, grid.width, grid.tile
+    stats = slice_stats(plane, norm)
+    n_out = len(writers)
+    band_lo = 0  # first image row held in the band buffers
+    acc = np.zeros((n_out, t + t, W), np.float32)
+    wsum = np.zeros((t + t, W), np.float32)
+    for iy, y in enumerate(grid.ys):
+        tiles = [(y, x) for x in grid.xs]
+        for b0 in range(0, len(tiles), tile.batch):
+            chunk = tiles[b0:b0 + tile.batch]
+            batch = np.stack([apply_stats(read_window(plane, ty, tx, t, t), stats) for ty, tx in chunk])[:, None]
+            out = np.asarray(predictor(batch), dtype=np.float32)
+            if out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[-2:] != (t, t) or out.shape[1] < n_out:
+                raise ValueError(f"predictor returned shape {out.shape} for a batch of {batch.shape}; expected "
+                                 f"({len(chunk)}, >={n_out}, {t}, {t})")
+            for (ty, tx), res in zip(chunk, out):
+                y0, y1 = max(ty, 0), min(ty + t, H)
+                x0, x1 = max(tx, 0), min(tx + t, W)
+                ly, lx = y0 - ty, x0 - tx
+                win = window[ly:ly + y1 - y0, lx:lx + x1 - x0]
+                r0, r1 = y0 - band_lo, y1 - band_lo
+                acc[:, r0:r1, x0:x1] += res[:n_out, ly:ly + y1 - y0, lx:lx + x1 - x0] * win
+                wsum[r0:r1, x0:x1] += win
+            done[0] += len(chunk)
+            yield ProgressEvent(done[0], total, "predict")
+        # rows above the next tile row's start are final: write and drop them
+        final = H if iy + 1 == len(grid.ys) else min(max(grid.ys[iy + 1], 0), H)
+        if final > band_lo:
+            n = final - band_lo
+            rows = acc[:, :n] / wsum[None, :n]
+            for c, write in enumerate(writers):
+                write(band_lo, final, rows[c])
+            acc = np.concatenate([acc[:, n:], np.zeros((n_out, n, W), np.float32)], 1)
+            wsum = np.concatenate([wsum[n:], np.zeros((n, W), np.float32)], 0)
+            band_lo = final
+
+
+def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, tile: TileConfig | None = None,
+                 norm: NormConfig | None = None, slices: str | slice | None = None
+                 ) -> Generator[ProgressEvent, None, None]:
+    """Predict ``volume`` ((y, x) or (z, y, x) array-like, any dtype) tile by tile into ``sinks``.
+
+    ``sinks[c]`` receives output channel c (channel 0: boundary probability; 1: TTA variance when the
+    predictor returns it); each sink has the volume's (y, x) shape and, for stacks, one slice per selected
+    slice, in order. Yields a ProgressEvent(done_tiles, total_tiles) after each batch.
+    """
+    tile = tile or TileConfig()
+    norm = norm or NormConfig()
+    if volume.ndim not in (2, 3):
+        raise ValueError(f"expected a 2D image or 3D stack, got shape {tuple(volume.shape)}")
+    if tile.batch < 1:
+        raise ValueError(f"batch must be >= 1, got {tile.batch}")
+    multiple = int(getattr(predictor, "multiple", 1))
+    H, W = int(volume.shape[-2]), int(volume.shape[-1])
+    grid = make_grid(H, W, tile.tile, tile.overlap, multiple)
+    window = blend_window(grid.tile, tile.blend)
+    zs: Sequence[int | None] = [None] if volume.ndim == 2 else list(parse_slices(slices, int(volume.shape[0])))
+    total = grid.n_tiles * len(zs)
+    done = [0]
+    for k, z in enumerate(zs):
+        plane = _Plane(volume, z)
+        writers = [_plane_writer(s, None if z is None else k) for s in sinks]
+        yield from _predict_plane(plane, grid, predictor, writers, tile, norm, window, done, total)
+
+
+def predict_array(volume: Any, predictor: Predictor, *, tile: TileConfig | None = None, norm: NormConfig | None = None,
+                  slices: str | slice | None = None, channels: int | None = None,
+                  progress: Progress | None = None) -> np.ndarray:
+    """In-memory convenience: returns float32 (C, ...) if ``channels`` > 1, else the volume-shaped probability."""
+    c = channels or int(getattr(predictor, "out_channels", 1))
+    if volume.ndim == 3:
+        shape: tuple[int, ...] = (len(parse_slices(slices, int(volume.shape[0]))), *volume.shape[-2:])
+    else:
+        shape = tuple(volume.shape)
+    outs = [np.zeros(shape, np.float32) for _ in range(c)]
+    drive(iter_predict(volume, predictor, outs, tile=tile, norm=norm, slices=slices), progress)
+    return outs[0] if c == 1 else np.stack(outs)

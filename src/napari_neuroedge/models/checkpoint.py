@@ -1,0 +1,127 @@
+"""One checkpoint format: weights + architecture + input normalisation + training provenance.
+
+Saved with ``torch.save`` atomically (temp file + link; never overwriting) and loaded with
+``torch.load(weights_only=True)``, so a checkpoint cannot run code. The training config is also written as
+JSON beside the checkpoint (``NAME.pt`` -> ``NAME.json``) for people and scripts to read.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_path, atomic_write_bytes
+from ..config import NormConfig, from_dict, to_dict
+from .registry import build_model, resolve_checkpoint
+
+FORMAT = "napari-neuroedge-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable napari-neuroedge checkpoint; the message says why."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to rebuild and use a trained model."""
+
+    arch: str
+    arch_kwargs: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    norm: NormConfig = field(default_factory=NormConfig)
+    train_config: dict[str, Any] | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    optimizer: dict[str, Any] | None = None  # for resuming
+
+    def build(self) -> nn.Module:
+        """The model with these weights, in eval mode on the CPU."""
+        try:
+            model = build_model(self.arch, **self.arch_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"cannot build architecture {self.arch!r} with {self.arch_kwargs}: {exc}") from exc
+        result = model.load_state_dict(self.state_dict, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(f"weights do not fit architecture {self.arch!r}: missing "
+                                  f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        return model.eval()
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+
+    from .. import __version__
+
+    return {"napari_neuroedge": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def make_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict[str, Any], norm: NormConfig,
+                    train_config: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
+                    step: int = 0, optimizer: dict[str, Any] | None = None) -> Checkpoint:
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    prov = {"versions": library_versions(), **(provenance or {})}
+    return Checkpoint(arch, dict(arch_kwargs), state, norm, train_config, prov, step, optimizer)
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True) -> Path:
+    """Write ``ckpt`` to ``path`` atomically; refuses to overwrite. Also writes ``path.with_suffix('.json')``."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "arch": ckpt.arch, "arch_kwargs": ckpt.arch_kwargs,
+        "state_dict": ckpt.state_dict, "norm": to_dict(ckpt.norm), "train_config": ckpt.train_config,
+        "provenance": json.loads(json.dumps(ckpt.provenance, default=str)), "step": int(ckpt.step),
+    }
+    if ckpt.optimizer is not None:
+        payload["optimizer"] = ckpt.optimizer
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    if write_json:
+        meta = {k: payload[k] for k in ("format", "format_version", "arch", "arch_kwargs", "norm", "train_config",
+                                         "provenance", "step")}
+        json_path = path.with_suffix(".json")
+        if not json_path.exists():
+            atomic_write_bytes(json_path, json.dumps(meta, indent=2).encode())
+    return path
+
+
+def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
+    """Load and validate a checkpoint by bundled name ("default") or path; errors say what is wrong."""
+    path = resolve_checkpoint(name_or_path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        size = path.stat().st_size
+        raise CheckpointError(f"{path}: not a readable checkpoint ({size} bytes; truncated or not a torch file?): "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: a torch file, but not a napari-neuroedge checkpoint (no format={FORMAT!r} "
+                              "entry); plain state_dicts must be converted with the model's architecture")
+    if int(payload.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {payload['format_version']} is newer than this "
+                              f"napari-neuroedge supports ({FORMAT_VERSION}); upgrade the plugin")
+    missing = [k for k in ("arch", "arch_kwargs", "state_dict") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    try:
+        norm = from_dict(NormConfig, payload.get("norm") or {})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: bad normalisation entry: {exc}") from exc
+    return Checkpoint(payload["arch"], dict(payload["arch_kwargs"]), payload["state_dict"], norm,
+                      payload.get("train_config"), dict(payload.get("provenance") or {}), int(payload.get("step", 0)),
+                      payload.get("optimizer"))
+
+
+def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:
+    """(model in eval mode on the CPU, its checkpoint) for a bundled name or checkpoint path."""
+    ckpt = load_checkpoint(name_or_path)
+    return ckpt.build(), ckpt
