@@ -48,6 +48,9 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
                                 dir=dest.parent)
     os.close(fd)
     tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; published files get the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as fh:

@@ -108,6 +108,7 @@ class TrainConfig:
     side_weight: float = 1.0  # weight of deep-supervision losses on side outputs (CASENet/DFF)
     select: str = "f1-rand"  # checkpoint selection score: "f1", "rand" (lower is better) or "f1-rand"
     val_tile: int = 256
+    time_limit_s: float = 0.0  # > 0: stop after this much wall time; the poly schedule then follows time
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,11 @@ class Checkpoint:
             model = build_model(self.arch, **self.arch_kwargs)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"cannot build architecture {self.arch!r} with {self.arch_kwargs}: {exc}") from exc
-        result = model.load_state_dict(self.state_dict, strict=False)
+        try:
+            result = model.load_state_dict(self.state_dict, strict=False)
+        except RuntimeError as exc:  # shape mismatches
+            detail = "; ".join(line.strip() for line in str(exc).splitlines()[1:4])
+            raise CheckpointError(f"weights do not fit architecture {self.arch!r} {self.arch_kwargs}: {detail}") from None
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(f"weights do not fit architecture {self.arch!r}: missing "
                                   f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")

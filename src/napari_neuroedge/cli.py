@@ -1,0 +1,453 @@
+"""``neuroedge`` command line: predict | train | finetune | evaluate | export.
+
+Every subcommand drives the same Qt-free core as the napari widgets. Errors in the input print one line
+(``neuroedge: error: ...``) and exit with status 2; Ctrl-C cancels cleanly (no half-written output) with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+
+EXIT_INPUT, EXIT_CANCELLED = 2, 130
+
+
+class _TqdmProgress:
+    """Progress -> a tqdm bar (stderr); never stops the job by itself."""
+
+    def __init__(self, desc: str, unit: str, quiet: bool = False) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+    def update(self, event: Any) -> None:
+        self.bar.total = event.total
+        self.bar.n = event.done
+        info = event.info or {}
+        if "loss" in info:
+            post = {"loss": f"{info['loss']:.4f}"}
+            if "val" in info:
+                post.update({k: f"{info['val'][k]:.3f}" for k in ("f1", "rand_error") if k in info["val"]})
+            self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+
+    def should_stop(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------------ predict
+
+class _ThresholdSink:
+    """Array-like sink storing ``block >= threshold`` as uint8 into another array-like."""
+
+    def __init__(self, target: Any, threshold: float) -> None:
+        self.target, self.threshold = target, threshold
+        self.dtype = np.dtype(np.float32)
+        self.shape = target.shape
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        self.target[key] = (np.asarray(value) >= self.threshold).astype(np.uint8)
+
+
+class _Tee:
+    """Array-like sink forwarding every write to several sinks."""
+
+    def __init__(self, *sinks: Any) -> None:
+        self.sinks = sinks
+        self.dtype = np.dtype(np.float32)
+        self.shape = sinks[0].shape
+
+    def __setitem__(self, key: Any, value: np.ndarray) -> None:
+        for s in self.sinks:
+            s[key] = value
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import contextlib
+    import tempfile
+
+    from .config import TileConfig, TTAConfig
+    from .inference.device import resolve_device
+    from .inference.postprocess import instances_from_probability
+    from .inference.predict import TorchPredictor, iter_predict, parse_slices
+    from .io import open_output, open_stack
+    from .models.checkpoint import load_model
+    from .progress import drive
+
+    stack = open_stack(args.input)
+    vol = stack.data
+    for p in (args.output, args.prob, args.instances, args.uncertainty, args.overlay):
+        if p is not None and Path(p).exists():
+            raise FileExistsError(f"{p} already exists; choose another name (nothing was overwritten)")
+    model, ckpt = load_model(args.model)
+    device = resolve_device(args.device)
+    tta = TTAConfig(n=args.tta, variance=args.uncertainty is not None)
+    if args.uncertainty is not None and args.tta == 1:
+        raise ValueError("--uncertainty needs --tta 6 or 8 (it is the variance over the TTA transforms)")
+    predictor = TorchPredictor(model, device, amp=not args.no_amp, tta=tta)
+    if vol.ndim == 3:
+        zs = parse_slices(args.slices, vol.shape[0])
+        shape: tuple[int, ...] = (len(zs), *vol.shape[-2:])
+    else:
+        if args.slices:
+            raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+        shape = tuple(vol.shape)
+    tile = TileConfig(tile=args.tile, overlap=args.overlap, batch=args.batch)
+    progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
+    with contextlib.ExitStack() as stack_ctx:
+        labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size))
+        prob = None
+        if args.prob is not None:
+            prob = stack_ctx.enter_context(open_output(args.prob, shape, np.float32, voxel_size=stack.voxel_size))
+        elif args.instances is not None or args.overlay is not None:
+            tmpdir = stack_ctx.enter_context(tempfile.TemporaryDirectory())
+            prob = np.lib.format.open_memmap(Path(tmpdir) / "prob.npy", "w+", np.float32, shape)
+        sinks: list[Any] = [_ThresholdSink(labels, args.threshold) if prob is None
+                            else _Tee(prob, _ThresholdSink(labels, args.threshold))]
+        if args.uncertainty is not None:
+            sinks.append(stack_ctx.enter_context(open_output(args.uncertainty, shape, np.float32)))
+        try:
+            drive(iter_predict(vol, predictor, sinks, tile=tile, norm=ckpt.norm, slices=args.slices), progress)
+        finally:
+            progress.close()
+        if args.instances is not None:
+            inst = stack_ctx.enter_context(open_output(args.instances, shape, np.uint32))
+            planes = range(shape[0]) if len(shape) == 3 else [None]
+            offset = 0
+            for z in planes:
+                p2 = np.asarray(prob[z] if z is not None else prob[...])
+                lab = instances_from_probability(p2, args.threshold)
+                lab = np.where(lab > 0, lab + offset, 0).astype(np.uint32)
+                offset = int(lab.max())
+                if z is None:
+                    inst[...] = lab
+                else:
+                    inst[z] = lab
+        if args.overlay is not None:
+            z = shape[0] // 2 if len(shape) == 3 else None
+            src_z = (list(parse_slices(args.slices, vol.shape[0]))[z] if z is not None else None)
+            raw = np.asarray(vol[src_z] if src_z is not None else vol[...])
+            _write_overlay(args.overlay, raw, np.asarray(prob[z] if z is not None else prob[...]), args.threshold)
+    if not args.quiet:
+        print(f"wrote {args.output}" + "".join(f", {p}" for p in (args.prob, args.instances, args.uncertainty,
+                                                                   args.overlay) if p), file=sys.stderr)
+    return 0
+
+
+def _write_overlay(path: str | Path, raw: np.ndarray, prob: np.ndarray, threshold: float) -> None:
+    """PNG of a raw slice (grey) with predicted membranes in magenta, beside the probability map."""
+    import imageio.v3 as iio
+
+    from .atomic import atomic_write
+
+    lo, hi = np.percentile(raw, [0.5, 99.5])
+    grey = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+    rgb = np.stack([grey] * 3, -1)
+    mem = prob >= threshold
+    rgb[mem] = 0.45 * rgb[mem] + 0.55 * np.array([1.0, 0.0, 1.0])
+    probrgb = np.stack([np.clip(prob, 0, 1)] * 3, -1)
+    panel = (np.concatenate([rgb, np.ones((raw.shape[0], 8, 3)), probrgb], 1) * 255).astype(np.uint8)
+    atomic_write(path, lambda p: iio.imwrite(p, panel, extension=".png"))
+
+
+# -------------------------------------------------------------------------------------------- train / finetune
+
+def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
+    from dataclasses import replace
+
+    from .config import TrainConfig, load_json
+
+    cfg = base or TrainConfig()
+    if getattr(args, "config", None):
+        cfg = load_json(TrainConfig, args.config)
+    changes: dict[str, Any] = {}
+    for name in ("steps", "batch", "val_every", "seed", "device", "threads", "replay_fraction", "corrected_weight",
+                 "select", "time_limit_s"):
+        val = getattr(args, name, None)
+        if val is not None:
+            changes[name] = val
+    if getattr(args, "model", None):
+        changes["model"] = args.model
+    if getattr(args, "model_kwargs", None):
+        changes["model_kwargs"] = json.loads(args.model_kwargs)
+    if args.lr is not None:
+        changes["lr_backbone"] = args.lr
+        changes["lr_head"] = args.lr if args.lr_head is None else args.lr_head
+    elif args.lr_head is not None:
+        changes["lr_head"] = args.lr_head
+    if args.crop is not None:
+        changes["augment"] = replace(cfg.augment, crop=args.crop)
+    if args.loss:
+        weights = {k: 0.0 for k in ("f1", "focal", "edge", "skeleton_recall", "weighted_bce", "dice", "bce")}
+        for part in args.loss.split(","):
+            key, _, val = part.partition("=")
+            if key.strip() not in weights:
+                raise ValueError(f"--loss: unknown term {key!r}; expected {', '.join(weights)}")
+            weights[key.strip()] = float(val)
+        changes["loss"] = replace(cfg.loss, **weights)
+    return replace(cfg, **changes)
+
+
+def _load_data(spec: str, slices: str | None, norm: Any) -> list[Any]:
+    """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane) or a training-set folder."""
+    from .inference.predict import parse_slices
+    from .training.dataset import load_isbi, load_training_folder
+
+    path = Path(spec)
+    if (path / "train-volume.tif").exists() and (path / "train-labels.tif").exists():
+        import tifffile
+
+        depth = len(tifffile.TiffFile(path / "train-volume.tif").pages)
+        return load_isbi(path, list(parse_slices(slices, depth)), norm)
+    data = load_training_folder(path, norm)
+    if slices:
+        data = [data[i] for i in parse_slices(slices, len(data))]
+    return data
+
+
+def _run_fit(cfg: Any, train: list[Any], val: list[Any], output: Path, init: Any, replay: list[Any],
+             provenance: dict[str, Any], quiet: bool, resume: Any = None) -> int:
+    from .atomic import OutputExistsError
+    from .models.checkpoint import load_checkpoint, save_checkpoint
+    from .progress import drive
+    from .training.loop import iter_fit
+
+    if output.exists():
+        raise OutputExistsError(f"{output} already exists; choose another name (nothing was overwritten)")
+    run_dir = output.with_name(output.stem + ".run")
+    progress = _TqdmProgress(f"train {cfg.model if init is None else 'finetune'}", "step", quiet)
+    try:
+        result = drive(iter_fit(cfg, train, val, run_dir, init=init, replay=replay, resume=resume,
+                                provenance=provenance), progress)
+    finally:
+        progress.close()
+    chosen = result.best or result.last
+    ckpt = load_checkpoint(chosen)
+    ckpt.optimizer = None
+    ckpt.provenance["selected_from"] = chosen.name
+    save_checkpoint(ckpt, output)
+    summary = {"checkpoint": str(output), "run_dir": str(run_dir), "steps": result.steps,
+               "best_val": result.best_metrics}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .models.checkpoint import load_checkpoint
+
+    cfg = _train_config(args)
+    train = _load_data(args.data, args.train_slices, cfg.norm)
+    val = _load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
+    prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem}
+    resume = load_checkpoint(args.resume) if args.resume else None
+    return _run_fit(cfg, train, val, Path(args.output), None, [], prov, args.quiet, resume=resume)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .config import TrainConfig
+    from .models.checkpoint import load_checkpoint
+
+    init = load_checkpoint(args.init)
+    base = TrainConfig(steps=200, val_every=50, lr_backbone=2e-4, lr_head=2e-4, corrected_weight=3.0)
+    if init.train_config:
+        from .config import from_dict
+
+        try:
+            prev = from_dict(TrainConfig, init.train_config)
+            base = replace(base, loss=prev.loss, augment=prev.augment)
+        except (TypeError, ValueError):
+            pass
+    cfg = replace(_train_config(args, base), norm=init.norm)
+    train = _load_data(args.data, args.train_slices, init.norm)
+    val = _load_data(args.val_data, args.val_slices, init.norm) if args.val_data else []
+    replay = _load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
+    if replay and cfg.replay_fraction == 0:
+        cfg = replace(cfg, replay_fraction=0.3)
+    prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem,
+            "finetuned_from": str(args.init)}
+    return _run_fit(cfg, train, val, Path(args.output), init, replay, prov, args.quiet)
+
+
+# ------------------------------------------------------------------------------------------ evaluate / export
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .inference.postprocess import instances_from_probability
+    from .io import open_stack
+    from .metrics import evaluate
+
+    pred = np.asarray(open_stack(args.pred).data[:])
+    gt_raw = np.asarray(open_stack(args.gt).data[:])
+    if args.gt_slices:
+        from .inference.predict import parse_slices
+
+        gt_raw = gt_raw[list(parse_slices(args.gt_slices, gt_raw.shape[0]))]
+    if pred.shape != gt_raw.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt_raw.shape} shapes differ")
+    gt = (gt_raw == args.gt_membrane_value).astype(np.uint8)
+    if pred.dtype.kind != "f" and args.pred_membrane_value is not None:
+        pred = (pred == args.pred_membrane_value).astype(np.uint8)
+    fn = (lambda p: instances_from_probability(p, args.threshold)) if pred.dtype.kind == "f" else None
+    result = evaluate(pred, gt, instances_fn=fn, threshold=args.threshold, tolerance=args.tolerance)
+    print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import ExportItem, export_slices
+    from .inference.predict import parse_slices
+    from .io import open_stack
+
+    img = open_stack(args.image)
+    lab = open_stack(args.labels)
+    if img.shape != lab.shape:
+        raise ValueError(f"image {img.shape} and labels {lab.shape} shapes differ")
+    pred = open_stack(args.prediction).data if args.prediction else None
+    mask = open_stack(args.mask).data if args.mask else None
+    zs = list(parse_slices(args.slices, img.shape[0])) if len(img.shape) == 3 else [None]
+    items = []
+    for z in zs:
+        get = (lambda a: np.asarray(a[z])) if z is not None else (lambda a: np.asarray(a[...]))
+        items.append(ExportItem(get(img.data), get(lab.data) == args.membrane_value if args.membrane_value is not None
+                                else get(lab.data) > 0, None if mask is None else get(mask),
+                                None if pred is None else get(pred),
+                                {"source": str(args.image), "slice": int(z or 0), "model": args.model_name,
+                                 "pixel_size": img.voxel_size}))
+    entries = export_slices(args.output, items)
+    print(json.dumps([e["name"] for e in entries]))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- parser
+
+def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
+    p.add_argument("--data", required=True, help="ISBI-style folder (train-volume.tif/train-labels.tif, 0 = membrane) "
+                   "or a training-set folder (images/, labels/, manifest.json)")
+    p.add_argument("--train-slices", help="slices of --data to train on, e.g. 0:20 (default: all)")
+    p.add_argument("--val-data", help="folder for validation slices (default: --data)")
+    p.add_argument("--val-slices", help="slices used for validation, e.g. 20:25 (default: none)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt; never overwritten); the run "
+                   "folder NAME.run/ beside it keeps last.pt, best.pt, log.jsonl and config.json")
+    p.add_argument("--config", help="TrainConfig JSON (e.g. a run's config.json); flags override it")
+    if not finetune:
+        p.add_argument("--model", help="unet | unet-large | casenet | dff (default unet)")
+        p.add_argument("--model-kwargs", help='JSON, e.g. \'{"base": 32}\'')
+        p.add_argument("--resume", help="continue an interrupted run from its last.pt")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--time-limit-s", type=float, dest="time_limit_s",
+                   help="stop after this many seconds; the learning-rate schedule follows time")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--crop", type=int, help="training crop size in px")
+    p.add_argument("--lr", type=float, help="learning rate (backbone; also head unless --lr-head)")
+    p.add_argument("--lr-head", type=float)
+    p.add_argument("--loss", help="term weights, e.g. f1=0.5,focal=0.5,skeleton_recall=0.25 "
+                   "(terms: f1 focal edge skeleton_recall weighted_bce dice bce)")
+    p.add_argument("--val-every", type=int, dest="val_every")
+    p.add_argument("--select", choices=["f1", "rand", "f1-rand"], help="checkpoint selection score")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto | cpu | cuda | mps")
+    p.add_argument("--threads", type=int, help="torch CPU threads (0 = default)")
+    p.add_argument("--quiet", action="store_true")
+    if finetune:
+        p.add_argument("--replay-data", help="original training data mixed in so the model does not forget")
+        p.add_argument("--replay-slices")
+        p.add_argument("--replay-fraction", type=float, dest="replay_fraction")
+        p.add_argument("--corrected-weight", type=float, dest="corrected_weight",
+                       help="loss weight on pixels the user corrected (default 3)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neuroedge", description="Neuron-membrane segmentation of EM stacks.")
+    parser.add_argument("--version", action="version", version=f"napari-neuroedge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="membrane prediction of an EM image or stack",
+                       description="Tiled (optionally TTA) membrane prediction. OUT: uint8 labels, 1 = membrane.")
+    p.add_argument("input", help="TIFF/OME-TIFF/BigTIFF, .zarr, .png, .npy or a folder of slices")
+    p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif or .zarr")
+    p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap as a fraction of the tile (default 0.25)")
+    p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--tta", type=int, default=1, choices=[1, 6, 8], help="test-time augmentation: 1 (off), 6, 8")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--threshold", type=float, default=0.5, help="membrane threshold on the probability (0.5)")
+    p.add_argument("--prob", help="also write the float32 boundary probability here")
+    p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
+    p.add_argument("--uncertainty", help="also write the per-pixel TTA variance here (needs --tta 6 or 8)")
+    p.add_argument("--overlay", help="also write a PNG of the middle slice with membranes overlaid")
+    p.add_argument("--slices", help="slices of a stack to predict, e.g. 0:10 (default: all)")
+    p.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("train", help="train a model from scratch")
+    _add_train_args(p, finetune=False)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint on corrected slices")
+    p.add_argument("--from", dest="init", required=True, help="checkpoint (path or bundled name) to start from")
+    _add_train_args(p, finetune=True)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", help="pixel error, boundary F1 and Rand error of a prediction; prints JSON")
+    p.add_argument("pred", help="probability (float) or membrane labels (uint8, non-zero = membrane)")
+    p.add_argument("gt", help="ground-truth membrane labels")
+    p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (ISBI: 0)")
+    p.add_argument("--pred-membrane-value", type=int, help="prediction value meaning membrane (default: non-zero)")
+    p.add_argument("--gt-slices", help="compare with these GT slices only, e.g. 20:25")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--tolerance", type=float, default=2.0, help="boundary match tolerance in px (2)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="add slices + corrected labels to a training-set folder")
+    p.add_argument("image")
+    p.add_argument("labels", help="membrane labels (non-zero = membrane unless --membrane-value)")
+    p.add_argument("-o", "--output", required=True, help="training-set folder (created or added to)")
+    p.add_argument("--slices", help="slices to export (default: all)")
+    p.add_argument("--membrane-value", type=int)
+    p.add_argument("--mask", help="ignore mask (non-zero = labelled)")
+    p.add_argument("--prediction", help="the model's prediction before correction (to up-weight corrections)")
+    p.add_argument("--model-name", default=None)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .atomic import OutputExistsError
+    from .io import InputError
+    from .progress import Cancelled
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from .models.checkpoint import CheckpointError
+
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("neuroedge: cancelled; no partial output was left", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Cancelled:
+        return EXIT_CANCELLED
+    except (InputError, CheckpointError, OutputExistsError, FileNotFoundError, FileExistsError, ValueError,
+            KeyError) as exc:
+        msg = str(exc).strip('"') or type(exc).__name__
+        print(f"neuroedge: error: {msg}", file=sys.stderr)
+        return EXIT_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Training data: labelled slices in memory, the training-set folder format, and a crop sampler.
+
+A :class:`LabelledSlice` is one normalised (H, W) float32 image with its uint8 membrane label (1 = membrane),
+an optional uint8 mask (1 = labelled, 0 = ignore) and an optional uint8 map of pixels the user corrected.
+Training-set folders (written by :mod:`napari_neuroedge.export`) hold ``images/``, ``labels/``, optional
+``masks/`` and ``predictions/``, and a ``manifest.json`` listing the items with their provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import LossConfig, NormConfig
+from ..inference.normalize import normalize_slice
+
+MANIFEST = "manifest.json"
+TRAININGSET_FORMAT = "napari-neuroedge-trainingset"
+
+
+@dataclass
+class LabelledSlice:
+    """One training slice: ``image`` float32 (H, W) normalised; ``label`` uint8 1 = membrane."""
+
+    image: np.ndarray
+    label: np.ndarray
+    mask: np.ndarray | None = None
+    corrected: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.image.shape != self.label.shape:
+            raise ValueError(f"image {self.image.shape} and label {self.label.shape} shapes differ"
+                             f" ({self.meta.get('name', 'unnamed slice')})")
+        for name in ("mask", "corrected"):
+            arr = getattr(self, name)
+            if arr is not None and arr.shape != self.image.shape:
+                raise ValueError(f"{name} {arr.shape} and image {self.image.shape} shapes differ")
+
+
+def slices_from_arrays(images: np.ndarray, membranes: np.ndarray, norm: NormConfig,
+                       indices: Sequence[int] | None = None, source: str = "") -> list[LabelledSlice]:
+    """(z, y, x) raw images + (z, y, x) membrane labels (1 = membrane) -> LabelledSlices."""
+    if images.shape != membranes.shape:
+        raise ValueError(f"images {images.shape} and labels {membranes.shape} shapes differ")
+    idx = range(images.shape[0]) if indices is None else indices
+    return [LabelledSlice(normalize_slice(images[i], norm), (np.asarray(membranes[i]) > 0).astype(np.uint8),
+                          meta={"source": source, "slice": int(i)}) for i in idx]
+
+
+def load_isbi(root: str | Path, indices: Sequence[int], norm: NormConfig) -> list[LabelledSlice]:
+    """ISBI 2012 training slices ``indices`` from ``root`` (train-volume.tif, train-labels.tif with 0 = membrane)."""
+    import tifffile
+
+    root = Path(root)
+    vol = tifffile.imread(root / "train-volume.tif")
+    lab = tifffile.imread(root / "train-labels.tif")
+    return slices_from_arrays(vol, (lab == 0).astype(np.uint8), norm, indices, str(root))
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The manifest of a training-set folder (an empty one if the folder has none yet)."""
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return {"format": TRAININGSET_FORMAT, "version": 1, "items": []}
+    data = json.loads(path.read_text())
+    if data.get("format") != TRAININGSET_FORMAT:
+        raise ValueError(f"{path}: not a napari-neuroedge training-set manifest")
+    return data
+
+
+def load_training_folder(folder: str | Path, norm: NormConfig) -> list[LabelledSlice]:
+    """All items of a training-set folder written by :func:`napari_neuroedge.export.export_slices`."""
+    import tifffile
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such training-set folder")
+    items = read_manifest(folder)["items"]
+    if not items:
+        raise ValueError(f"{folder}: the training set is empty (no items in {MANIFEST})")
+    out = []
+    for item in items:
+        image = tifffile.imread(folder / item["image"])
+        label = (tifffile.imread(folder / item["label"]) > 0).astype(np.uint8)
+        mask = tifffile.imread(folder / item["mask"]).astype(np.uint8) if item.get("mask") else None
+        corrected = None
+        if item.get("prediction"):
+            pred = (tifffile.imread(folder / item["prediction"]) > 0).astype(np.uint8)
+            corrected = (pred != label).astype(np.uint8)
+        out.append(LabelledSlice(normalize_slice(image, norm), label, mask, corrected, meta=dict(item)))
+    return out
+
+
+def loss_targets(sl: LabelledSlice, loss: LossConfig, corrected_weight: float = 1.0) -> dict[str, np.ndarray]:
+    """Per-pixel maps for one full slice (computed once, on the CPU): label, mask, and what ``loss`` needs."""
+    from .targets import edge_band, skeleton_tube, unet_weight_map
+
+    maps: dict[str, np.ndarray] = {"image": sl.image, "label": sl.label}
+    maps["mask"] = sl.mask if sl.mask is not None else np.ones_like(sl.label)
+    weight = None
+    if loss.weighted_bce > 0:
+        weight = unet_weight_map(sl.label, loss.w0, loss.sigma, mask=sl.mask)
+    if sl.corrected is not None and corrected_weight != 1.0:
+        weight = np.ones(sl.label.shape, np.float32) if weight is None else weight
+        weight = np.where(sl.corrected > 0, weight * corrected_weight, weight).astype(np.float32)
+    if weight is not None:
+        maps["weight"] = weight.astype(np.float32)
+    if loss.skeleton_recall > 0:
+        maps["tube"] = skeleton_tube(sl.label)
+    if loss.edge > 0:
+        maps["band"] = edge_band(sl.label, loss.edge_band)
+    return maps

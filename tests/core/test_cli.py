@@ -1,0 +1,119 @@
+"""The neuroedge CLI end to end on small synthetic data: outputs, shapes, dtypes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_neuroedge.cli import main
+from napari_neuroedge.config import NormConfig
+from napari_neuroedge.models.checkpoint import make_checkpoint, save_checkpoint
+from napari_neuroedge.models.registry import build_model
+
+
+@pytest.fixture(scope="module")
+def stack_path(tmp_path_factory, synth):
+    path = tmp_path_factory.mktemp("in") / "stack.tif"
+    tifffile.imwrite(path, synth.image, photometric="minisblack")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    save_checkpoint(make_checkpoint(build_model("unet", base=4, depth=2), "unet", {"base": 4, "depth": 2},
+                                    NormConfig()), path)
+    return path
+
+
+def test_predict_writes_every_output(tmp_path, stack_path, tiny_ckpt, synth):
+    out = tmp_path / "mem.tif"
+    rc = main(["predict", str(stack_path), "-o", str(out), "--model", str(tiny_ckpt), "--tile", "64", "--tta", "6",
+               "--prob", str(tmp_path / "p.tif"), "--instances", str(tmp_path / "i.zarr"), "--uncertainty",
+               str(tmp_path / "u.tif"), "--overlay", str(tmp_path / "o.png"), "--quiet"])
+    assert rc == 0
+    mem, prob = tifffile.imread(out), tifffile.imread(tmp_path / "p.tif")
+    assert mem.shape == prob.shape == synth.image.shape and mem.dtype == np.uint8 and prob.dtype == np.float32
+    np.testing.assert_array_equal(mem, (prob >= 0.5).astype(np.uint8))
+    assert 0 <= prob.min() and prob.max() <= 1
+    import zarr
+
+    inst = np.asarray(zarr.open(str(tmp_path / "i.zarr"), mode="r")[:])
+    assert inst.dtype == np.uint32 and inst.shape == synth.image.shape and inst.max() >= 1
+    assert tifffile.imread(tmp_path / "u.tif").min() >= 0
+    assert (tmp_path / "o.png").stat().st_size > 1000
+
+
+def test_predict_default_model_and_slices(tmp_path, stack_path):
+    out = tmp_path / "mem.zarr"
+    assert main(["predict", str(stack_path), "-o", str(out), "--slices", "1:3", "--tile", "64", "--quiet"]) == 0
+    import zarr
+
+    assert zarr.open(str(out), mode="r").shape == (2, 96, 112)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda p: tifffile.imwrite(p, np.zeros((40, 40, 3), np.uint8), photometric="rgb"), "RGB"),
+    (lambda p: p.write_bytes(b"not a tiff"), "cannot read"),
+    (lambda p: None, "no such file"),
+])
+def test_predict_bad_input_one_line_error(tmp_path, capsys, make, match):
+    src = tmp_path / "bad.tif"
+    make(src)
+    rc = main(["predict", str(src), "-o", str(tmp_path / "o.tif"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("neuroedge: error:") and match in err[0]
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_predict_refuses_to_overwrite_and_bad_checkpoint(tmp_path, stack_path, capsys):
+    existing = tmp_path / "o.tif"
+    existing.write_bytes(b"keep me")
+    assert main(["predict", str(stack_path), "-o", str(existing), "--quiet"]) == 2
+    assert existing.read_bytes() == b"keep me"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    assert main(["predict", str(stack_path), "-o", str(tmp_path / "x.tif"), "--model", str(bad), "--quiet"]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_prints_json(tmp_path, synth, capsys):
+    gt = tmp_path / "gt.tif"
+    tifffile.imwrite(gt, synth.membrane, photometric="minisblack")
+    assert main(["evaluate", str(gt), str(gt)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["pixel_error"] == 0 and res["boundary_f1"] == 1 and res["rand_error"] == pytest.approx(0, abs=1e-9)
+
+
+def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt, capsys):
+    lab = tmp_path / "lab.tif"
+    tifffile.imwrite(lab, synth.membrane, photometric="minisblack")
+    ds = tmp_path / "set"
+    assert main(["export", str(stack_path), str(lab), "-o", str(ds), "--slices", "0:2"]) == 0
+    assert main(["export", str(stack_path), str(lab), "-o", str(ds), "--slices", "2:3"]) == 0  # adds, new names
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert len(manifest["items"]) == 3 and len({i["name"] for i in manifest["items"]}) == 3
+    capsys.readouterr()
+    out = tmp_path / "ft.pt"
+    rc = main(["finetune", "--from", str(tiny_ckpt), "--data", str(ds), "--val-data", str(ds), "--val-slices", "2:3",
+               "--steps", "4", "--val-every", "2", "--crop", "48", "--batch", "2", "-o", str(out), "--quiet"])
+    assert rc == 0 and out.exists() and (tmp_path / "ft.run" / "last.pt").exists()
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 4 and "f1" in summary["best_val"]
+    rc = main(["train", "--data", str(ds), "--model", "unet", "--model-kwargs", '{"base": 4, "depth": 2}',
+               "--steps", "3", "--crop", "48", "--batch", "2", "-o", str(tmp_path / "t.pt"), "--quiet"])
+    assert rc == 0 and (tmp_path / "t.pt").exists()
+    assert main(["train", "--data", str(ds), "--steps", "1", "-o", str(tmp_path / "t.pt"), "--quiet"]) == 2
+
+
+def test_help_documents_every_predict_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--tile", "--overlap", "--batch", "--tta", "--device", "--prob", "--instances", "--slices"):
+        assert flag in text

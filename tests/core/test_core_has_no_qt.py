@@ -1,0 +1,21 @@
+"""The core never imports a GUI toolkit: importing it (and running a prediction) loads no Qt or napari module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_core_imports_no_qt():
+    code = (
+        "import sys, numpy as np\n"
+        "import napari_neuroedge, napari_neuroedge.cli, napari_neuroedge.io, napari_neuroedge.export\n"
+        "import napari_neuroedge.training.loop, napari_neuroedge.metrics, napari_neuroedge.models.casenet\n"
+        "from napari_neuroedge.inference.predict import predict_array\n"
+        "predict_array(np.zeros((16, 16), np.float32), lambda b: b)\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', "
+        "'PySide6', 'magicgui', 'superqt', 'vispy')]\n"
+        "print(bad); sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
