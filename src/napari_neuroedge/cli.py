@@ -331,6 +331,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sample(args: argparse.Namespace) -> int:
+    from .io import write_array
+    from .sample import synthetic_em
+
+    s = synthetic_em((args.slices, args.size, args.size), cell_size=args.cell_size, seed=args.seed)
+    write_array(args.output, s.image)
+    if args.labels:
+        write_array(args.labels, s.membrane)
+    return 0
+
+
 # -------------------------------------------------------------------------------------------------- parser
 
 def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
@@ -423,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", help="the model's prediction before correction (to up-weight corrections)")
     p.add_argument("--model-name", default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("sample", help="write a synthetic EM-like stack (and its membrane labels)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--labels", help="also write the true membranes (uint8, 1 = membrane)")
+    p.add_argument("--slices", type=int, default=4)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--cell-size", type=float, default=40.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
     return parser
 
 

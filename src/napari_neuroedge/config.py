@@ -108,7 +108,8 @@ class TrainConfig:
     side_weight: float = 1.0  # weight of deep-supervision losses on side outputs (CASENet/DFF)
     select: str = "f1-rand"  # checkpoint selection score: "f1", "rand" (lower is better) or "f1-rand"
     val_tile: int = 256
-    time_limit_s: float = 0.0  # > 0: stop after this much wall time; the poly schedule then follows time
+    time_limit_s: float = 0.0  # > 0: stop after this much time; the poly schedule then follows time
+    time_clock: str = "wall"  # "wall" or "cpu" (process CPU time: fair budgets on a shared machine)
 
 
 @dataclass(frozen=True)

@@ -174,10 +174,13 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     saved_step = step0
     try:
         t0 = time.perf_counter()
+        clock = time.process_time if cfg.time_clock == "cpu" else time.perf_counter
+        c0 = clock()
+
         def fraction() -> float:
             frac = step / max(cfg.steps, 1)
             if cfg.time_limit_s > 0:
-                frac = max(frac, (time.perf_counter() - t0) / cfg.time_limit_s)
+                frac = max(frac, (clock() - c0) / cfg.time_limit_s)
             return min(frac, 1.0)
 
         frac = fraction()
