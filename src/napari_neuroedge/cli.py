@@ -91,6 +91,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for p in (args.output, args.prob, args.instances, args.uncertainty, args.overlay):
         if p is not None and Path(p).exists():
             raise FileExistsError(f"{p} already exists; choose another name (nothing was overwritten)")
+    if args.scheduler is not None:
+        return _predict_blockwise(args, stack)
     model, ckpt = load_model(args.model)
     device = resolve_device(args.device)
     tta = TTAConfig(n=args.tta, variance=args.uncertainty is not None)
@@ -143,6 +145,48 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {args.output}" + "".join(f", {p}" for p in (args.prob, args.instances, args.uncertainty,
                                                                    args.overlay) if p), file=sys.stderr)
+    return 0
+
+
+def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
+    """--scheduler: probability computed blockwise with Dask into --prob (.zarr), then thresholded into OUT."""
+    from .config import TileConfig, TTAConfig
+    from .inference.blockwise import predict_blockwise
+    from .io import is_zarr_path, open_output, open_stack
+
+    if args.prob is None or not is_zarr_path(args.prob):
+        raise ValueError("--scheduler needs --prob PATH.zarr: the blockwise job writes the probability there "
+                         "(restartable), and OUT is thresholded from it")
+    if args.instances or args.overlay:
+        raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
+    if args.uncertainty is not None and not is_zarr_path(args.uncertainty):
+        raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
+    chunks = block = None
+    nd = len(stack.shape) if not args.slices else 3
+    if args.chunk:
+        chunks = (1,) * (nd - 2) + (args.chunk, args.chunk)
+    if args.block:
+        block = (1,) * (nd - 2) + (args.block, args.block)
+    progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
+    try:
+        predict_blockwise(args.input, args.prob, args.model, progress=progress,
+                          tile=TileConfig(tile=args.tile, overlap=args.overlap, batch=args.batch), slices=args.slices,
+                          variance_output=args.uncertainty, chunks=chunks, block=block,
+                          scheduler=args.scheduler, workers=args.workers,
+                          devices=args.devices.split(",") if args.devices else None, device=args.device,
+                          amp=not args.no_amp, tta=TTAConfig(n=args.tta, variance=args.uncertainty is not None))
+    finally:
+        progress.close()
+    prob = open_stack(args.prob).data
+    with open_output(args.output, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size) as out:
+        band = 1024
+        planes = range(prob.shape[0]) if prob.ndim == 3 else [None]
+        for z in planes:
+            for y0 in range(0, prob.shape[-2], band):
+                key = (slice(y0, y0 + band),) if z is None else (z, slice(y0, y0 + band))
+                out[key] = (np.asarray(prob[key]) >= args.threshold).astype(np.uint8)
+    if not args.quiet:
+        print(f"wrote {args.output}, {args.prob}", file=sys.stderr)
     return 0
 
 
@@ -403,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", help="slices of a stack to predict, e.g. 0:10 (default: all)")
     p.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("blockwise (Dask) prediction: restartable, for volumes beyond one machine")
+    g.add_argument("--scheduler", help="threads | sync | local (a LocalCluster here) | a Dask scheduler ADDRESS; "
+                   "needs --prob PATH.zarr")
+    g.add_argument("--workers", type=int, help="threads or local worker processes (default: CPU count)")
+    g.add_argument("--devices", help="one local worker per device, e.g. cuda:0,cuda:1")
+    g.add_argument("--chunk", type=int, help="output zarr chunk size in y/x px (default 1024)")
+    g.add_argument("--block", type=int, help="task block size in y/x px, a multiple of --chunk (default up to 4096)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("train", help="train a model from scratch")

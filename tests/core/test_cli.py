@@ -117,3 +117,18 @@ def test_help_documents_every_predict_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--model", "--tile", "--overlap", "--batch", "--tta", "--device", "--prob", "--instances", "--slices"):
         assert flag in text
+
+
+def test_predict_blockwise_matches_single_process(tmp_path, stack_path, tiny_ckpt):
+    import zarr
+
+    single, block = tmp_path / "s.tif", tmp_path / "b.tif"
+    assert main(["predict", str(stack_path), "-o", str(single), "--model", str(tiny_ckpt), "--tile", "64",
+                 "--prob", str(tmp_path / "sp.tif"), "--quiet"]) == 0
+    assert main(["predict", str(stack_path), "-o", str(block), "--model", str(tiny_ckpt), "--tile", "64",
+                 "--scheduler", "threads", "--workers", "2", "--prob", str(tmp_path / "bp.zarr"), "--quiet"]) == 0
+    np.testing.assert_allclose(np.asarray(zarr.open(str(tmp_path / "bp.zarr"), mode="r")[:]),
+                               tifffile.imread(tmp_path / "sp.tif"), atol=1e-5)
+    np.testing.assert_array_equal(tifffile.imread(block), tifffile.imread(single))
+    assert main(["predict", str(stack_path), "-o", str(tmp_path / "x.tif"), "--scheduler", "threads",
+                 "--quiet"]) == 2  # needs --prob .zarr
