@@ -1,0 +1,77 @@
+"""Smoke test of the benchmark scripts: each runs with --quick in a subprocess, exits 0 and prints its ratios.
+
+No timing is asserted here (speed and memory targets live only in the benchmark scripts); the test checks that
+every script still runs against the current core API and prints every ratio line it promises, each a finite
+positive number.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
+RATIO = re.compile(r"^RATIO (\S+) = (\S+)", re.M)
+
+pytestmark = pytest.mark.slow
+
+
+def _has(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def run_quick(script: str, *extra: str) -> tuple[str, dict[str, float]]:
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    ratios = {key: float(value) for key, value in RATIO.findall(proc.stdout)}
+    for key, value in ratios.items():
+        assert math.isfinite(value) and value > 0, f"{script}: ratio {key} = {value}"
+    assert "## README table" in proc.stdout
+    return proc.stdout, ratios
+
+
+def test_parse_ratio_lines() -> None:
+    """The regex the smoke tests rely on reads what _common.ratio_line prints (and nothing else)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCH))
+    line = _common.ratio_line("a_over_b", 1.23456, _common.target_note(1.23456, "<=", 1.1))
+    assert line == "RATIO a_over_b = 1.235  (target <= 1.1: NOT met)"
+    assert RATIO.findall(line + "\nratio x = 2\n") == [("a_over_b", "1.235")]
+    assert _common.markdown_table(["a", "b"], [[1, 2]]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+@pytest.mark.skipif(not _has("psutil"), reason="psutil (benchmark-only dependency) not installed")
+def test_bench_inference_quick() -> None:
+    out, ratios = run_quick("bench_inference.py")
+    expected = {"tiled_over_pure_forward", "tta6_over_single", "huge_over_small_peak_rss", "huge_over_small_peak_anon"}
+    if _has("monai"):
+        expected |= {"ours_over_monai_time", "ours_over_monai_time_per_tile", "ours_over_monai_peak_rss"}
+    assert expected <= set(ratios), f"missing {expected - set(ratios)}"
+    assert "target < 2048 MiB" in out
+
+
+def test_bench_training_quick() -> None:
+    _, ratios = run_quick("bench_training.py", "--models", "unet,casenet-18")
+    expected = {"train_mpx_per_s_casenet-18_over_unet", "step_bce_skeleton_recall_over_bce", "step_edge_over_bce",
+                "step_default_recipe_over_bce", "infer_s_per_mpx_casenet-18_over_unet"}
+    assert expected <= set(ratios), f"missing {expected - set(ratios)}"
+
+
+@pytest.mark.skipif(not _has("segmentation_models_pytorch"), reason="segmentation-models-pytorch not installed")
+def test_bench_peer_quick() -> None:
+    out, ratios = run_quick("bench_peer.py", "--minutes", "0.1")
+    expected = {f"ours_over_peer_{m}_tta{t}" for m in ("pixel_error", "boundary_f1", "rand_error") for t in (1, 6)}
+    assert expected | {"ours_over_peer_steps"} <= set(ratios), f"missing {expected - set(ratios)}"
+    steps = [int(s) for s in re.findall(r"^  (\d+) steps, ", out, re.M)]
+    assert len(steps) == 2 and min(steps) >= 1

@@ -1,0 +1,34 @@
+"""The bundled default model on real ISBI 2012 validation slices (20-24, never trained on), with 6-way TTA.
+
+Skipped where ../shared/data/isbi2012 is absent. The floors here are deliberately below the model card's
+measured numbers (so machine noise cannot fail them) but far above what an untrained or broken model reaches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_neuroedge.config import TileConfig, TTAConfig
+from napari_neuroedge.inference.postprocess import instances_from_probability
+from napari_neuroedge.inference.predict import TorchPredictor, predict_array
+from napari_neuroedge.metrics import evaluate
+from napari_neuroedge.models.checkpoint import load_model
+
+pytestmark = [pytest.mark.isbi, pytest.mark.slow]
+
+
+def test_default_model_on_isbi_validation_slices(isbi_dir):
+    model, ckpt = load_model("default")
+    if ckpt.provenance.get("note", "").startswith("UNTRAINED"):
+        pytest.skip("the bundled default model is still the untrained placeholder")
+    vol = tifffile.imread(isbi_dir / "train-volume.tif")[20:25]
+    gt = (tifffile.imread(isbi_dir / "train-labels.tif")[20:25] == 0).astype(np.uint8)
+    prob = predict_array(vol, TorchPredictor(model, "cpu", tta=TTAConfig(n=6)), tile=TileConfig(tile=512),
+                         norm=ckpt.norm)
+    res = evaluate(prob, gt, instances_fn=instances_from_probability)
+    print({k: round(v, 4) for k, v in res.items()})
+    assert res["pixel_error"] < 0.10
+    assert res["boundary_f1"] > 0.88
+    assert res["rand_error"] < 0.25
