@@ -1,0 +1,174 @@
+"""Per-viewer plugin state shared by the widgets: the model list and selection, jobs, export/model folders.
+
+One :class:`Session` exists per napari viewer (:func:`get_session`); it references the viewer only weakly.
+Per-layer state (which slices were edited / marked corrected / predicted, by which model) lives in the layers'
+own ``metadata["neuroedge"]`` (see :mod:`.tracking`), so it follows the layer.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+
+from ._qt_utils import notify
+from .workers import JobRunner
+
+ENV_MODELS_DIR = "NEUROEDGE_MODELS_DIR"
+ENV_SYNC = "NEUROEDGE_SYNC_JOBS"
+LOAD_CHECKPOINT = "load checkpoint..."
+CACHE_SIZE = 3  # checkpoints kept in memory
+
+
+def default_models_dir() -> Path:
+    """Where fine-tuned checkpoints go: $NEUROEDGE_MODELS_DIR or ~/.neuroedge/models."""
+    env = os.environ.get(ENV_MODELS_DIR, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".neuroedge" / "models"
+
+
+class Session(QObject):
+    """Shared state of the NeuroEdge widgets of one viewer."""
+
+    models_changed = Signal()
+    model_selected = Signal(str)  # display name
+    corrections_changed = Signal(str)  # membrane layer name
+    exported = Signal(str)  # training-set folder
+
+    def __init__(self, viewer: Any) -> None:
+        super().__init__()
+        self._viewer_ref = weakref.ref(viewer)
+        background = os.environ.get(ENV_SYNC, "").strip() not in ("1", "true", "yes")
+        self.jobs = JobRunner(viewer, background=background)
+        self.models: dict[str, str] = {}  # display name -> bundled name or checkpoint path
+        self.selected_model = ""
+        self.models_dir = default_models_dir()
+        self.last_export: Path | None = None
+        self.device = "auto"
+        self.predict_widget_ref: Any = lambda: None
+        self._cache: dict[tuple[str, float], Any] = {}
+        self._cache_lock = threading.Lock()
+        self._refresh_bundled()
+
+    @property
+    def viewer(self) -> Any:
+        return self._viewer_ref()
+
+    # ------------------------------------------------------------------ models
+    def _refresh_bundled(self) -> None:
+        try:
+            from ..models.registry import bundled_models
+
+            for name in bundled_models():
+                self.models.setdefault(name, name)
+        except Exception as exc:  # a broken install must not stop the widgets from opening
+            notify(f"could not list the bundled models: {exc}", "warning")
+        if not self.selected_model and self.models:
+            self.selected_model = "default" if "default" in self.models else next(iter(self.models))
+
+    def add_model(self, path: str | Path, select: bool = True, name: str | None = None) -> str:
+        """Add a checkpoint file to the model list (validated by the caller); returns its display name."""
+        path = str(Path(path).expanduser().resolve())
+        for display, source in self.models.items():
+            if source == path:
+                name = display
+                break
+        else:
+            stem = Path(path).stem
+            base = name or (f"{Path(path).parent.name}/{stem}" if stem in ("last", "best") else stem)
+            name, k = base, 2
+            while name in self.models or name == LOAD_CHECKPOINT:
+                name, k = f"{base} ({k})", k + 1
+            self.models[name] = path
+        self.models_changed.emit()
+        if select:
+            self.select_model(name)
+        return name
+
+    def select_model(self, name: str) -> None:
+        if name not in self.models:
+            raise KeyError(f"no model called {name!r}")
+        if name != self.selected_model:
+            self.selected_model = name
+            self.model_selected.emit(name)
+
+    def checkpoint(self, name: str | None = None) -> Any:
+        """The :class:`~napari_neuroedge.models.checkpoint.Checkpoint` of a listed model (cached; thread-safe)."""
+        from ..models.checkpoint import load_checkpoint
+        from ..models.registry import resolve_checkpoint
+
+        name = name or self.selected_model
+        if name not in self.models:
+            raise KeyError(f"no model called {name!r}; choose one in Predict")
+        path = resolve_checkpoint(self.models[name])
+        key = (str(path), path.stat().st_mtime)
+        with self._cache_lock:
+            if key not in self._cache:
+                self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
+                while len(self._cache) >= CACHE_SIZE:  # bounded memory: weights can be 100+ MB each
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = load_checkpoint(path)
+            return self._cache[key]
+
+    def model_meta(self, name: str | None = None) -> dict[str, Any]:
+        """Provenance of a listed model for outputs: name, path, version (step, short sha256)."""
+        from ..models.registry import resolve_checkpoint
+
+        name = name or self.selected_model
+        path = resolve_checkpoint(self.models[name])
+        ckpt = self.checkpoint(name)
+        digest = _sha256(str(path), path.stat().st_mtime)
+        versions = ckpt.provenance.get("versions", {}) if isinstance(ckpt.provenance, dict) else {}
+        return {"model": name, "model_path": str(path), "model_arch": ckpt.arch,
+                "model_version": f"step {ckpt.step}, sha256 {digest[:12]}",
+                "model_software": versions.get("napari_neuroedge", "")}
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        """Stop all jobs (the viewer is closing)."""
+        self.jobs.shutdown(wait=10.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def _on_window_destroyed(ref: weakref.ReferenceType, *_: Any) -> None:
+    session = ref()
+    if session is not None:
+        session.shutdown()
+
+
+def unwrap_viewer(viewer: Any) -> Any:
+    """The real viewer behind napari's ``PublicOnlyProxy`` (what plugin widgets receive from the Plugins menu).
+
+    The widgets keep layers in weak references and compare them by identity; proxies are created afresh on every
+    attribute access, so the widgets work on the viewer itself (on the GUI thread only).
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def get_session(viewer: Any) -> Session:
+    """The :class:`Session` of ``viewer`` (created on first use; stops its jobs when the window goes)."""
+    viewer = unwrap_viewer(viewer)
+    session = _SESSIONS.get(viewer)
+    if session is None:
+        session = Session(viewer)
+        _SESSIONS[viewer] = session
+        qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
+        if qt_window is not None:
+            qt_window.destroyed.connect(functools.partial(_on_window_destroyed, weakref.ref(session)))
+    return session

@@ -1,0 +1,97 @@
+"""Pieces shared by the NeuroEdge widgets: the job row (progress bar, ETA, Cancel) and the widget base class."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+
+from ..session import get_session, unwrap_viewer
+from ..workers import Job
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def eta_seconds(started: float, done: int, total: int, now: float | None = None) -> float | None:
+    """Remaining seconds by linear extrapolation of ``done`` of ``total`` since ``started`` (None if unknown)."""
+    if done <= 0 or total <= 0:
+        return None
+    elapsed = (time.perf_counter() if now is None else now) - started
+    return elapsed / done * max(total - done, 0)
+
+
+class JobPanel(QWidget):
+    """Progress bar + status text with ETA + Cancel for the widget's current job."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setTextVisible(True)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.setToolTip("Stop after the current tile batch / training step; nothing is lost")
+        lay.addWidget(self.bar, 1)
+        lay.addWidget(self.cancel_button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.job: Job | None = None
+        self._stage_started = time.perf_counter()
+        self._stage = ""
+        self.cancel_button.clicked.connect(self.cancel)
+
+    def attach(self, job: Job | None) -> None:
+        self.job = job
+        running = job is not None
+        self.cancel_button.setEnabled(running)
+        self.bar.setRange(0, 0 if running else 1)  # busy indicator until the first event
+        self._stage, self._stage_started = "", time.perf_counter()
+        if running:
+            self.status.setText(f"{job.name}: starting...")
+
+    def cancel(self) -> None:
+        if self.job is not None and self.job.running:
+            self.job.cancel()
+            self.status.setText(f"{self.job.name}: cancelling after the current step...")
+            self.cancel_button.setEnabled(False)
+
+    def update_event(self, event: Any, extra: str = "") -> None:
+        stage = getattr(event, "stage", "") or ""
+        if stage != self._stage:
+            self._stage, self._stage_started = stage, time.perf_counter()
+        done, total = int(event.done), int(event.total)
+        if total > 0:
+            self.bar.setRange(0, total)
+            self.bar.setValue(min(done, total))
+        eta = eta_seconds(self._stage_started, done, total)
+        text = f"{stage} {done}/{total}" if total else stage
+        if eta is not None and done < total:
+            text += f" - ETA {format_seconds(eta)}"
+        if extra:
+            text += f" - {extra}"
+        self.status.setText(text)
+
+    def finish(self, message: str) -> None:
+        self.job = None
+        self.cancel_button.setEnabled(False)
+        if self.bar.maximum() == 0:
+            self.bar.setRange(0, 1)
+        self.status.setText(message)
+
+
+class NeuroEdgeWidget(QWidget):
+    """Base class: keeps the viewer and its shared :class:`~napari_neuroedge._napari.session.Session`."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(self.viewer)

@@ -1,0 +1,346 @@
+"""Correct widget: what makes brushing membranes fast on top of napari's own paint / erase / fill / undo.
+
+Brush presets (1, 2, 3, 5 px), a key (``O``) and a button to toggle the prediction overlay, the list of slices
+the user edited (tracked from the Labels layer's ``paint`` events) with a corrected / not corrected tick, a
+"difference to prediction" layer, "next most uncertain slice" (mean TTA variance, skipping corrected slices)
+and an ignore layer for regions that should not be used for training.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+                            QPushButton, QVBoxLayout, QWidget)
+
+from .. import tracking
+from .._qt_utils import LayerCombo, notify
+from .common import NeuroEdgeWidget
+
+BRUSH_PRESETS = (1, 2, 3, 5)
+TOGGLE_KEY = "o"
+DIFF_COLORS = {1: (0.2, 1.0, 0.2, 1.0), 2: (1.0, 0.2, 1.0, 1.0)}  # added: green, removed: magenta
+IGNORE_COLOR = (0.6, 0.6, 0.6, 1.0)
+_KEY_BOUND: weakref.WeakSet[Any] = weakref.WeakSet()  # membrane layers with the toggle key bound
+
+
+def _is_membrane_layer(layer: Any) -> bool:
+    role = tracking.info_role(layer)
+    return role == "membranes" or (role == "" and layer.name.endswith(tracking.SUFFIXES["membranes"]))
+
+
+def prediction_of(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
+    """The model's membrane prediction (boundary >= threshold) of slice ``z``, or None if never predicted."""
+    image = tracking.image_of(viewer, membranes)
+    if image is None:
+        return None
+    boundary = tracking.companion(viewer, image.name, "boundary")
+    if boundary is None or z not in tracking.info(boundary)["predicted"]:
+        return None
+    thr = float(tracking.info(membranes)["threshold"])
+    return (tracking.slice_of(boundary.data, z) >= thr).astype(np.uint8)
+
+
+def update_difference(viewer: Any, membranes: Any, slices: Any = None, create: bool = True) -> Any:
+    """Fill ``<image> difference`` (1 = added, 2 = removed by the user) for ``slices`` (default: predicted ones)."""
+    image = tracking.image_of(viewer, membranes)
+    if image is None:
+        return None
+    diff = tracking.companion(viewer, image.name, "difference")
+    if diff is None or tuple(diff.data.shape) != tuple(membranes.data.shape):
+        if not create:
+            return None
+        if diff is not None:
+            viewer.layers.remove(diff)
+        diff = viewer.add_labels(tracking.blank(tuple(membranes.data.shape), np.uint8),
+                                 name=tracking.layer_name(image.name, "difference"), scale=membranes.scale,
+                                 translate=membranes.translate, opacity=0.9,
+                                 colormap=tracking.membrane_colormap(DIFF_COLORS),
+                                 metadata={tracking.KEY: {"role": "difference", "image": image.name}})
+        meta = tracking.info(diff)
+        meta["role"], meta["image"] = "difference", image.name
+        viewer.layers.selection.active = membranes
+    meta = tracking.info(membranes)
+    zs = sorted(meta["predicted"]) if slices is None else sorted(slices)
+    for z in zs:
+        pred = prediction_of(viewer, membranes, z)
+        label = tracking.slice_of(membranes.data, z)
+        d = tracking.difference_map(label, pred) if pred is not None else np.zeros(label.shape, np.uint8)
+        if membranes.ndim == 2:
+            diff.data[...] = d
+        else:
+            diff.data[z] = d
+    diff.refresh()
+    return diff
+
+
+def toggle_prediction(viewer: Any, membranes: Any) -> bool | None:
+    """Show / hide the image's boundary-probability overlay; returns the new visibility (None: no overlay)."""
+    image = tracking.image_of(viewer, membranes)
+    boundary = tracking.companion(viewer, image.name, "boundary") if image is not None else None
+    if boundary is None:
+        return None
+    boundary.visible = not boundary.visible
+    return boundary.visible
+
+
+def bind_toggle_key(viewer: Any, layer: Any) -> None:
+    """Bind :data:`TOGGLE_KEY` on ``layer`` (active while brushing it) to :func:`toggle_prediction`."""
+    viewer_ref = weakref.ref(viewer)
+
+    def _toggle(lay: Any) -> None:
+        v = viewer_ref()
+        if v is not None:
+            toggle_prediction(v, lay)
+
+    try:
+        layer.bind_key(TOGGLE_KEY, _toggle, overwrite=True)
+    except Exception as exc:  # key bindings changed across napari versions; the button still works
+        notify(f"could not bind the '{TOGGLE_KEY}' key: {exc}", "warning")
+
+
+def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
+    """Predicted, not-yet-corrected slice with the highest mean TTA variance, or None."""
+    image = tracking.image_of(viewer, membranes)
+    unc = tracking.companion(viewer, image.name, "uncertainty") if image is not None else None
+    if unc is None or not tracking.info(unc)["predicted"]:
+        return None
+    candidates = sorted(tracking.info(unc)["predicted"] - tracking.info(membranes)["corrected"])
+    if not candidates:
+        return None
+    scores = {z: float(np.mean(tracking.slice_of(unc.data, z))) for z in candidates}
+    return max(candidates, key=lambda z: (scores[z], -z))
+
+
+class CorrectWidget(NeuroEdgeWidget):
+    """Brush presets, edited-slice list, difference view, next uncertain slice, ignore layer."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        from napari.layers import Labels
+
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.brush_buttons: dict[int, QPushButton] = {}
+        brushes = QHBoxLayout()
+        for size in BRUSH_PRESETS:
+            button = QPushButton(f"{size} px")
+            button.setToolTip(f"paint membrane with a {size} px brush")
+            button.clicked.connect(lambda _=False, s=size: self.set_brush(s))
+            self.brush_buttons[size] = button
+            brushes.addWidget(button)
+        self.erase_button = QPushButton("erase")
+        self.erase_button.clicked.connect(self.set_erase)
+        brushes.addWidget(self.erase_button)
+        self.toggle_button = QPushButton(f"toggle prediction overlay  [{TOGGLE_KEY.upper()}]")
+        self.diff_check = QCheckBox("show difference to prediction (green added, magenta removed)")
+        self.slice_list = QListWidget()
+        self.slice_list.setToolTip("slices you edited; ticked = corrected (exported / used for fine-tuning). "
+                                   "Double-click to go there.")
+        self.mark_button = QPushButton("mark current slice corrected")
+        self.unmark_button = QPushButton("not corrected")
+        self.next_button = QPushButton("next most uncertain slice")
+        self.ignore_button = QPushButton("paint ignore regions")
+        self.ignore_button.setToolTip("adds '<image> ignore': painted pixels are left out of training")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("membranes", self.membranes_combo)
+        form.addRow("brush", brushes)
+        grid = QGridLayout()
+        grid.addWidget(self.mark_button, 0, 0)
+        grid.addWidget(self.unmark_button, 0, 1)
+        grid.addWidget(self.next_button, 1, 0)
+        grid.addWidget(self.ignore_button, 1, 1)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.toggle_button)
+        lay.addWidget(self.diff_check)
+        lay.addWidget(QLabel("edited slices (tick = corrected):"))
+        lay.addWidget(self.slice_list)
+        lay.addLayout(grid)
+        lay.addWidget(self.summary)
+
+        self.toggle_button.clicked.connect(self.toggle_overlay)
+        self.diff_check.toggled.connect(self._on_diff_toggled)
+        self.mark_button.clicked.connect(lambda: self.mark_current(True))
+        self.unmark_button.clicked.connect(lambda: self.mark_current(False))
+        self.next_button.clicked.connect(self.go_next_uncertain)
+        self.ignore_button.clicked.connect(self.add_ignore_layer)
+        self.slice_list.itemChanged.connect(self._on_item_changed)
+        self.slice_list.itemDoubleClicked.connect(self._on_item_double_clicked)
+        self.membranes_combo.currentIndexChanged.connect(lambda *_: self.refresh())
+        self.session.corrections_changed.connect(self._on_corrections_changed)
+        self.refresh()
+
+    # ------------------------------------------------------------------ helpers
+    def membranes(self, quiet: bool = False) -> Any:
+        layer = self.membranes_combo.layer()
+        if layer is None and not quiet:
+            notify("No membrane layer yet: run Predict first (it creates '<image> membranes').", "warning")
+        return layer
+
+    def _hook(self, layer: Any) -> None:
+        tracking.attach_tracking(layer, self.session)
+        if layer not in _KEY_BOUND:
+            bind_toggle_key(self.viewer, layer)
+            _KEY_BOUND.add(layer)
+
+    def refresh(self) -> None:
+        """Re-list the edited slices of the chosen membrane layer."""
+        layer = self.membranes(quiet=True)
+        self.slice_list.blockSignals(True)
+        self.slice_list.clear()
+        if layer is None:
+            self.summary.setText("Run Predict to get a membrane layer to correct.")
+            self.slice_list.blockSignals(False)
+            return
+        self._hook(layer)
+        meta = tracking.info(layer)
+        for z in sorted(meta["edited"] | meta["corrected"]):
+            tags = []
+            if z in meta["edited"]:
+                tags.append("edited")
+            if z in meta["exported"]:
+                tags.append("exported")
+            item = QListWidgetItem(f"slice {z}  ({', '.join(tags) or 'reviewed'})")
+            item.setData(Qt.UserRole, z)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if z in meta["corrected"] else Qt.Unchecked)
+            self.slice_list.addItem(item)
+        self.slice_list.blockSignals(False)
+        self.summary.setText(f"{len(meta['corrected'])} slice(s) marked corrected, {len(meta['edited'])} edited.")
+
+    def _on_corrections_changed(self, name: str) -> None:
+        layer = self.membranes(quiet=True)
+        if layer is None:
+            self.membranes_combo.refresh()
+            layer = self.membranes(quiet=True)
+        if layer is not None and layer.name == name:
+            self.refresh()
+            if self.diff_check.isChecked():
+                # napari emits ``paint`` just before it writes the pixels: update once the stroke has landed
+                QTimer.singleShot(0, self._update_difference_later)
+
+    def _update_difference_later(self) -> None:
+        layer = self.membranes(quiet=True)
+        if layer is not None and self.diff_check.isChecked():
+            update_difference(self.viewer, layer, tracking.info(layer)["edited"], create=True)
+
+    def _on_item_changed(self, item: QListWidgetItem) -> None:
+        layer = self.membranes(quiet=True)
+        if layer is None:
+            return
+        z = int(item.data(Qt.UserRole))
+        corrected = tracking.info(layer)["corrected"]
+        if item.checkState() == Qt.Checked:
+            corrected.add(z)
+        else:
+            corrected.discard(z)
+        self.session.corrections_changed.emit(layer.name)
+
+    def _on_item_double_clicked(self, item: QListWidgetItem) -> None:
+        layer = self.membranes(quiet=True)
+        if layer is not None:
+            tracking.go_to_slice(self.viewer, layer, int(item.data(Qt.UserRole)))
+
+    # ------------------------------------------------------------------ actions
+    def set_brush(self, size: int) -> None:
+        """Paint membrane (label 1) with a ``size`` px brush on the membrane layer."""
+        layer = self.membranes()
+        if layer is None:
+            return
+        self._hook(layer)
+        self.viewer.layers.selection.active = layer
+        layer.selected_label = 1
+        layer.brush_size = size
+        layer.mode = "paint"
+
+    def set_erase(self) -> None:
+        layer = self.membranes()
+        if layer is None:
+            return
+        self.viewer.layers.selection.active = layer
+        layer.mode = "erase"
+
+    def toggle_overlay(self) -> bool | None:
+        layer = self.membranes()
+        if layer is None:
+            return None
+        visible = toggle_prediction(self.viewer, layer)
+        if visible is None:
+            notify("No prediction overlay for this layer yet: run Predict.", "warning")
+        return visible
+
+    def mark_current(self, corrected: bool = True) -> int | None:
+        """Mark the slice on screen corrected (or not); returns its index."""
+        layer = self.membranes()
+        if layer is None:
+            return None
+        z = tracking.current_slice(self.viewer, layer)
+        meta = tracking.info(layer)
+        if corrected:
+            meta["corrected"].add(z)
+        else:
+            meta["corrected"].discard(z)
+        self.session.corrections_changed.emit(layer.name)
+        return z
+
+    def _on_diff_toggled(self, on: bool) -> None:
+        layer = self.membranes(quiet=not on)
+        if layer is None:
+            return
+        image = tracking.image_of(self.viewer, layer)
+        diff = tracking.companion(self.viewer, image.name, "difference") if image is not None else None
+        if on:
+            diff = update_difference(self.viewer, layer)
+            if diff is not None:
+                diff.visible = True
+        elif diff is not None:
+            diff.visible = False
+
+    def go_next_uncertain(self) -> int | None:
+        """Jump to the most uncertain uncorrected slice; returns its index (None: nothing to go to)."""
+        layer = self.membranes()
+        if layer is None:
+            return None
+        z = next_uncertain_slice(self.viewer, layer)
+        if z is None:
+            image = tracking.image_of(self.viewer, layer)
+            unc = tracking.companion(self.viewer, image.name, "uncertainty") if image is not None else None
+            if unc is None:
+                notify("No uncertainty yet: in Predict choose TTA 6 or 8, tick 'TTA uncertainty' and predict "
+                       "all slices.", "warning")
+            else:
+                notify("Every predicted slice is already marked corrected.", "info")
+            return None
+        tracking.go_to_slice(self.viewer, layer, z)
+        self.viewer.layers.selection.active = layer
+        return z
+
+    def add_ignore_layer(self) -> Any:
+        """Create (or select) ``<image> ignore``; painted pixels are excluded from training."""
+        layer = self.membranes()
+        if layer is None:
+            return None
+        image = tracking.image_of(self.viewer, layer)
+        if image is None:
+            notify("Cannot tell which image this membrane layer belongs to.", "warning")
+            return None
+        ignore = tracking.companion(self.viewer, image.name, "ignore")
+        if ignore is None:
+            ignore = self.viewer.add_labels(tracking.blank(tuple(layer.data.shape), np.uint8),
+                                            name=tracking.layer_name(image.name, "ignore"), scale=layer.scale,
+                                            translate=layer.translate, opacity=0.5,
+                                            colormap=tracking.membrane_colormap({1: IGNORE_COLOR}),
+                                            metadata={tracking.KEY: {"role": "ignore", "image": image.name}})
+            meta = tracking.info(ignore)
+            meta["role"], meta["image"] = "ignore", image.name
+        self.viewer.layers.selection.active = ignore
+        ignore.selected_label = 1
+        ignore.brush_size = 15
+        ignore.mode = "paint"
+        return ignore

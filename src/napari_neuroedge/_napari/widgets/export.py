@@ -1,0 +1,167 @@
+"""Export widget: the slices marked corrected -> a training-set folder (the format the trainer reads).
+
+Each slice is written with :func:`napari_neuroedge.export.export_slices`: image, membrane label, an ignore mask
+where ``<image> ignore`` was painted, the model's prediction before correction, and provenance (source file,
+slice index, model and version, pixel size, time). Existing sets are added to under new names, never
+overwritten; a slice whose labels did not change since its last export to the same folder is skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+
+from .. import tracking
+from .._qt_utils import LayerCombo, notify
+from .common import NeuroEdgeWidget
+from .correct import _is_membrane_layer, prediction_of
+
+
+def _digest(*arrays: np.ndarray | None) -> str:
+    h = hashlib.sha1()
+    for arr in arrays:
+        h.update(b"-" if arr is None else np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+def source_of(image: Any) -> str:
+    """Where an image layer came from: the reader's source, napari's source path, or the layer name."""
+    meta = image.metadata if isinstance(image.metadata, dict) else {}
+    src = meta.get("source") or getattr(getattr(image, "source", None), "path", None)
+    return str(src) if src else f"napari layer '{image.name}'"
+
+
+def pixel_size_of(image: Any) -> list[float]:
+    """Pixel size (y, x) in nm when the file stated it, else the layer's scale (units unknown)."""
+    meta = image.metadata if isinstance(image.metadata, dict) else {}
+    voxel = meta.get("voxel_size")
+    if voxel:
+        return [float(v) for v in list(voxel)[-2:]]
+    return [float(s) for s in list(image.scale)[-2:]]
+
+
+def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
+    """ExportItems for ``slices`` of a membrane layer (image, label, ignore mask, prediction, provenance)."""
+    from ...export import ExportItem
+
+    image = tracking.image_of(viewer, membranes)
+    if image is None:
+        raise ValueError(f"cannot find the image layer of '{membranes.name}'; its name should be '<image> membranes'")
+    data = tracking.image_array(image)
+    meta = tracking.info(membranes)
+    ignore = tracking.companion(viewer, image.name, "ignore")
+    has_voxel = bool((image.metadata or {}).get("voxel_size")) if isinstance(image.metadata, dict) else False
+    items = []
+    for z in slices:
+        img = tracking.slice_of(data, z)
+        label = (tracking.slice_of(membranes.data, z) > 0).astype(np.uint8)
+        mask = None
+        if ignore is not None and tuple(ignore.data.shape) == tuple(membranes.data.shape):
+            ign = tracking.slice_of(ignore.data, z)
+            if ign.any():
+                mask = (ign == 0).astype(np.uint8)
+        pred = prediction_of(viewer, membranes, z)
+        item_meta: dict[str, Any] = {"source": source_of(image), "slice": int(z), "image_layer": image.name,
+                                     "pixel_size": pixel_size_of(image),
+                                     "pixel_size_unit": "nm" if has_voxel else "layer scale",
+                                     "threshold": float(meta["threshold"]), "edited": z in meta["edited"]}
+        item_meta.update(meta["slice_model"].get(z, {"model": None, "model_version": None}))
+        items.append(ExportItem(img, label, mask, pred, item_meta))
+    return items
+
+
+class ExportWidget(NeuroEdgeWidget):
+    """Export the corrected slices of a membrane layer to a training-set folder."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        from napari.layers import Labels
+
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("training-set folder (created if needed)")
+        self.browse_button = QPushButton("...")
+        self.browse_button.setMaximumWidth(32)
+        self.export_button = QPushButton("Export corrected slices")
+        self.info = QLabel("")
+        self.info.setWordWrap(True)
+        row = QHBoxLayout()
+        row.addWidget(self.folder_edit, 1)
+        row.addWidget(self.browse_button)
+        form = QFormLayout()
+        form.addRow("membranes", self.membranes_combo)
+        form.addRow("folder", row)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.export_button)
+        lay.addWidget(self.info)
+        lay.addStretch(1)
+        self.browse_button.clicked.connect(self._browse)
+        self.export_button.clicked.connect(lambda: self.export())
+        self.membranes_combo.currentIndexChanged.connect(lambda *_: self.refresh())
+        self.session.corrections_changed.connect(lambda *_: self.refresh())
+        self.refresh()
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Training-set folder", self.folder_edit.text() or str(Path.home()))
+        if path:
+            self.folder_edit.setText(path)
+
+    def refresh(self) -> None:
+        layer = self.membranes_combo.layer()
+        if layer is None:
+            self.info.setText("Nothing to export yet: predict, correct, and mark slices corrected.")
+            return
+        corrected = sorted(tracking.info(layer)["corrected"])
+        self.info.setText(f"{len(corrected)} slice(s) marked corrected: {', '.join(map(str, corrected)) or '-'}")
+
+    def export(self, folder: str | None = None) -> list[dict[str, Any]]:
+        """Export the corrected slices; returns the new manifest entries (errors become notifications)."""
+        layer = self.membranes_combo.layer()
+        if layer is None:
+            notify("No membrane layer to export: run Predict and correct some slices first.", "warning")
+            return []
+        folder = folder or self.folder_edit.text().strip()
+        if not folder:
+            notify("Choose a training-set folder to export to.", "warning")
+            return []
+        target = Path(folder).expanduser()
+        meta = tracking.info(layer)
+        slices = sorted(meta["corrected"])
+        if not slices:
+            notify("No slice is marked corrected: correct slices (they are ticked automatically when edited) or "
+                   "use 'mark current slice corrected' in Correct.", "warning")
+            return []
+        try:
+            items = build_items(self.viewer, layer, slices)
+            done = meta.setdefault("export_digests", {})
+            fresh = [it for it in items
+                     if done.get((str(target.resolve()), it.meta["slice"])) != _digest(it.label, it.mask)]
+            if not fresh:
+                notify(f"All {len(items)} corrected slice(s) were already exported to {target} unchanged.", "info")
+                return []
+            from ...export import export_slices
+
+            entries = export_slices(target, fresh, prefix=_safe_prefix(layer.name))
+        except Exception as exc:  # shape mismatch, permissions, full disk...
+            notify(f"Export failed, nothing was overwritten: {exc}", "error")
+            return []
+        for it in fresh:
+            done[(str(target.resolve()), it.meta["slice"])] = _digest(it.label, it.mask)
+            meta["exported"].add(it.meta["slice"])
+        self.session.last_export = target
+        self.session.exported.emit(str(target))
+        self.session.corrections_changed.emit(layer.name)
+        notify(f"Exported {len(entries)} slice(s) to {target}.", "info")
+        self.info.setText(f"Exported {len(entries)} slice(s) to {target}: "
+                          f"{', '.join(e['name'] for e in entries)}")
+        return entries
+
+
+def _safe_prefix(name: str) -> str:
+    base = name[: -len(tracking.SUFFIXES["membranes"])] if name.endswith(tracking.SUFFIXES["membranes"]) else name
+    return base.replace(" ", "_") or "slice"

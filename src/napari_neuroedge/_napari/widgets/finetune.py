@@ -1,0 +1,347 @@
+"""One-click fine-tune: the selected model on the corrected slices (or an exported training set).
+
+Runs :func:`napari_neuroedge.training.loop.iter_fit` in a background worker with all cores but one (the GUI
+keeps one), shows progress with ETA and live loss / validation curves, and at the end saves the checkpoint
+(with provenance) to the models folder (default ``~/.neuroedge/models/<timestamp>.pt``), selects it in Predict
+and re-predicts the current slice. Cancel stops after the current step and keeps the last good checkpoint
+(``<timestamp>-cancelled.pt``). A second fine-tune starts from the model selected then, i.e. the first result.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from .. import tracking
+from .._qt_utils import LayerCombo, notify
+from ..workers import Job
+from .common import JobPanel, NeuroEdgeWidget, format_seconds
+from .correct import _is_membrane_layer, prediction_of
+from .plot import LinePlot
+from .predict import gui_threads
+
+SOURCES = ("corrected slices in the viewer", "training-set folder")
+VAL_CROP = 256
+
+
+def _center_crop(sl: Any, size: int) -> Any:
+    """A LabelledSlice cut to at most ``size`` x ``size`` around its centre (keeps validation quick)."""
+    from ...training.dataset import LabelledSlice
+
+    h, w = sl.image.shape
+    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    cut = (slice(y0, y0 + size), slice(x0, x0 + size))
+
+    def c(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(a[cut])
+
+    return LabelledSlice(c(sl.image), c(sl.label), c(sl.mask), c(sl.corrected), dict(sl.meta))
+
+
+def viewer_training_slices(viewer: Any, membranes: Any) -> list[dict[str, Any]]:
+    """Raw (not yet normalised) corrected slices of a membrane layer: image, label, mask, corrected, meta."""
+    image = tracking.image_of(viewer, membranes)
+    if image is None:
+        raise ValueError(f"cannot find the image layer of '{membranes.name}'")
+    meta = tracking.info(membranes)
+    ignore = tracking.companion(viewer, image.name, "ignore")
+    out = []
+    for z in sorted(meta["corrected"]):
+        label = (tracking.slice_of(membranes.data, z) > 0).astype(np.uint8)
+        mask = None
+        if ignore is not None and tuple(ignore.data.shape) == tuple(membranes.data.shape):
+            ign = tracking.slice_of(ignore.data, z)
+            mask = (ign == 0).astype(np.uint8) if ign.any() else None
+        pred = prediction_of(viewer, membranes, z)
+        out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": label,
+                    "mask": mask, "corrected": None if pred is None else (pred != label).astype(np.uint8),
+                    "meta": {"source": image.name, "slice": int(z)}})
+    return out
+
+
+def finetune_job(job: Job, session: Any, model_name: str, raw: list[dict[str, Any]] | None, folder: str | None,
+                 replay_folder: str | None, params: dict[str, Any], run_dir: Path, dest: Path):
+    """Generator (runs in the worker): data -> iter_fit -> the final checkpoint saved at ``dest``."""
+    from ...config import AugmentConfig, TrainConfig
+    from ...inference.normalize import normalize_slice
+    from ...models.checkpoint import load_checkpoint, save_checkpoint
+    from ...progress import ProgressEvent
+    from ...training.dataset import LabelledSlice, load_training_folder
+    from ...training.loop import iter_fit
+
+    steps = int(params["steps"])
+    yield ProgressEvent(0, steps, "preparing")
+    init = session.checkpoint(model_name)
+    parent = session.model_meta(model_name)
+    norm = init.norm
+    if folder:
+        train = load_training_folder(folder, norm)
+    else:
+        train = [LabelledSlice(normalize_slice(r["image"], norm), r["label"], r["mask"], r["corrected"], r["meta"])
+                 for r in raw or []]
+    if not train:
+        raise ValueError("no training slices")
+    replay = load_training_folder(replay_folder, norm) if replay_folder else []
+    val = [_center_crop(s, VAL_CROP) for s in train[:2]]
+    lr = float(params["lr"])
+    cfg = TrainConfig(model=init.arch, model_kwargs=dict(init.arch_kwargs), lr_backbone=lr * 0.1, lr_head=lr,
+                      batch=int(params["batch"]), steps=steps, val_every=max(1, steps // 10),
+                      device=str(params["device"]), threads=gui_threads(), norm=norm,
+                      augment=AugmentConfig(crop=int(params["crop"])),
+                      replay_fraction=float(params["replay"]) if replay else 0.0,
+                      corrected_weight=float(params["corrected_weight"]), val_tile=VAL_CROP)
+    prov = {"name": dest.stem, "parent": parent, "data": folder or f"viewer: {len(train)} corrected slice(s)",
+            "replay": replay_folder, "finetuned_by": "napari-neuroedge one-click fine-tune"}
+    fit = iter_fit(cfg, train, val, run_dir, init=init, replay=replay, provenance=prov)
+    try:
+        result = yield from fit
+    except GeneratorExit:  # cancelled: iter_fit has saved last.pt; keep the best (or last) as a model
+        src = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
+        if src.exists():
+            from ...atomic import unique_path
+
+            kept = unique_path(dest.with_name(f"{dest.stem}-cancelled.pt"))
+            ckpt = load_checkpoint(src)
+            ckpt.provenance = {**ckpt.provenance, "name": kept.stem, "cancelled": True}
+            save_checkpoint(ckpt, kept)
+            job.extra["kept"] = str(kept)
+        raise
+    src = result.best or result.last
+    ckpt = load_checkpoint(src)
+    ckpt.provenance = {**ckpt.provenance, "name": dest.stem, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "best_metrics": result.best_metrics, "steps_done": result.steps}
+    save_checkpoint(ckpt, dest)
+    return {"path": str(dest), "steps": result.steps, "best_metrics": result.best_metrics, "run_dir": str(run_dir)}
+
+
+class FinetuneWidget(NeuroEdgeWidget):
+    """Fine-tune button, advanced settings, progress with ETA, live loss / validation plots."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        from napari.layers import Labels
+        from superqt import QCollapsible
+
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(list(SOURCES))
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("exported training-set folder")
+        self.model_label = QLabel("")
+        self.run_button = QPushButton("Fine-tune")
+        self.jobs = JobPanel()
+        self.loss_plot = LinePlot("loss", log_y=True)
+        self.val_plot = LinePlot("validation", y_range=(0.0, 1.0))
+
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 1_000_000)
+        self.steps_spin.setValue(200)
+        self.crop_spin = QSpinBox()
+        self.crop_spin.setRange(32, 2048)
+        self.crop_spin.setSingleStep(32)
+        self.crop_spin.setValue(256)
+        self.crop_spin.setSuffix(" px")
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(6)
+        self.lr_spin.setRange(1e-6, 1.0)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(1e-3)
+        self.lr_spin.setToolTip("learning rate of the decoder/head; the encoder uses a tenth of it")
+        self.batch_spin = QSpinBox()
+        self.batch_spin.setRange(1, 64)
+        self.batch_spin.setValue(4)
+        self.replay_spin = QDoubleSpinBox()
+        self.replay_spin.setRange(0.0, 1.0)
+        self.replay_spin.setSingleStep(0.05)
+        self.replay_spin.setValue(0.25)
+        self.replay_spin.setToolTip("fraction of training crops drawn from the original data (if a folder is set)")
+        self.replay_edit = QLineEdit()
+        self.replay_edit.setPlaceholderText("original training-set folder (optional)")
+        self.corrected_weight_spin = QDoubleSpinBox()
+        self.corrected_weight_spin.setRange(1.0, 50.0)
+        self.corrected_weight_spin.setValue(2.0)
+        self.corrected_weight_spin.setToolTip("loss weight of the pixels you changed relative to the others")
+        self.save_edit = QLineEdit(str(self.session.models_dir))
+        self.advanced = QCollapsible("Advanced")
+        adv = QWidget()
+        adv_form = QFormLayout(adv)
+        adv_form.addRow("steps", self.steps_spin)
+        adv_form.addRow("crop size", self.crop_spin)
+        adv_form.addRow("learning rate", self.lr_spin)
+        adv_form.addRow("batch", self.batch_spin)
+        adv_form.addRow("replay fraction", self.replay_spin)
+        adv_form.addRow("replay data", self.replay_edit)
+        adv_form.addRow("corrected-pixel weight", self.corrected_weight_spin)
+        adv_form.addRow("save models in", self.save_edit)
+        self.advanced.addWidget(adv)
+
+        browse = QPushButton("...")
+        browse.setMaximumWidth(32)
+        browse.clicked.connect(self._browse)
+        row = QHBoxLayout()
+        row.addWidget(self.folder_edit, 1)
+        row.addWidget(browse)
+        form = QFormLayout()
+        form.addRow("train on", self.source_combo)
+        form.addRow("membranes", self.membranes_combo)
+        form.addRow("folder", row)
+        form.addRow("starts from", self.model_label)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.advanced)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.jobs)
+        lay.addWidget(self.jobs.status)
+        lay.addWidget(self.loss_plot)
+        lay.addWidget(self.val_plot)
+        lay.addStretch(1)
+
+        self.run_button.clicked.connect(lambda: self.finetune())
+        self.session.model_selected.connect(self._show_model)
+        self.session.models_changed.connect(self._show_model)
+        self.session.exported.connect(self._on_exported)
+        self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self.job: Job | None = None
+        self.last_result: dict[str, Any] | None = None
+        self._image_name: str | None = None
+        self._show_model()
+        self._on_source_changed()
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Training-set folder", self.folder_edit.text() or str(Path.home()))
+        if path:
+            self.folder_edit.setText(path)
+
+    def _show_model(self, *_: Any) -> None:
+        self.model_label.setText(self.session.selected_model or "(no model)")
+
+    def _on_exported(self, folder: str) -> None:
+        if not self.folder_edit.text().strip():
+            self.folder_edit.setText(folder)
+
+    def _on_source_changed(self, *_: Any) -> None:
+        from_folder = self.source_combo.currentText() == SOURCES[1]
+        self.folder_edit.setEnabled(from_folder)
+        self.membranes_combo.setEnabled(not from_folder)
+
+    def params(self) -> dict[str, Any]:
+        return {"steps": self.steps_spin.value(), "crop": self.crop_spin.value(), "lr": self.lr_spin.value(),
+                "batch": self.batch_spin.value(), "replay": self.replay_spin.value(),
+                "corrected_weight": self.corrected_weight_spin.value(), "device": self.session.device}
+
+    def finetune(self) -> Job | None:
+        """Start fine-tuning the selected model; returns the job or None (after a notification saying why)."""
+        model = self.session.selected_model
+        if not model:
+            notify("No model to fine-tune: choose or load one in Predict.", "error")
+            return None
+        raw, folder, image_name = None, None, None
+        if self.source_combo.currentText() == SOURCES[1]:
+            folder = self.folder_edit.text().strip()
+            if not folder or not (Path(folder).expanduser() / "manifest.json").exists():
+                notify("Choose an exported training-set folder (it holds manifest.json); export corrected slices "
+                       "with Export first.", "warning")
+                return None
+            folder = str(Path(folder).expanduser())
+            pw = self.session.predict_widget_ref()
+            layer = pw.current_image() if pw is not None else None
+            image_name = layer.name if layer is not None else None
+        else:
+            membranes = self.membranes_combo.layer()
+            if membranes is None:
+                notify("No membrane layer: predict, correct some slices, then fine-tune.", "warning")
+                return None
+            try:
+                raw = viewer_training_slices(self.viewer, membranes)
+            except ValueError as exc:
+                notify(str(exc), "error")
+                return None
+            if not raw:
+                notify("No slice is marked corrected: brush corrections (edited slices are ticked) or mark a "
+                       "slice corrected in Correct.", "warning")
+                return None
+            image = tracking.image_of(self.viewer, membranes)
+            image_name = image.name if image is not None else None
+        replay_folder = self.replay_edit.text().strip() or None
+        if replay_folder and not (Path(replay_folder).expanduser() / "manifest.json").exists():
+            notify(f"Replay folder {replay_folder} is not a training-set folder (no manifest.json).", "warning")
+            return None
+        from ...atomic import unique_path
+
+        models_dir = Path(self.save_edit.text().strip() or self.session.models_dir).expanduser()
+        try:
+            models_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            notify(f"Cannot create the models folder {models_dir}: {exc}", "error")
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        dest = unique_path(models_dir / f"{stamp}.pt")
+        run_dir = unique_path(models_dir / "runs" / dest.stem)
+        params = self.params()
+        self._image_name = image_name
+        self.loss_plot.clear()
+        self.val_plot.clear()
+        job = self.session.jobs.start(
+            f"Fine-tune {model}", {"finetune"},
+            lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, params, run_dir, dest),
+            on_event=self._on_event, on_done=self._on_done, on_cancelled=self._on_cancelled,
+            on_error=self._on_error, on_finally=self._on_finally, total=params["steps"])
+        if job is not None and job.running:
+            self.job = job
+            self.jobs.attach(job)
+            self.run_button.setEnabled(False)
+        return job
+
+    # ------------------------------------------------------------------ handlers
+    def _on_event(self, job: Job, event: Any) -> None:
+        info = event.info or {}
+        extra = ""
+        if "loss" in info:
+            self.loss_plot.add_point("loss", event.done, float(info["loss"]), "#4fc3f7")
+            extra = f"loss {info['loss']:.4f}"
+        if "val" in info:
+            val = info["val"]
+            self.val_plot.add_point("F1", event.done, float(val.get("f1", float("nan"))), "#81c784")
+            self.val_plot.add_point("Rand err", event.done, float(val.get("rand_error", float("nan"))), "#e57373")
+            extra += f", val F1 {val.get('f1', float('nan')):.3f}"
+        self.jobs.update_event(event, extra)
+
+    def _on_done(self, job: Job, result: dict[str, Any]) -> None:
+        self.last_result = result
+        name = self.session.add_model(result["path"], select=True)
+        msg = f"Fine-tuned model saved as {result['path']} and selected in Predict"
+        job.extra["model_name"] = name
+        pw = self.session.predict_widget_ref()
+        repredict = None
+        if pw is not None and self._image_name and self._image_name in self.viewer.layers:
+            repredict = pw.predict(scope="current slice", image_name=self._image_name)
+            job.extra["repredict"] = repredict
+            if repredict is not None:
+                msg += "; re-predicting the current slice"
+        elapsed = format_seconds(time.perf_counter() - job.started_at)
+        self.jobs.finish(f"{msg} ({result['steps']} steps in {elapsed}).")
+        notify(msg + ".", "info")
+
+    def _on_cancelled(self, job: Job) -> None:
+        kept = job.extra.get("kept")
+        if kept:
+            name = self.session.add_model(kept, select=False)
+            msg = f"Fine-tuning cancelled; the last good checkpoint is kept as {kept} ('{name}' in Predict's list)."
+        else:
+            msg = "Fine-tuning cancelled before the first step; nothing was saved."
+        self.jobs.finish(msg)
+        notify(msg, "info")
+
+    def _on_error(self, job: Job, exc: BaseException) -> None:
+        self.jobs.finish(f"Fine-tuning failed: {exc}")
+        notify(f"Fine-tuning failed: {exc}", "error")
+
+    def _on_finally(self, job: Job) -> None:
+        self.run_button.setEnabled(True)
+        if self.job is job:
+            self.job = None

@@ -1,0 +1,518 @@
+"""Predict widget: boundary probability, membrane labels, instances and TTA uncertainty for an image layer.
+
+Runs :func:`napari_neuroedge.inference.predict.iter_predict` in a background worker. Output layers are named
+after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on re-runs, and keep the
+image's scale and translate. Slices the user has edited keep their membrane labels unless "replace my
+corrections" is ticked (only the probability is refreshed there).
+
+Large or lazy images (memory-mapped TIFF, zarr, dask, or more than ``$NEUROEDGE_LAZY_VOXELS`` voxels) are read
+band by band and predicted into zarr arrays on disk (see :mod:`..lazy_outputs`), shown as zarr-backed layers;
+the membrane layer stays paintable. Nothing of the volume's size is held in memory on that path.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
+                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+
+from .. import lazy_outputs, tracking
+from .._qt_utils import LayerCombo, notify
+from ..session import LOAD_CHECKPOINT
+from ..workers import Job
+from .common import JobPanel, NeuroEdgeWidget
+
+TTA_CHOICES = {"off": 1, "6 (rotations + flips)": 6, "8 (full dihedral)": 8}
+SCOPES = ("current slice", "all slices")
+
+
+@dataclass
+class PredictResult:
+    """What a prediction job hands back to the GUI thread; arrays are (k, y, x) for the k predicted slices.
+
+    With ``lazy`` the arrays are staged zarr arrays of the session's :class:`~..lazy_outputs.OutputStore`
+    ((y, x) for a 2D image) that the GUI thread adopts as layer data or copies into it, then deletes.
+    """
+
+    image: str
+    slices: list[int]
+    is_2d: bool
+    shape: tuple[int, ...]
+    prob: np.ndarray
+    membranes: np.ndarray
+    variance: np.ndarray | None = None
+    instances: np.ndarray | None = None
+    threshold: float = 0.5
+    model: dict[str, Any] = field(default_factory=dict)
+    lazy: bool = False
+
+    def arrays(self) -> list[Any]:
+        return [a for a in (self.prob, self.membranes, self.variance, self.instances) if a is not None]
+
+
+def gui_threads() -> int:
+    """Torch threads for background jobs: all cores but one, which stays with the GUI thread."""
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _is_input_image(layer: Any) -> bool:
+    return not getattr(layer, "rgb", False) and tracking.info_role(layer) in ("", "image")
+
+
+def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
+                device_name: str, tile: int, overlap: float, tta: int, uncertainty: bool, threshold: float,
+                instances: bool, store: lazy_outputs.OutputStore | None = None):
+    """Generator (runs in the worker): load the model, predict the slices, post-process; returns PredictResult.
+
+    ``data`` is read lazily, band by band. Without ``store`` the outputs are numpy arrays of the predicted slices;
+    with one they are staged zarr arrays in it and memory stays bounded by tile and chunk size.
+    """
+    from ...config import TileConfig, TTAConfig
+    from ...inference.device import resolve_device
+    from ...inference.postprocess import instances_from_probability, membrane_from_probability
+    from ...inference.predict import TorchPredictor, iter_predict
+    from ...progress import ProgressEvent
+
+    yield ProgressEvent(0, 0, "loading model")
+    import torch
+
+    ckpt = session.checkpoint(model_name)
+    meta = session.model_meta(model_name)
+    device = resolve_device(device_name)
+    if device.type == "cpu":
+        torch.set_num_threads(gui_threads())
+    model = ckpt.build()
+    variance = uncertainty and tta > 1
+    predictor = TorchPredictor(model, device, amp=True, tta=TTAConfig(n=tta, variance=variance))
+    tiles = TileConfig(tile=tile, overlap=overlap, batch=4 if device.type == "cuda" else 1)
+    data = lazy_outputs.readable(data)  # a folder of slices: read each file once, not once per tile
+    if store is not None:
+        staged = yield from lazy_outputs.predict_staged(data, slices, is_2d, predictor, store, tile=tiles,
+                                                        norm=ckpt.norm, threshold=threshold, variance=variance,
+                                                        instances=instances)
+        return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), staged.prob,
+                             staged.membranes, staged.variance, staged.instances, threshold, meta, lazy=True)
+    h, w = int(data.shape[-2]), int(data.shape[-1])
+    k = 1 if is_2d else len(slices)
+    prob = np.zeros((k, h, w), np.float32)
+    var = np.zeros((k, h, w), np.float32) if variance else None
+    sinks = [prob[0] if is_2d else prob]
+    if var is not None:
+        sinks.append(var[0] if is_2d else var)
+    if not is_2d and len(slices) not in (1, int(data.shape[0])):
+        raise ValueError("predict either one slice or all slices")
+    spec = None if is_2d or len(slices) != 1 else f"{slices[0]}:{slices[0] + 1}"
+    yield from iter_predict(data, predictor, sinks, tile=tiles, norm=ckpt.norm, slices=spec)
+    membranes = membrane_from_probability(prob, threshold)
+    inst = None
+    if instances:
+        inst = np.zeros((k, h, w), np.uint32)
+        for i in range(k):
+            z = 0 if is_2d else slices[i]
+            cells = instances_from_probability(prob[i], threshold)
+            inst[i] = np.where(cells > 0, cells + (z << 16), 0)  # ids unique across slices
+            yield ProgressEvent(i + 1, k, "instances")
+    return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), prob, membranes,
+                         var, inst, threshold, meta)
+
+
+class PredictWidget(NeuroEdgeWidget):
+    """Image + model + settings -> boundary / membranes / instances / uncertainty layers."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(napari_viewer, parent)
+        from napari.layers import Image
+
+        self.session.predict_widget_ref = weakref.ref(self)
+        self.image_combo = LayerCombo(self.viewer, (Image,), _is_input_image)
+        self.model_combo = QComboBox()
+        self.model_info = QLabel("")
+        self.model_info.setWordWrap(True)
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(32, 4096)
+        self.tile_spin.setSingleStep(32)
+        self.tile_spin.setValue(512)
+        self.tile_spin.setSuffix(" px")
+        self.overlap_spin = QDoubleSpinBox()
+        self.overlap_spin.setRange(0.0, 0.75)
+        self.overlap_spin.setSingleStep(0.05)
+        self.overlap_spin.setValue(0.25)
+        self.tta_combo = QComboBox()
+        self.tta_combo.addItems(list(TTA_CHOICES))
+        self.device_combo = QComboBox()
+        self.device_found = QLabel("")
+        self._fill_devices()
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.01, 0.99)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.5)
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(list(SCOPES))
+        self.instances_check = QCheckBox("neuron instances (Labels)")
+        self.uncertainty_check = QCheckBox("TTA uncertainty (Image)")
+        self.overwrite_check = QCheckBox("replace my corrections on edited slices")
+        self.run_button = QPushButton("Predict")
+        self.jobs = JobPanel()
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo)
+        form.addRow("model", self.model_combo)
+        form.addRow("", self.model_info)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("overlap", self.overlap_spin)
+        form.addRow("TTA", self.tta_combo)
+        dev = QHBoxLayout()
+        dev.addWidget(self.device_combo)
+        dev.addWidget(self.device_found)
+        form.addRow("device", dev)
+        form.addRow("threshold", self.threshold_spin)
+        form.addRow("scope", self.scope_combo)
+        form.addRow("outputs", self.instances_check)
+        form.addRow("", self.uncertainty_check)
+        form.addRow("", self.overwrite_check)
+        lay = QVBoxLayout(self)
+        lay.addLayout(form)
+        lay.addWidget(self.run_button)
+        lay.addWidget(self.jobs)
+        lay.addWidget(self.jobs.status)
+        lay.addStretch(1)
+
+        self._refresh_models()
+        self._on_tta_changed()
+        self.session.models_changed.connect(self._refresh_models)
+        self.session.model_selected.connect(self._on_session_model)
+        self.model_combo.activated.connect(self._on_model_activated)
+        self.tta_combo.currentIndexChanged.connect(self._on_tta_changed)
+        self.device_combo.currentTextChanged.connect(self._on_device_changed)
+        self.run_button.clicked.connect(lambda: self.predict())
+        self.job: Job | None = None
+
+    # ------------------------------------------------------------------ settings
+    def _fill_devices(self) -> None:
+        try:
+            from ...inference.device import available_devices
+
+            found = available_devices()
+        except Exception as exc:
+            found = ["cpu"]
+            notify(f"could not query torch devices ({exc}); using the CPU", "warning")
+        self.device_combo.addItems(["auto"] + found)
+        self.device_found.setText("found: " + ", ".join(found))
+
+    def _on_device_changed(self, text: str) -> None:
+        self.session.device = text or "auto"
+
+    def _on_tta_changed(self, *_: Any) -> None:
+        on = self.tta() > 1
+        self.uncertainty_check.setEnabled(on)
+        self.uncertainty_check.setToolTip("" if on else "needs TTA 6 or 8: the uncertainty is the TTA variance")
+        if not on:
+            self.uncertainty_check.setChecked(False)
+
+    def tta(self) -> int:
+        return TTA_CHOICES[self.tta_combo.currentText()]
+
+    def _refresh_models(self) -> None:
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        self.model_combo.addItems(list(self.session.models) + [LOAD_CHECKPOINT])
+        idx = self.model_combo.findText(self.session.selected_model)
+        self.model_combo.setCurrentIndex(max(idx, 0))
+        self.model_combo.blockSignals(False)
+        self._show_model_info()
+
+    def _on_session_model(self, name: str) -> None:
+        idx = self.model_combo.findText(name)
+        if idx >= 0 and idx != self.model_combo.currentIndex():
+            self.model_combo.setCurrentIndex(idx)
+        self._show_model_info()
+
+    def _on_model_activated(self, index: int) -> None:
+        text = self.model_combo.itemText(index)
+        if text == LOAD_CHECKPOINT:
+            self.load_checkpoint()
+        elif text in self.session.models:
+            self.session.select_model(text)
+            self._show_model_info()
+
+    def _ask_checkpoint_path(self) -> str:
+        """Ask the user for a checkpoint file (tests replace this)."""
+        path, _ = QFileDialog.getOpenFileName(self, "Load a napari-neuroedge checkpoint", str(Path.home()),
+                                              "Checkpoints (*.pt *.pth);;All files (*)")
+        return path
+
+    def load_checkpoint(self, path: str | None = None) -> str | None:
+        """Validate a checkpoint file, add it to the list and select it; errors become notifications."""
+        path = path if path is not None else self._ask_checkpoint_path()
+        if not path:
+            self._refresh_models()
+            return None
+        try:
+            from ...models.checkpoint import load_checkpoint
+
+            load_checkpoint(path).build()
+        except Exception as exc:  # CheckpointError, FileNotFoundError, OSError, ...
+            notify(f"Cannot use {path} as a model: {exc}. Choose a .pt file saved by napari-neuroedge "
+                   "(training, fine-tuning or the bundled models).", "error")
+            self._refresh_models()
+            return None
+        name = self.session.add_model(path, select=True)
+        self._refresh_models()
+        return name
+
+    def _show_model_info(self) -> None:
+        name = self.session.selected_model
+        if not name:
+            self.model_info.setText("no model available")
+            return
+        try:
+            ckpt = self.session.checkpoint(name)
+        except Exception as exc:
+            self.model_info.setText(f"cannot load: {exc}")
+            return
+        note = str(ckpt.provenance.get("note", "")) if isinstance(ckpt.provenance, dict) else ""
+        text = f"{ckpt.arch} {ckpt.arch_kwargs}, step {ckpt.step}"
+        if note:
+            text += f"\n{note}"
+        self.model_info.setText(text)
+
+    # ------------------------------------------------------------------ running
+    def current_image(self) -> Any:
+        return self.image_combo.layer()
+
+    def _check_image(self, layer: Any) -> Any:
+        """The layer's array if it can be predicted, else None (after a notification saying why)."""
+        if layer is None:
+            notify("Choose an image layer to predict (open an EM stack, or File > Open Sample > NeuroEdge).",
+                   "warning")
+            return None
+        if getattr(layer, "rgb", False):
+            notify(f"'{layer.name}' is an RGB image; NeuroEdge needs grayscale EM. Convert it to one channel "
+                   "first (e.g. Layers > Split RGB) and pick one channel.", "error")
+            return None
+        from ...io import InputError, check_em_array
+
+        data = tracking.image_array(layer)
+        try:
+            check_em_array(data, f"layer '{layer.name}'")
+        except InputError as exc:
+            notify(str(exc), "error")
+            return None
+        return data
+
+    def predict(self, scope: str | None = None, image_name: str | None = None) -> Job | None:
+        """Start a prediction job (scope "current slice" / "all slices"); returns the job or None."""
+        if image_name is not None:
+            self.image_combo.set_layer(image_name)
+        layer = self.current_image()
+        data = self._check_image(layer)
+        if data is None:
+            return None
+        if not self.session.selected_model:
+            notify("No model is available: load a checkpoint first (model > load checkpoint...).", "error")
+            return None
+        scope = scope or self.scope_combo.currentText()
+        is_2d = data.ndim == 2
+        if is_2d:
+            slices = [0]
+        elif scope == "current slice":
+            slices = [tracking.current_slice(self.viewer, layer)]
+        else:
+            slices = list(range(int(data.shape[0])))
+        threshold = float(self.threshold_spin.value())
+        store = lazy_outputs.store_for(self.session) if lazy_outputs.wants_lazy(data) else None
+        job = self.session.jobs.start(
+            f"Predict {layer.name}", {f"layer:{layer.name}"},
+            lambda _job: predict_job(data, slices, is_2d, layer.name, self.session, self.session.selected_model,
+                                self.device_combo.currentText(), int(self.tile_spin.value()),
+                                float(self.overlap_spin.value()), self.tta(),
+                                self.uncertainty_check.isChecked(), threshold, self.instances_check.isChecked(),
+                                store),
+            on_event=self._on_event, on_done=self._on_done, on_cancelled=self._on_cancelled,
+            on_error=self._on_error, on_finally=self._on_finally)
+        if job is not None and job.running:
+            self.job = job
+            self.jobs.attach(job)
+            self.run_button.setEnabled(False)
+        return job
+
+    def _on_event(self, job: Job, event: Any) -> None:
+        self.jobs.update_event(event)
+
+    def _on_cancelled(self, job: Job) -> None:
+        self.jobs.finish("Prediction cancelled; the layers were not changed.")
+        notify("Prediction cancelled; the layers were not changed.", "info")
+
+    def _on_error(self, job: Job, exc: BaseException) -> None:
+        hint = ""
+        if "out of memory" in str(exc).lower():
+            hint = " Try a smaller tile size or the CPU."
+        self.jobs.finish(f"Prediction failed: {exc}")
+        notify(f"Prediction failed: {exc}.{hint}", "error")
+
+    def _on_finally(self, job: Job) -> None:
+        self.run_button.setEnabled(True)
+        if self.job is job:
+            self.job = None
+
+    def _on_done(self, job: Job, result: PredictResult) -> None:
+        kept = self.apply_result(result)
+        where = "the image" if result.is_2d else (f"slice {result.slices[0]}" if len(result.slices) == 1
+                                                    else f"{len(result.slices)} slices")
+        msg = f"Predicted {where} of '{result.image}' with {result.model.get('model', '?')}."
+        if kept:
+            msg += f" Kept your corrections on slice(s) {', '.join(map(str, kept))} (boundary updated)."
+        self.jobs.finish(msg)
+
+    # ------------------------------------------------------------------ writing layers
+    def _output_layer(self, image: Any, role: str, kind: str, dtype: Any, make: Any = None, initial: Any = None,
+                      **kwargs: Any) -> tuple[Any, bool]:
+        """The ``role`` layer of ``image`` (created when absent or unusable); returns (layer, created).
+
+        A new layer (or an Image layer of the wrong shape) gets ``initial`` as data if given, else ``make(shape)``
+        (default: :func:`tracking.blank`).
+        """
+        name = tracking.layer_name(image.name, role)
+        shape = tuple(tracking.image_array(image).shape)
+        make = make or (lambda shp: tracking.blank(shp, dtype))
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        wanted = {"image": "Image", "labels": "Labels"}[kind]
+        if layer is not None and (type(layer).__name__ != wanted or tuple(layer.data.shape) != shape):
+            if kind == "image" and type(layer).__name__ == wanted:
+                old = layer.data
+                layer.data = initial if initial is not None else make(shape)
+                self._release(old)
+            else:  # never destroy user data: move the old layer aside
+                old, k = f"{name} (old)", 2
+                while old in self.viewer.layers:
+                    old, k = f"{name} (old {k})", k + 1
+                layer.name = old
+                layer = None
+        created = layer is None
+        if created:
+            data = initial if initial is not None else make(shape)
+            add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
+            layer = add(data, name=name, scale=image.scale, translate=image.translate,
+                        metadata={tracking.KEY: {"role": role, "image": image.name}}, **kwargs)
+        else:
+            layer.scale = image.scale
+            layer.translate = image.translate
+        meta = tracking.info(layer)
+        meta["role"], meta["image"] = role, image.name
+        return layer, created
+
+    def _release(self, data: Any) -> None:
+        """Delete a disk-backed output array no layer shows any more."""
+        store = lazy_outputs.store_for(self.session)
+        if store.owns(data) and not any(lay.data is data for lay in self.viewer.layers):
+            store.discard(data)
+
+    @staticmethod
+    def _write(layer: Any, result: PredictResult, arr: np.ndarray, skip: set[int] = frozenset()) -> None:
+        if result.is_2d:
+            if 0 not in skip:
+                layer.data[...] = arr[0]
+        else:
+            for i, z in enumerate(result.slices):
+                if z not in skip:
+                    layer.data[z] = arr[i]
+        layer.refresh()
+
+    @staticmethod
+    def _whole(result: PredictResult) -> bool:
+        """Whether a lazy result covers the whole image (its staged arrays can become the layer data)."""
+        return result.is_2d or list(result.slices) == list(range(int(result.shape[0])))
+
+    def _put(self, image: Any, role: str, kind: str, result: PredictResult, arr: Any,
+             skip: set[int] = frozenset(), **kwargs: Any) -> tuple[Any, bool]:
+        """Write ``arr`` (the ``role`` output of ``result``) into its layer, keeping slices in ``skip``."""
+        dtype = np.dtype(arr.dtype)
+        if not result.lazy:
+            layer, created = self._output_layer(image, role, kind, dtype, **kwargs)
+            self._write(layer, result, arr, skip)
+            return layer, created
+        store = lazy_outputs.store_for(self.session)
+
+        def make(shape: tuple[int, ...]) -> Any:
+            return store.create(shape, dtype, f"{image.name}-{role}")
+
+        if self._whole(result):  # the staged array becomes the layer's data (no copy)
+            layer, created = self._output_layer(image, role, kind, dtype, make=make, initial=arr, **kwargs)
+            old = layer.data
+            if old is not arr:
+                if result.is_2d:
+                    keep = [(None, None)] if 0 in skip else []
+                else:
+                    keep = [(z, z) for z in sorted(skip)]
+                lazy_outputs.copy_slices(old, arr, keep)  # the user's corrected slices stay
+                layer.data = arr
+                self._release(old)
+            layer.refresh()
+            return layer, created
+        layer, created = self._output_layer(image, role, kind, dtype, make=make, **kwargs)
+        pairs = [(i, z) for i, z in enumerate(result.slices) if z not in skip]
+        lazy_outputs.copy_slices(arr, layer.data, pairs)
+        store.discard(arr)
+        layer.refresh()
+        return layer, created
+
+    def _discard(self, result: PredictResult) -> None:
+        if result.lazy:
+            lazy_outputs.discard(lazy_outputs.store_for(self.session), result.arrays())
+
+    def apply_result(self, result: PredictResult) -> list[int]:
+        """Write a prediction into the output layers; returns edited slices whose labels were kept."""
+        if result.image not in self.viewer.layers:
+            notify(f"The image layer '{result.image}' was removed; its prediction was discarded.", "warning")
+            self._discard(result)
+            return []
+        image = self.viewer.layers[result.image]
+        if tuple(tracking.image_array(image).shape) != result.shape:
+            notify(f"'{result.image}' changed shape during the prediction; it was discarded. Predict again.",
+                   "warning")
+            self._discard(result)
+            return []
+        boundary, _ = self._put(image, "boundary", "image", result, result.prob, colormap="magma",
+                                contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
+        if result.variance is not None:
+            unc, _ = self._put(image, "uncertainty", "image", result, result.variance, colormap="viridis",
+                               contrast_limits=(0.0, 0.1), blending="additive", visible=False)
+            tracking.info(unc)["predicted"] |= set(result.slices)
+        if result.instances is not None:
+            self._put(image, "instances", "labels", result, result.instances, opacity=0.35)
+        name = tracking.layer_name(image.name, "membranes")
+        existing = self.viewer.layers[name] if name in self.viewer.layers else None
+        reused = (existing is not None and type(existing).__name__ == "Labels"
+                  and tuple(existing.data.shape) == result.shape)  # else a fresh layer holds nothing of the user's
+        keep: set[int] = set()
+        if reused and not self.overwrite_check.isChecked():
+            keep = tracking.info(existing)["edited"] & set(result.slices)
+        membranes, created = self._put(image, "membranes", "labels", result, result.membranes, keep,
+                                       colormap=tracking.membrane_colormap(), opacity=0.7)
+        meta = tracking.info(membranes)
+        if self.overwrite_check.isChecked():
+            meta["edited"] -= set(result.slices)
+            meta["corrected"] -= set(result.slices)
+        meta["predicted"] |= set(result.slices)
+        meta["threshold"] = result.threshold
+        for z in result.slices:
+            meta["slice_model"][z] = dict(result.model)
+        tracking.info(boundary)["predicted"] |= set(result.slices)
+        tracking.attach_tracking(membranes, self.session)
+        if created:
+            membranes.brush_size = 2
+            membranes.selected_label = 1
+            self.viewer.layers.selection.active = membranes
+        diff = tracking.companion(self.viewer, image.name, "difference")
+        if diff is not None:
+            from .correct import update_difference
+
+            update_difference(self.viewer, membranes, result.slices)
+        self.session.corrections_changed.emit(membranes.name)
+        return sorted(keep)

@@ -1,0 +1,341 @@
+"""Running the core's generator jobs (prediction, fine-tuning) off the GUI thread, one job per resource.
+
+A job is a callable taking its :class:`Job` and returning a core generator (it yields
+:class:`~napari_neuroedge.progress.ProgressEvent` and returns a result). :class:`JobRunner` drives it in a napari
+``GeneratorWorker`` (stardist-napari style) or, with ``background=False``, synchronously in the caller's thread
+(tests, scripts). Cancel sets a flag checked between yields; the core generator is then closed *in the worker
+thread*, so its clean-up (temp files, the fine-tuner's last checkpoint) runs before the job reports back.
+Handlers always run in the GUI thread. Jobs holding a resource (e.g. ``"layer:stack"``) block other jobs
+asking for it, with a message; closing the viewer cancels every job and waits briefly for it.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable, Generator, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._qt_utils import alive, log, notify
+
+Handler = Callable[..., None] | None
+
+
+class _Cancelled:
+    """Sentinel returned by a job that stopped on a cancel request."""
+
+    def __repr__(self) -> str:
+        return "CANCELLED"
+
+
+CANCELLED = _Cancelled()
+
+
+@dataclass
+class Failed:
+    """Returned (not raised) by a failed job: superqt drops RuntimeErrors (e.g. CUDA out of memory) raised in a
+    worker without emitting ``finished``, so errors travel as values instead."""
+
+    error: BaseException
+    traceback: str = ""
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Job:
+    """One running (or finished) job; ``state`` is pending | running | done | cancelled | failed."""
+
+    name: str
+    resources: frozenset[str]
+    id: int = field(default_factory=lambda: next(_ids))
+    state: str = "pending"
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    detached: bool = False  # handlers no longer run (the viewer closed)
+    started_at: float = field(default_factory=time.perf_counter)
+    last_event: Any = None
+    result: Any = None
+    error: BaseException | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # job-specific data the worker shares with handlers
+    worker: Any = None
+    pbar: Any = None
+    status_id: Any = None
+
+    @property
+    def running(self) -> bool:
+        return self.state in ("pending", "running")
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next yield."""
+        self.cancel_requested.set()
+
+
+def drive_cancellable(job: Job, make: Callable[[Job], Generator[Any, None, Any]]) -> Generator[Any, None, Any]:
+    """Generator run by the worker: forwards the core job's events; on cancel closes it (here) and returns CANCELLED."""
+    try:
+        try:
+            gen = make(job)
+        except Exception as exc:
+            return Failed(exc, traceback.format_exc())
+        try:
+            while True:
+                if job.cancel_requested.is_set():
+                    gen.close()
+                    return CANCELLED
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    return stop.value
+                except Exception as exc:
+                    return Failed(exc, traceback.format_exc())
+                yield event
+        finally:
+            gen.close()
+    finally:
+        job.finished.set()
+
+
+def _cancel_ref(ref: weakref.ReferenceType, *_: Any) -> None:
+    job = ref()
+    if job is not None and job.running:
+        job.cancel()
+        job.detached = True
+
+
+class JobRunner:
+    """Starts jobs, routes their events to GUI-thread handlers and keeps one job per resource."""
+
+    def __init__(self, viewer: Any = None, background: bool = True) -> None:
+        self._viewer_ref = weakref.ref(viewer) if viewer is not None else (lambda: None)
+        self.background = background
+        self.jobs: list[Job] = []
+
+    # ------------------------------------------------------------------ queries
+    def running(self) -> list[Job]:
+        return [j for j in self.jobs if j.running]
+
+    def conflict(self, resources: Iterable[str]) -> Job | None:
+        """The running job holding any of ``resources``, if one does."""
+        wanted = set(resources)
+        for job in self.running():
+            if job.resources & wanted:
+                return job
+        return None
+
+    # ------------------------------------------------------------------ starting
+    def start(self, name: str, resources: Iterable[str], make: Callable[[Job], Generator[Any, None, Any]], *,
+              on_event: Handler = None, on_done: Handler = None, on_cancelled: Handler = None,
+              on_error: Handler = None, on_finally: Handler = None, total: int | None = None,
+              background: bool | None = None) -> Job | None:
+        """Start ``make(job)`` (a core generator) as a job, or show why not (a conflicting job) and return None.
+
+        Handlers (all in the GUI thread): ``on_event(job, event)``, ``on_done(job, result)``,
+        ``on_cancelled(job)``, ``on_error(job, exc)`` (default: an error notification), ``on_finally(job)``.
+        """
+        resources = frozenset(resources)
+        other = self.conflict(resources)
+        if other is not None:
+            notify(f"'{other.name}' is still running; wait for it to finish or cancel it before starting "
+                   f"'{name}'.", "warning")
+            return None
+        job = Job(name, resources)
+        self.jobs = [j for j in self.jobs if j.running] + [job]
+        handlers = {"event": on_event, "done": on_done, "cancelled": on_cancelled, "error": on_error,
+                    "finally": on_finally}
+        self._open_progress(job, total)
+        owner = getattr(on_done, "__self__", None)
+        if owner is not None and hasattr(owner, "destroyed"):
+            # the widget that started the job is closed (e.g. with the viewer): stop the job
+            owner.destroyed.connect(functools.partial(_cancel_ref, weakref.ref(job)))
+        if background if background is not None else self.background:
+            self._start_worker(job, make, handlers)
+        else:
+            self._run_sync(job, make, handlers)
+        return job
+
+    def _start_worker(self, job: Job, make: Callable[[Job], Generator[Any, None, Any]],
+                      handlers: dict[str, Handler]) -> None:
+        from napari.qt.threading import GeneratorWorker
+
+        worker = GeneratorWorker(drive_cancellable, job, make)
+        job.worker = worker
+        worker.started.connect(lambda: self._set_running(job))
+        worker.yielded.connect(lambda ev: self._on_event(job, ev, handlers))
+        worker.returned.connect(lambda value: self._on_return(job, value, handlers))
+        worker.errored.connect(lambda exc: self._on_error(job, exc, handlers))
+        worker.aborted.connect(lambda: self._on_return(job, CANCELLED, handlers))
+        worker.finished.connect(lambda: self._on_finished(job, handlers))
+        self._register_status(job)
+        worker.start()
+
+    def _run_sync(self, job: Job, make: Callable[[Job], Generator[Any, None, Any]], handlers: dict[str, Handler]) -> None:
+        self._set_running(job)
+        gen = drive_cancellable(job, make)
+        try:
+            while True:
+                try:
+                    event = next(gen)
+                except StopIteration as stop:
+                    self._on_return(job, stop.value, handlers)
+                    break
+                self._on_event(job, event, handlers)
+        except Exception as exc:
+            self._on_error(job, exc, handlers)
+        finally:
+            self._on_finished(job, handlers)
+
+    # ------------------------------------------------------------------ callbacks (GUI thread)
+    def _call(self, job: Job, handler: Handler, *args: Any) -> None:
+        if handler is None or job.detached:
+            return
+        owner = getattr(handler, "__self__", None)
+        if owner is not None and hasattr(owner, "objectName") and not alive(owner):
+            return  # the widget that started the job was closed
+        try:
+            handler(job, *args)
+        except Exception as exc:  # a handler bug must not take napari down
+            log.error("handler of %s failed:\n%s", job.name, traceback.format_exc())
+            notify(f"{job.name}: internal error while updating the viewer ({type(exc).__name__}: {exc})", "error")
+
+    def _set_running(self, job: Job) -> None:
+        job.state = "running" if job.state == "pending" else job.state
+        self._update_status(job, "BUSY")
+
+    def _on_event(self, job: Job, event: Any, handlers: dict[str, Handler]) -> None:
+        job.last_event = event
+        self._update_progress(job, event)
+        self._call(job, handlers["event"], event)
+
+    def _on_return(self, job: Job, value: Any, handlers: dict[str, Handler]) -> None:
+        if not job.running:
+            return
+        if isinstance(value, Failed):
+            log.error("%s failed:\n%s", job.name, value.traceback)
+            self._on_error(job, value.error, handlers)
+        elif value is CANCELLED:
+            job.state = "cancelled"
+            self._update_status(job, "CANCELLED")
+            self._call(job, handlers["cancelled"])
+        else:
+            job.state, job.result = "done", value
+            self._update_status(job, "COMPLETED")
+            self._call(job, handlers["done"], value)
+
+    def _on_error(self, job: Job, exc: BaseException, handlers: dict[str, Handler]) -> None:
+        job.state, job.error = "failed", exc
+        self._update_status(job, "FAILED")
+        if handlers["error"] is not None:
+            self._call(job, handlers["error"], exc)
+        elif not job.detached:
+            notify(f"{job.name} failed: {exc}", "error")
+
+    def _on_finished(self, job: Job, handlers: dict[str, Handler]) -> None:
+        if job.running:  # finished without a return value reaching us (should not happen)
+            job.state = "cancelled" if job.cancel_requested.is_set() else "done"
+        self._close_progress(job)
+        self._call(job, handlers["finally"])
+        job.worker = None
+
+    # ------------------------------------------------------------------ cancelling
+    def cancel(self, job: Job | None, wait: float = 0.0) -> bool:
+        """Request ``job`` to stop; with ``wait`` > 0 block up to that many seconds for its thread to finish."""
+        if job is None or not job.running:
+            return True
+        job.cancel()
+        if wait > 0 and job.worker is not None:
+            return job.finished.wait(wait)
+        return True
+
+    def shutdown(self, wait: float = 10.0) -> None:
+        """Cancel every job, wait up to ``wait`` s in total, and stop delivering their results (viewer closing)."""
+        deadline = time.perf_counter() + wait
+        jobs = self.running()
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            if job.worker is not None:
+                job.finished.wait(max(0.0, deadline - time.perf_counter()))
+            job.detached = True
+            self._close_progress(job)
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Block (without an event loop) until no job runs; for scripts. Returns False on timeout."""
+        deadline = time.perf_counter() + timeout
+        for job in self.running():
+            if not job.finished.wait(max(0.0, deadline - time.perf_counter())):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ napari progress + task status
+    def _open_progress(self, job: Job, total: int | None) -> None:
+        try:
+            from napari.utils import progress
+
+            job.pbar = progress(total=total or 0, desc=job.name)
+        except Exception:
+            job.pbar = None
+
+    def _update_progress(self, job: Job, event: Any) -> None:
+        pbar = job.pbar
+        if pbar is None:
+            return
+        try:
+            total = int(getattr(event, "total", 0) or 0)
+            if total and pbar.total != total:
+                pbar.total = total
+            pbar.n = int(getattr(event, "done", 0) or 0)
+            stage = getattr(event, "stage", "")
+            if stage:
+                pbar.set_description(f"{job.name}: {stage}", refresh=False)
+            pbar.refresh()
+        except Exception:
+            pass
+
+    def _close_progress(self, job: Job) -> None:
+        if job.pbar is not None:
+            try:
+                job.pbar.close()
+            except Exception:
+                pass
+            job.pbar = None
+
+    def _window(self) -> Any:
+        viewer = self._viewer_ref()
+        return getattr(viewer, "window", None) if viewer is not None else None
+
+    def _register_status(self, job: Job) -> None:
+        """Tell napari's window about the job, so closing the window asks first and then cancels it."""
+        window = self._window()
+        register = getattr(window, "_register_task_status", None)
+        if register is None:
+            return
+        try:
+            from napari.utils.task_status import Status
+
+            ref = weakref.ref(self)
+
+            job_ref = weakref.ref(job)  # napari keeps task entries forever: do not keep the job (and its result)
+
+            def cancel_callback() -> bool:
+                runner, j = ref(), job_ref()
+                return runner.cancel(j, wait=10.0) if runner is not None and j is not None else True
+
+            job.status_id = register("napari-neuroedge", Status.PENDING, job.name, cancel_callback=cancel_callback)
+        except Exception:
+            job.status_id = None
+
+    def _update_status(self, job: Job, status: str) -> None:
+        window = self._window()
+        if job.status_id is None or window is None:
+            return
+        try:
+            from napari.utils.task_status import Status
+
+            window._update_task_status(job.status_id, getattr(Status, status), job.name)
+        except Exception:
+            pass

@@ -1,0 +1,173 @@
+"""Correct widget: brush presets, edit tracking from paint events, overlay toggle, difference view, uncertainty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt
+
+from napari_neuroedge._napari import tracking
+from napari_neuroedge._napari.widgets.correct import (BRUSH_PRESETS, TOGGLE_KEY, next_uncertain_slice,
+                                                       toggle_prediction)
+
+
+@pytest.fixture
+def predicted(panel_viewer, waiter):
+    viewer, panel = panel_viewer
+    panel.predict.tta_combo.setCurrentText("6 (rotations + flips)")
+    panel.predict.uncertainty_check.setChecked(True)
+    panel.predict.scope_combo.setCurrentText("all slices")
+    waiter(panel.predict.predict())
+    return viewer, panel, viewer.layers["em membranes"]
+
+
+def _cell_pixel(layer, z):
+    """A (z, y, x) data position inside a cell (label 0) well away from membranes."""
+    from scipy import ndimage as ndi
+
+    dist = ndi.distance_transform_edt(np.asarray(layer.data[z]) == 0)
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    assert dist[y, x] >= 4
+    return int(y), int(x)
+
+
+def test_paint_is_tracked_and_listed(qtbot, predicted, goto):
+    viewer, panel, mem = predicted
+    c = panel.correct
+    assert c.membranes_combo.currentText() == "em membranes"
+    assert c.slice_list.count() == 0
+    goto(viewer, viewer.layers["em"], 2)
+    qtbot.mouseClick(c.brush_buttons[3], Qt.LeftButton)
+    assert mem.brush_size == 3 and mem.mode == "paint" and mem.selected_label == 1
+    assert viewer.layers.selection.active is mem
+    y, x = _cell_pixel(mem, 2)
+    before = np.asarray(mem.data).copy()
+    mem.paint((2, y, x), 1)  # what a brush stroke does
+    changed = np.argwhere(np.asarray(mem.data) != before)
+    assert len(changed) > 0 and set(changed[:, 0]) == {2}
+    meta = tracking.info(mem)
+    assert meta["edited"] == {2} and meta["corrected"] == {2}
+    assert c.slice_list.count() == 1
+    item = c.slice_list.item(0)
+    assert item.data(Qt.UserRole) == 2 and item.checkState() == Qt.Checked and "edited" in item.text()
+    # the user unticks it: not corrected any more, still edited
+    item.setCheckState(Qt.Unchecked)
+    assert meta["corrected"] == set() and meta["edited"] == {2}
+    # erase on slice 0 is tracked too; undo works as in napari
+    mem.mode = "erase"
+    y0, x0 = np.argwhere(np.asarray(mem.data[0]) == 1)[0]
+    mem.paint((0, int(y0), int(x0)), 0)
+    assert meta["edited"] == {0, 2}
+    assert mem.data[0, y0, x0] == 0
+    mem.undo()
+    assert mem.data[0, y0, x0] == 1
+    # mark / unmark the slice on screen
+    goto(viewer, viewer.layers["em"], 1)
+    qtbot.mouseClick(c.mark_button, Qt.LeftButton)
+    assert meta["corrected"] == {0, 1}
+    assert [c.slice_list.item(i).data(Qt.UserRole) for i in range(c.slice_list.count())] == [0, 1, 2]
+    qtbot.mouseClick(c.unmark_button, Qt.LeftButton)
+    assert meta["corrected"] == {0}
+    assert [c.slice_list.item(i).data(Qt.UserRole) for i in range(c.slice_list.count())] == [0, 2]
+    # double click goes to the slice
+    c._on_item_double_clicked(c.slice_list.item(1))
+    assert tracking.current_slice(viewer, mem) == 2
+
+
+def test_brush_presets(qtbot, predicted):
+    _, panel, mem = predicted
+    assert BRUSH_PRESETS == (1, 2, 3, 5)
+    for size in (5, 1, 3, 2):
+        panel.correct.brush_buttons[size].click()
+        assert mem.brush_size == size and mem.mode == "paint"
+    panel.correct.erase_button.click()
+    assert mem.mode == "erase"
+
+
+def test_toggle_overlay_button_and_key(qtbot, predicted):
+    viewer, panel, mem = predicted
+    boundary = viewer.layers["em boundary"]
+    assert boundary.visible
+    panel.correct.toggle_button.click()
+    assert not boundary.visible
+    # the key is bound on the membrane layer (active while brushing)
+    bound = [str(k) for k in mem.keymap]
+    assert any(k.lower() == TOGGLE_KEY for k in bound), bound
+    callback = next(v for k, v in mem.keymap.items() if str(k).lower() == TOGGLE_KEY)
+    callback(mem)
+    assert boundary.visible
+    assert toggle_prediction(viewer, mem) is False
+
+
+def test_difference_to_prediction(qtbot, predicted):
+    viewer, panel, mem = predicted
+    c = panel.correct
+    y, x = _cell_pixel(mem, 1)
+    mem.paint((1, y, x), 1)  # add membrane where the model saw none
+    ym, xm = np.argwhere(np.asarray(mem.data[0]) == 1)[0]
+    mem.paint((0, int(ym), int(xm)), 0)  # remove some membrane
+    c.diff_check.setChecked(True)
+    diff = viewer.layers["em difference"]
+    assert diff.visible
+    d = np.asarray(diff.data)
+    expected_added = (np.asarray(mem.data[1]) == 1) & (np.asarray(viewer.layers["em boundary"].data[1]) < 0.5)
+    np.testing.assert_array_equal(d[1] == 1, expected_added)
+    assert d[1, y, x] == 1 and (d[1] == 2).sum() == 0
+    assert d[0, ym, xm] == 2 and (d[0] == 1).sum() == 0
+    assert (d[2] == 0).all()
+    # painting again updates the view
+    y2, x2 = _cell_pixel(mem, 2)
+    mem.paint((2, y2, x2), 1)
+    qtbot.waitUntil(lambda: np.asarray(diff.data)[2, y2, x2] == 1, timeout=2000)
+    c.diff_check.setChecked(False)
+    assert not diff.visible
+
+
+def test_next_most_uncertain_slice(qtbot, predicted, goto):
+    viewer, panel, mem = predicted
+    unc = viewer.layers["em uncertainty"]
+    # make the ranking unambiguous: slice 0 most uncertain, then 2, then 1
+    for z, v in ((0, 0.2), (1, 0.01), (2, 0.1)):
+        unc.data[z] = v
+    goto(viewer, viewer.layers["em"], 1)
+    assert panel.correct.go_next_uncertain() == 0
+    assert tracking.current_slice(viewer, mem) == 0
+    tracking.info(mem)["corrected"].add(0)
+    assert panel.correct.go_next_uncertain() == 2
+    tracking.info(mem)["corrected"].update({1, 2})
+    assert next_uncertain_slice(viewer, mem) is None
+    assert panel.correct.go_next_uncertain() is None
+
+
+def test_next_uncertain_without_uncertainty_says_what_to_do(qtbot, panel_viewer, waiter, notes):
+    viewer, panel = panel_viewer
+    waiter(panel.predict.predict())
+    assert panel.correct.go_next_uncertain() is None
+    warnings = notes("warning")
+    assert len(warnings) == 1 and "TTA" in warnings[0]
+
+
+def test_repredict_keeps_corrections(qtbot, predicted, waiter, goto):
+    viewer, panel, mem = predicted
+    goto(viewer, viewer.layers["em"], 1)
+    y, x = _cell_pixel(mem, 1)
+    mem.paint((1, y, x), 1)
+    corrected = np.asarray(mem.data[1]).copy()
+    panel.predict.scope_combo.setCurrentText("all slices")
+    job = waiter(panel.predict.predict())
+    assert job.state == "done"
+    np.testing.assert_array_equal(mem.data[1], corrected)  # the user's edit survives
+    assert "Kept your corrections on slice(s) 1" in panel.predict.jobs.status.text()
+    panel.predict.overwrite_check.setChecked(True)
+    waiter(panel.predict.predict())
+    assert mem.data[1, y, x] == 0  # replaced on request
+    assert tracking.info(mem)["edited"] == set()
+
+
+def test_ignore_layer(qtbot, predicted):
+    viewer, panel, mem = predicted
+    ignore = panel.correct.add_ignore_layer()
+    assert ignore.name == "em ignore" and ignore.data.shape == mem.data.shape
+    assert viewer.layers.selection.active is ignore and ignore.mode == "paint"
+    np.testing.assert_allclose(ignore.scale, mem.scale)
+    assert panel.correct.add_ignore_layer() is ignore  # no duplicates

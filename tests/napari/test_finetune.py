@@ -1,0 +1,206 @@
+"""One-click fine-tune: background run with progress and live plots, result selected and re-predicted, cancel,
+a second run continuing from the first, closing the viewer mid-run, and the GUI event-loop latency meanwhile."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qtpy.QtCore import Qt, QTimer
+
+from napari_neuroedge._napari import tracking
+from napari_neuroedge.models.checkpoint import load_checkpoint
+
+
+class LatencyProbe:
+    """A QTimer firing every ``interval_ms``; records how late each tick is (ms)."""
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        self.interval = interval_ms / 1000
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.PreciseTimer)
+        self.timer.setInterval(interval_ms)
+        self.timer.timeout.connect(self._tick)
+        self.last: float | None = None
+        self.late_ms: list[float] = []
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.late_ms.append(max(0.0, (now - self.last - self.interval) * 1000))
+        self.last = now
+
+    def start(self) -> None:
+        self.last = None
+        self.timer.start()
+
+    def stop(self) -> dict[str, float]:
+        self.timer.stop()
+        arr = np.asarray(self.late_ms) if self.late_ms else np.zeros(1)
+        return {"n": len(self.late_ms), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
+                "max": float(arr.max())}
+
+
+def _correct_slice(viewer, mem, z: int) -> None:
+    """Simulate a brush correction: thicken the membranes of slice z by painting along them."""
+    ys, xs = np.nonzero(np.asarray(mem.data[z]) == 0)
+    for y, x in list(zip(ys, xs))[:: max(1, len(ys) // 15)][:15]:
+        mem.paint((z, int(y), int(x)), 1)
+
+
+def _small(ft, steps: int) -> None:
+    ft.steps_spin.setValue(steps)
+    ft.crop_spin.setValue(64)
+    ft.batch_spin.setValue(2)
+    ft.lr_spin.setValue(0.01)
+
+
+@pytest.fixture
+def corrected_viewer(panel_viewer, waiter, goto):
+    viewer, panel = panel_viewer
+    goto(viewer, viewer.layers["em"], 1)
+    waiter(panel.predict.predict())  # current slice (1)
+    mem = viewer.layers["em membranes"]
+    _correct_slice(viewer, mem, 1)
+    assert tracking.info(mem)["corrected"] == {1}
+    return viewer, panel, mem
+
+
+def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path, notes):
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    assert ft.steps_spin.value() == 200 and ft.crop_spin.value() == 256  # the defaults behind "Advanced"
+    assert ft.model_label.text() == panel.predict.session.selected_model
+    first_model = panel.predict.session.selected_model
+    ft.save_edit.setText(str(tmp_path / "models"))
+    _small(ft, 12)
+    before = np.asarray(viewer.layers["em boundary"].data[1]).copy()
+    seen: list[tuple[int, int, str]] = []
+    probe = LatencyProbe(10)
+
+    qtbot.mouseClick(ft.run_button, Qt.LeftButton)
+    job = ft.job
+    assert job is not None and job.worker is not None and not ft.run_button.isEnabled()
+
+    def track():
+        ev = job.last_event
+        if ev is not None and ev.stage == "train":
+            if not seen:
+                probe.start()  # measure while training runs
+            if not seen or seen[-1][0] != ev.done:
+                seen.append((ev.done, ev.total, ft.jobs.status.text()))
+        return not job.running
+
+    qtbot.waitUntil(track, timeout=120_000)
+    stats = probe.stop()
+    waiter(job)
+    print(f"\nGUI event-loop lateness during fine-tuning (10 ms timer, {stats['n']} ticks): "
+          f"p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, max {stats['max']:.1f} ms")
+    assert job.state == "done", job.error
+    assert stats["n"] > 20
+    assert stats["p95"] < 200, stats  # target < 100 ms; looser bound here because the CI machine is shared
+    # progress: steps counted up to the total, with an ETA while running
+    assert seen[-1][:2] == (12, 12) and len(seen) >= 3
+    assert any("ETA" in text for _, _, text in seen[:-1])
+    assert ft.jobs.bar.value() == 12 and ft.jobs.bar.maximum() == 12
+    # live plots got every loss and the validation points (val every steps // 10 = 1 step)
+    assert len(ft.loss_plot.series["loss"]) == 12
+    assert len(ft.val_plot.series["F1"]) == 12
+    # saved under the chosen folder as <timestamp>.pt with provenance, and selected in Predict
+    path = Path(job.result["path"])
+    assert path.parent == tmp_path / "models" and path.suffix == ".pt" and path.stem[:8].isdigit()
+    ckpt = load_checkpoint(path)
+    assert ckpt.provenance["name"] == path.stem and ckpt.provenance["parent"]["model"] == first_model
+    assert json.loads(path.with_suffix(".json").read_text())["provenance"]["name"] == path.stem
+    new_name = job.extra["model_name"]
+    assert panel.predict.session.selected_model == new_name == path.stem
+    assert panel.predict.model_combo.currentText() == new_name
+    # the current slice was re-predicted with the new model: the prediction changed there
+    repredict = job.extra["repredict"]
+    waiter(repredict)
+    after = np.asarray(viewer.layers["em boundary"].data[1])
+    assert np.abs(after - before).mean() > 1e-3
+    assert tracking.info(mem)["slice_model"][1]["model"] == new_name
+    assert tracking.info(mem)["edited"] == {1}  # corrections kept through the re-prediction
+    assert any("Fine-tuned model saved" in m for m in notes("info"))
+
+    # a second fine-tune continues from the first
+    _small(ft, 2)
+    job2 = waiter(ft.finetune())
+    assert job2.state == "done"
+    ckpt2 = load_checkpoint(job2.result["path"])
+    assert ckpt2.provenance["parent"]["model"] == new_name
+    assert ckpt2.provenance["init"] == path.stem
+    waiter(job2.extra["repredict"])
+    assert panel.predict.session.selected_model == Path(job2.result["path"]).stem
+
+
+def test_cancel_finetune_keeps_last_good_checkpoint(qtbot, corrected_viewer, waiter, tmp_path, notes):
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    selected = panel.predict.session.selected_model
+    ft.save_edit.setText(str(tmp_path / "m"))
+    _small(ft, 10_000)
+    job = ft.finetune()
+    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
+                    and job.last_event.done >= 2, timeout=60_000)
+    t0 = time.perf_counter()
+    qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
+    waiter(job)
+    assert time.perf_counter() - t0 < 10
+    assert job.state == "cancelled"
+    kept = Path(job.extra["kept"])
+    assert kept.exists() and kept.name.endswith("-cancelled.pt")
+    ckpt = load_checkpoint(kept)
+    assert ckpt.provenance.get("cancelled") is True and 2 <= ckpt.step < 10_000
+    session = panel.predict.session
+    assert session.models[kept.stem] == str(kept.resolve())
+    assert session.selected_model == selected  # not switched to a half-trained model
+    assert any("last good checkpoint is kept" in m for m in notes("info"))
+    assert ft.run_button.isEnabled()
+
+
+def test_closing_viewer_stops_finetune(qtbot, corrected_viewer, tmp_path):
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    ft.save_edit.setText(str(tmp_path / "m"))
+    _small(ft, 10_000)
+    job = ft.finetune()
+    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train", timeout=60_000)
+    viewer.close()
+    assert job.finished.wait(15), "the fine-tune thread did not stop after the viewer closed"
+    runs = list((tmp_path / "m" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "last.pt").exists()  # stopped cleanly, checkpoint written
+    qtbot.wait(50)  # late worker signals must not touch the closed viewer
+    assert job.detached or not job.running
+
+
+def test_finetune_from_exported_folder_with_replay(qtbot, corrected_viewer, waiter, tmp_path):
+    viewer, panel, mem = corrected_viewer
+    folder = tmp_path / "set"
+    assert len(panel.export.export(str(folder))) == 1
+    ft = panel.finetune
+    ft.source_combo.setCurrentText("training-set folder")
+    assert ft.folder_edit.text() == str(folder)
+    ft.replay_edit.setText(str(folder))
+    ft.save_edit.setText(str(tmp_path / "m"))
+    _small(ft, 2)
+    job = waiter(ft.finetune())
+    assert job.state == "done"
+    ckpt = load_checkpoint(job.result["path"])
+    assert ckpt.provenance["data"] == str(folder) and ckpt.provenance["replay"] == str(folder)
+    waiter(job.extra["repredict"])
+
+
+def test_finetune_without_data_says_why(qtbot, panel_viewer, tmp_path, notes):
+    viewer, panel = panel_viewer
+    ft = panel.finetune
+    assert ft.finetune() is None
+    assert "No membrane layer" in notes("warning")[0]
+    ft.source_combo.setCurrentText("training-set folder")
+    ft.folder_edit.setText(str(tmp_path / "nothing"))
+    assert ft.finetune() is None
+    assert "manifest.json" in notes("warning")[0]

@@ -1,0 +1,199 @@
+"""Predict widget driven like a user: settings, click, layers filled / updated in place, errors as notifications."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_neuroedge._napari import tracking
+from napari_neuroedge._napari.widgets.predict import TTA_CHOICES
+
+
+def _click(qtbot, button):
+    from qtpy.QtCore import Qt
+
+    qtbot.mouseClick(button, Qt.LeftButton)
+
+
+def test_predict_all_slices_fills_layers(qtbot, panel_viewer, synth_stack, waiter):
+    viewer, panel = panel_viewer
+    p = panel.predict
+    p.tta_combo.setCurrentText("8 (full dihedral)")
+    p.uncertainty_check.setChecked(True)
+    p.instances_check.setChecked(True)
+    p.scope_combo.setCurrentText("all slices")
+    p.threshold_spin.setValue(0.5)
+    _click(qtbot, p.run_button)
+    job = p.job
+    assert job is not None and job.worker is not None  # a background worker
+    assert not p.run_button.isEnabled()
+    from napari.utils import progress
+
+    assert isinstance(job.pbar, progress)  # napari's progress bar (activity dock)
+    pbar = job.pbar
+    waiter(job)
+    assert job.state == "done"
+    assert p.run_button.isEnabled()
+    assert job.pbar is None and pbar.n == pbar.total > 0  # ran to the end, then closed
+    assert p.jobs.bar.value() == p.jobs.bar.maximum() > 0
+    for suffix in ("boundary", "membranes", "instances", "uncertainty"):
+        assert f"em {suffix}" in viewer.layers
+    boundary, membranes = viewer.layers["em boundary"], viewer.layers["em membranes"]
+    inst, unc = viewer.layers["em instances"], viewer.layers["em uncertainty"]
+    assert type(boundary).__name__ == "Image" and boundary.data.dtype == np.float32
+    assert type(membranes).__name__ == "Labels" and membranes.data.dtype == np.uint8
+    assert inst.data.dtype == np.uint32 and unc.data.dtype == np.float32
+    for layer in (boundary, membranes, inst, unc):
+        assert layer.data.shape == (3, 96, 112)
+        np.testing.assert_allclose(layer.scale, [2.0, 1.5, 1.5])
+        np.testing.assert_allclose(layer.translate, [0.0, 10.0, 5.0])
+    prob = np.asarray(boundary.data)
+    np.testing.assert_array_equal(membranes.data, (prob >= 0.5).astype(np.uint8))
+    # the tiny model finds the synthetic membranes: mostly right, and a real mix of both classes
+    gt = synth_stack.membrane > 0
+    acc = float(((prob >= 0.5) == gt).mean())
+    assert acc > 0.85, acc
+    assert 0.05 < float(membranes.data.mean()) < 0.5
+    # instances: ids unique per slice (z << 16 offset), membranes included in cells
+    for z in range(3):
+        ids = np.unique(inst.data[z])
+        assert ids.min() >= (z << 16) + 1 and ids.max() < ((z + 1) << 16)
+        assert len(ids) > 3
+    assert float(unc.data.max()) > 0 and float(unc.data.min()) >= 0
+    assert tracking.info(membranes)["predicted"] == {0, 1, 2}
+    # outputs are not offered as inputs; the membrane layer is offered for correcting
+    assert [p.image_combo.itemText(i) for i in range(p.image_combo.count())] == ["em"]
+    assert panel.correct.membranes_combo.currentText() == "em membranes"
+    assert tracking.info(membranes)["slice_model"][1]["model"] == tiny_name(panel)
+
+
+def tiny_name(panel) -> str:
+    return panel.predict.session.selected_model
+
+
+def test_current_slice_only_and_in_place(qtbot, panel_viewer, waiter, goto):
+    viewer, panel = panel_viewer
+    p = panel.predict
+    image = viewer.layers["em"]
+    goto(viewer, image, 1)
+    p.scope_combo.setCurrentText("current slice")
+    waiter(p.predict())
+    boundary = viewer.layers["em boundary"]
+    data = np.asarray(boundary.data)
+    assert data[1].max() > 0.5 and data[0].max() == 0 and data[2].max() == 0  # only slice 1 predicted
+    n_layers = len(viewer.layers)
+    membranes = viewer.layers["em membranes"]
+    goto(viewer, image, 2)
+    waiter(p.predict())
+    assert len(viewer.layers) == n_layers  # no new layers piled up
+    assert viewer.layers["em boundary"] is boundary and viewer.layers["em membranes"] is membranes
+    assert np.asarray(boundary.data)[2].max() > 0.5 and np.asarray(boundary.data)[0].max() == 0
+    np.testing.assert_array_equal(np.asarray(boundary.data)[1], data[1])  # untouched slice stays
+
+
+def test_predict_2d_image_and_defaults(qtbot, make_napari_viewer, waiter, tiny_checkpoint):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+    from napari_neuroedge.sample import synthetic_em
+
+    viewer = make_napari_viewer()
+    img = synthetic_em((80, 72), cell_size=20, seed=5).image
+    viewer.add_image(img, name="plane")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.model_combo.currentText() == "default"  # the bundled model is preselected
+    assert w.tile_spin.value() == 512 and w.overlap_spin.value() == pytest.approx(0.25)
+    assert list(TTA_CHOICES.values()) == [1, 6, 8]
+    assert not w.uncertainty_check.isEnabled()  # needs TTA
+    assert w.device_combo.itemText(0) == "auto" and "cpu" in w.device_found.text()
+    w.load_checkpoint(str(tiny_checkpoint))
+    w.tile_spin.setValue(64)
+    waiter(w.predict())
+    mem = viewer.layers["plane membranes"]
+    assert mem.data.shape == (80, 72) and 0 < mem.data.mean() < 0.6
+
+
+def test_predict_runs_with_bundled_default_model(qtbot, make_napari_viewer, waiter):
+    """The shipped model loads and predicts (its quality is not tested: it may still be a placeholder)."""
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8), name="noise")
+    w = PredictWidget(viewer)
+    w.tile_spin.setValue(64)
+    job = waiter(w.predict())
+    assert job.state == "done"
+    prob = np.asarray(viewer.layers["noise boundary"].data)
+    assert prob.shape == (64, 64) and np.isfinite(prob).all() and 0 <= prob.min() <= prob.max() <= 1
+
+
+def test_rgb_layer_is_refused_with_a_notification(qtbot, make_napari_viewer, notes):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="colour", rgb=True)
+    viewer.add_image(np.zeros((2, 3, 32, 32), np.uint8), name="4d")
+    w = PredictWidget(viewer)
+    assert w.image_combo.findText("colour") == -1  # RGB layers are not offered
+    assert w._check_image(viewer.layers["colour"]) is None
+    errors = notes("error")
+    assert len(errors) == 1 and "RGB" in errors[0] and "grayscale" in errors[0]
+    w.image_combo.set_layer("4d")
+    assert w.predict() is None
+    errors = notes("error")
+    assert len(errors) == 1 and "4D" in errors[0]
+    assert len(viewer.layers) == 2
+
+
+def test_corrupt_checkpoint_shows_error_and_keeps_selection(qtbot, make_napari_viewer, tmp_path, notes,
+                                                            monkeypatch):
+    from napari_neuroedge._napari.session import LOAD_CHECKPOINT
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"\x80\x02this is not a torch file")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weight": torch.zeros(3)}, plain)
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    before = w.session.selected_model
+    for path in (bad, plain):
+        monkeypatch.setattr(w, "_ask_checkpoint_path", lambda p=path: str(p))
+        idx = w.model_combo.findText(LOAD_CHECKPOINT)
+        w.model_combo.setCurrentIndex(idx)
+        w.model_combo.activated.emit(idx)  # what a user's click in the list emits
+        errors = notes("error")
+        assert len(errors) == 1 and str(path) in errors[0], errors
+        assert w.session.selected_model == before and w.model_combo.currentText() == before
+    assert "broken" not in w.session.models and "plain" not in w.session.models
+
+
+def test_cancel_prediction_leaves_layers_unchanged(qtbot, panel_viewer, waiter, notes):
+    viewer, panel = panel_viewer
+    p = panel.predict
+    p.tile_spin.setValue(32)  # many small tiles -> many cancel points
+    p.tta_combo.setCurrentText("8 (full dihedral)")
+    p.scope_combo.setCurrentText("all slices")
+    job = p.predict()
+    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "predict", timeout=30000)
+    p.jobs.cancel_button.click()
+    waiter(job)
+    assert job.state == "cancelled"
+    assert "em boundary" not in viewer.layers and "em membranes" not in viewer.layers
+    assert any("cancelled" in m for m in notes("info"))
+    assert "cancelled" in p.jobs.status.text()
+    assert p.run_button.isEnabled()
+
+
+def test_running_job_blocks_a_second_prediction(qtbot, panel_viewer, waiter, notes):
+    viewer, panel = panel_viewer
+    p = panel.predict
+    p.tile_spin.setValue(32)
+    p.scope_combo.setCurrentText("all slices")
+    job = p.predict()
+    assert job is not None and job.running
+    assert p.session.jobs.start("again", {"layer:em"}, lambda j: iter(())) is None
+    warnings = notes("warning")
+    assert len(warnings) == 1 and "still running" in warnings[0]
+    job.cancel()
+    waiter(job)

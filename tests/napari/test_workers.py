@@ -1,0 +1,93 @@
+"""JobRunner: core generators in a napari thread worker (or synchronously), cancel between yields, conflicts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from napari_neuroedge._napari.workers import CANCELLED, JobRunner
+from napari_neuroedge.progress import ProgressEvent
+
+
+def counting_job(n: int, log: dict, delay: float = 0.0):
+    def make(job):
+        def gen():
+            log["thread"] = threading.get_ident()
+            try:
+                for i in range(n):
+                    if delay:
+                        time.sleep(delay)
+                    yield ProgressEvent(i + 1, n, "count")
+                return "finished"
+            finally:
+                log["closed_in"] = threading.get_ident()
+        return gen()
+    return make
+
+
+def _record(calls):
+    return dict(on_event=lambda j, ev: calls.append(("event", ev.done)),
+                on_done=lambda j, r: calls.append(("done", r)),
+                on_cancelled=lambda j: calls.append(("cancelled",)),
+                on_error=lambda j, e: calls.append(("error", str(e))),
+                on_finally=lambda j: calls.append(("finally",)))
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_job_runs_and_reports_in_order(qtbot, background):
+    runner = JobRunner(background=background)
+    calls, log = [], {}
+    job = runner.start("count", {"r"}, counting_job(4, log), **_record(calls))
+    qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
+    assert calls == [("event", 1), ("event", 2), ("event", 3), ("event", 4), ("done", "finished"), ("finally",)]
+    assert job.state == "done" and job.result == "finished"
+    main = threading.get_ident()
+    assert (log["thread"] != main) is background  # background jobs run off the GUI thread
+    assert log["closed_in"] == log["thread"]
+
+
+def test_cancel_stops_between_yields_and_closes_in_worker(qtbot):
+    runner = JobRunner(background=True)
+    calls, log = [], {}
+    job = runner.start("slow", {"r"}, counting_job(1000, log, delay=0.01), **_record(calls))
+    qtbot.waitUntil(lambda: any(c[0] == "event" for c in calls), timeout=10_000)
+    assert runner.cancel(job, wait=5.0)
+    qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
+    assert job.state == "cancelled"
+    assert ("cancelled",) in calls and not any(c[0] == "done" for c in calls)
+    assert log["closed_in"] == log["thread"] != threading.get_ident()  # clean-up ran in the worker
+    assert len([c for c in calls if c[0] == "event"]) < 1000
+
+
+def test_conflicting_job_is_refused(qtbot, notes):
+    runner = JobRunner(background=True)
+    log = {}
+    job = runner.start("first", {"layer:a"}, counting_job(1000, log, delay=0.01))
+    assert runner.start("second", {"layer:a", "x"}, counting_job(1, {})) is None
+    assert "still running" in notes("warning")[0]
+    other = runner.start("third", {"layer:b"}, counting_job(1, {}))
+    assert other is not None
+    runner.shutdown(wait=5.0)
+    assert job.finished.is_set() and job.detached
+    qtbot.waitUntil(lambda: job.worker is None and other.worker is None, timeout=10_000)
+
+
+def test_errors_become_notifications(qtbot, notes):
+    def boom(job):
+        def gen():
+            yield ProgressEvent(0, 1, "x")
+            raise RuntimeError("disk full")
+        return gen()
+
+    runner = JobRunner(background=True)
+    job = runner.start("failing", set(), boom)
+    qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
+    assert job.state == "failed" and "disk full" in str(job.error)
+    errors = notes("error")
+    assert errors == ["failing failed: disk full"]
+
+
+def test_cancelled_sentinel_repr():
+    assert repr(CANCELLED) == "CANCELLED"
