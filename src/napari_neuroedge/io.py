@@ -95,8 +95,9 @@ def _open_tiff(path: Path) -> EMStack:
             shape, axes = series.shape, series.axes
             compressed = any(p.compression != 1 for p in series.pages[:1] if p is not None)
             size = int(np.prod(shape)) * np.dtype(series.dtype).itemsize
-        if "S" in axes and shape[axes.index("S")] in (3, 4):
+        if "S" in axes and shape[axes.index("S")] in (3, 4) and not axes.startswith("S"):
             raise InputError(f"{path}: got {shape} RGB data (axes {axes}); convert it to grayscale first")
+        # planar "RGB" (axes SYX) is how older tifffile wrote any (3|4, y, x) array: read it as a z-stack
         try:
             data: Any = tifffile.memmap(path, mode="r")
         except (ValueError, OSError):

@@ -47,6 +47,16 @@ def test_reader_round_trip(tmp_path, dtype, kind):
         assert stack.voxel_size == pytest.approx((50.0, 4.0, 4.0))
 
 
+def test_planar_three_slice_stack_reads_as_stack(tmp_path):
+    import warnings
+
+    data = np.arange(3 * 16 * 16, dtype=np.uint16).reshape(3, 16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tifffile.imwrite(tmp_path / "three.tif", data)  # tifffile's default: stored as planar "RGB"
+    np.testing.assert_array_equal(np.asarray(open_stack(tmp_path / "three.tif").data), data)
+
+
 def test_uncompressed_tiff_is_memory_mapped(tmp_path):
     tifffile.imwrite(tmp_path / "a.tif", np.zeros((2, 16, 16), np.uint8))
     assert isinstance(open_stack(tmp_path / "a.tif").data, np.memmap)
