@@ -78,3 +78,19 @@ def test_tta_through_tiling_keeps_shape():
     out = predict_array(img, TorchPredictor(net, "cpu", tta=TTAConfig(n=6, variance=True)),
                         tile=TileConfig(tile=32), norm=NormConfig(mode="meanstd", mean=0, std=1))
     assert out.shape == (2, 2, 70, 90)
+
+
+def test_chunked_tta_forward_equals_one_pass():
+    x = np.random.default_rng(4).random((3, 1, 8, 8)).astype(np.float32)
+    calls = []
+
+    def f(b):
+        calls.append(len(b))
+        return b * np.arange(8, dtype=np.float32)  # column-dependent: not equivariant
+
+    one = tta_predict(f, x, n=8, variance=True)
+    assert calls == [24]
+    calls.clear()
+    chunked = tta_predict(f, x, n=8, variance=True, max_batch=5)
+    assert calls == [5, 5, 5, 5, 4]
+    np.testing.assert_allclose(chunked, one, atol=1e-7)

@@ -64,11 +64,12 @@ def transform_names(n: int) -> tuple[str, ...]:
 
 
 def tta_predict(predict: Callable[[Array], Array], batch: Array, n: int = 6, variance: bool = False,
-                stack: Callable[[list[Array]], Array] | None = None) -> Array:
+                stack: Callable[[list[Array]], Array] | None = None, max_batch: int | None = None) -> Array:
     """Average ``predict`` over the ``n`` transforms of a square (B, C, t, t) batch, inverting each exactly.
 
-    All transformed copies go through ``predict`` in one call of (n*B, C, t, t). Returns (B, C, t, t), or
-    (B, 2C, t, t) with the per-pixel variance over the transforms appended when ``variance`` is set.
+    The n*B transformed copies go through ``predict`` in one call, or in calls of at most ``max_batch`` tiles
+    where memory (or CPU cache) does not allow one. Returns (B, C, t, t), or (B, 2C, t, t) with the per-pixel
+    variance over the transforms appended when ``variance`` is set.
     """
     names = transform_names(n)
     if batch.shape[-1] != batch.shape[-2] and any(nm not in ("identity", "hflip", "vflip", "rot180") for nm in names):
@@ -82,7 +83,12 @@ def tta_predict(predict: Callable[[Array], Array], batch: Array, n: int = 6, var
 
             stack = lambda xs: torch.cat([x.contiguous() for x in xs], 0)  # noqa: E731
     b = batch.shape[0]
-    out = predict(stack([TRANSFORMS[nm][0](batch) for nm in names]))
+    stacked = stack([TRANSFORMS[nm][0](batch) for nm in names])
+    if max_batch is None or max_batch >= stacked.shape[0]:
+        out = predict(stacked)
+    else:
+        parts = [predict(stacked[i:i + max_batch]) for i in range(0, stacked.shape[0], max_batch)]
+        out = np.concatenate(parts, 0) if is_np else __import__("torch").cat(parts, 0)
     inv = [TRANSFORMS[nm][1](out[i * b:(i + 1) * b]) for i, nm in enumerate(names)]
     if is_np:
         arr = np.stack(inv, 0)
