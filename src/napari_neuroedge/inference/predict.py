@@ -125,8 +125,9 @@ def _predict_plane(plane: _Plane, grid: TileGrid, predictor: Predictor, writers:
     stats = slice_stats(plane, norm)
     n_out = len(writers)
     band_lo = 0  # first image row held in the band buffers
-    acc = np.zeros((n_out, t + t, W), np.float32)
-    wsum = np.zeros((t + t, W), np.float32)
+    # a tile row spans at most t image rows from band_lo, so t rows of accumulators suffice
+    acc = np.zeros((n_out, t, W), np.float32)
+    wsum = np.zeros((t, W), np.float32)
     for iy, y in enumerate(grid.ys):
         tiles = [(y, x) for x in grid.xs]
         for b0 in range(0, len(tiles), tile.batch):
@@ -150,11 +151,13 @@ def _predict_plane(plane: _Plane, grid: TileGrid, predictor: Predictor, writers:
         final = H if iy + 1 == len(grid.ys) else min(max(grid.ys[iy + 1], 0), H)
         if final > band_lo:
             n = final - band_lo
-            rows = acc[:, :n] / wsum[None, :n]
             for c, write in enumerate(writers):
-                write(band_lo, final, rows[c])
-            acc = np.concatenate([acc[:, n:], np.zeros((n_out, n, W), np.float32)], 1)
-            wsum = np.concatenate([wsum[n:], np.zeros((n, W), np.float32)], 0)
+                write(band_lo, final, acc[c, :n] / wsum[:n])
+            # shift the unfinished rows up in place (no new allocation per band)
+            acc[:, :t - n] = acc[:, n:].copy() if n < t else acc[:, :0]
+            acc[:, t - n:] = 0
+            wsum[:t - n] = wsum[n:].copy() if n < t else wsum[:0]
+            wsum[t - n:] = 0
             band_lo = final
 
 
