@@ -48,7 +48,7 @@ from ..config import NormConfig, TileConfig, TTAConfig, to_dict
 from ..progress import Cancelled, Progress, ProgressEvent, drive
 from .normalize import apply_stats, slice_stats
 from .predict import Predictor, parse_slices
-from .tiling import TileGrid, blend_window, make_grid, read_window
+from .tiling import PlaneView, TileGrid, blend_window, make_grid, read_window
 
 DEVICE_ENV = "NEUROEDGE_DEVICE"  # set per worker by local_cluster(devices=...); read when device is "auto"
 WORK_SUFFIX = ".blockwise"
@@ -295,18 +295,6 @@ def volume_ref(volume: Any) -> VolumeRef:
     return VolumeRef(array=volume)
 
 
-class _PlaneView:
-    """Lazy 2D view of slice ``z`` (None for a 2D image) of a volume."""
-
-    def __init__(self, volume: Any, z: int | None) -> None:
-        self.volume, self.z = volume, z
-        self.shape = tuple(int(s) for s in volume.shape[-2:])
-        self.dtype = volume.dtype
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.volume[key] if self.z is None else self.volume[(self.z, *key)])
-
-
 # ---------------------------------------------------------------------------------------------- block geometry
 
 @dataclass(frozen=True)
@@ -434,7 +422,7 @@ class _Plan:
 
 def _slice_stats_task(plan: _Plan, k: int) -> tuple[float, float]:
     vol = plan.volume.open()
-    return slice_stats(_PlaneView(vol, plan.zs[k]), plan.norm)
+    return slice_stats(PlaneView(vol, plan.zs[k]), plan.norm)
 
 
 def compute_block(plan: _Plan, block: Block, stats: Sequence[tuple[float, float]]) -> np.ndarray:
@@ -445,7 +433,7 @@ def compute_block(plan: _Plan, block: Block, stats: Sequence[tuple[float, float]
     window = blend_window(grid.tile, plan.tile.blend)
     out = np.empty((plan.n_out, *block.shape), np.float32)
     for i, k in enumerate(range(block.z0, block.z1)):
-        plane = _PlaneView(vol, plan.zs[k])
+        plane = PlaneView(vol, plan.zs[k])
         out[:, i] = predict_plane_block(plane, predictor, grid, window, plan.tile.batch, stats[i],
                                         block.y0, block.y1, block.x0, block.x1, plan.n_out)
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from ..config import NormConfig, TileConfig, TTAConfig
 from ..progress import ProgressEvent, Progress, drive
 from .normalize import apply_stats, slice_stats
-from .tiling import TileGrid, blend_window, make_grid, read_window
+from .tiling import PlaneView, TileGrid, blend_window, make_grid, read_window
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -65,20 +65,6 @@ class TorchPredictor:
             return y.float().cpu().numpy()
 
 
-class _Plane:
-    """A 2D (y, x) view of slice ``z`` of a stack (or of a 2D image) that reads lazily."""
-
-    def __init__(self, volume: Any, z: int | None) -> None:
-        self.volume, self.z = volume, z
-        self.shape = tuple(volume.shape[-2:])
-        self.dtype = volume.dtype
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        if self.z is None:
-            return np.asarray(self.volume[key])
-        return np.asarray(self.volume[(self.z, *key)])
-
-
 def _plane_writer(sink: Any, z: int | None) -> Callable[[int, int, np.ndarray], None]:
     """Return write(y0, y1, rows) writing rows [y0, y1) of one slice into ``sink``."""
     def write(y0: int, y1: int, rows: np.ndarray) -> None:
@@ -117,7 +103,7 @@ def count_tiles(volume_shape: Sequence[int], tile: TileConfig, multiple: int = 1
     return grid.n_tiles * depth
 
 
-def _predict_plane(plane: _Plane, grid: TileGrid, predictor: Predictor, writers: Sequence[Callable[..., None]],
+def _predict_plane(plane: PlaneView, grid: TileGrid, predictor: Predictor, writers: Sequence[Callable[..., None]],
                    tile: TileConfig, norm: NormConfig, window: np.ndarray,
                    done: list[int], total: int) -> Generator[ProgressEvent, None, None]:
     """Stitch one slice band by band; yields after every batch of tiles."""
@@ -184,7 +170,7 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
     total = grid.n_tiles * len(zs)
     done = [0]
     for k, z in enumerate(zs):
-        plane = _Plane(volume, z)
+        plane = PlaneView(volume, z)
         writers = [_plane_writer(s, None if z is None else k) for s in sinks]
         yield from _predict_plane(plane, grid, predictor, writers, tile, norm, window, done, total)
 

@@ -65,6 +65,21 @@ def make_grid(height: int, width: int, tile: int, overlap: float, multiple: int 
     return TileGrid(height, width, tile, ys, xs)
 
 
+class PlaneView:
+    """A lazy 2D (y, x) view of slice ``z`` of a (z, y, x) array-like, or of a 2D one (``z=None``).
+
+    Indexing reads only the requested rows/columns, so memmaps, zarr and dask arrays stay lazy.
+    """
+
+    def __init__(self, volume: Any, z: int | None) -> None:
+        self.volume, self.z = volume, z
+        self.shape = tuple(int(s) for s in volume.shape[-2:])
+        self.dtype = volume.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return np.asarray(self.volume[key] if self.z is None else self.volume[(self.z, *key)])
+
+
 def reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
     """Map any integer indices into [0, n) by mirror reflection without repeating the edge (numpy 'reflect')."""
     if n == 1:

@@ -20,20 +20,9 @@ import numpy as np
 
 from ..config import NormConfig
 from ..inference.normalize import apply_stats, slice_stats
+from ..inference.tiling import PlaneView
 from .augment import crop_windows_with_corners
 from .dataset import LabelledSlice
-
-
-class _Plane:
-    """Lazy 2D view of slice ``z`` (None for a 2D array)."""
-
-    def __init__(self, data: Any, z: int | None) -> None:
-        self.data, self.z = data, z
-        self.shape = tuple(int(s) for s in data.shape[-2:])
-        self.dtype = data.dtype
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return np.asarray(self.data[key] if self.z is None else self.data[(self.z, *key)])
 
 
 def large_image_windows(shape: Sequence[int], tile: int, overlap: int, slices: Sequence[int] | None = None
@@ -99,12 +88,12 @@ class LargeImageCrops(Sequence[LabelledSlice]):
     @staticmethod
     def _read(data: Any, window: tuple[int | None, int, int, int, int]) -> np.ndarray:
         z, y, x, h, w = window
-        return _Plane(data, z)[y:y + h, x:x + w]
+        return PlaneView(data, z)[y:y + h, x:x + w]
 
     def stats(self, z: int | None) -> tuple[float, float]:
         """(offset, scale) normalisation of slice ``z`` (None for a 2D image), computed once."""
         if z not in self._stats:
-            self._stats[z] = slice_stats(_Plane(self.image, z), self.norm)
+            self._stats[z] = slice_stats(PlaneView(self.image, z), self.norm)
         return self._stats[z]
 
     def crop(self, window: tuple[int | None, int, int, int, int]) -> LabelledSlice:
