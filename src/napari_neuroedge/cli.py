@@ -244,12 +244,24 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
     return replace(cfg, **changes)
 
 
-def _load_data(spec: str, slices: str | None, norm: Any) -> list[Any]:
-    """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane) or a training-set folder."""
+def _load_data(spec: str, slices: str | None, norm: Any, labels: str | None = None, windows: int = 64,
+               window: int = 512, seed: int = 0) -> list[Any]:
+    """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane), a training-set folder, or, with
+    ``labels``, an image of any size: ``windows`` random windows of ``window`` px (the seed's overlapping grid
+    plus corner-centred tiles), each read lazily, so a 10k x 10k slice is never loaded whole."""
     from .inference.predict import parse_slices
     from .training.dataset import load_isbi, load_training_folder
 
     path = Path(spec)
+    if labels is not None:
+        from .io import open_stack
+        from .training.large_image import LargeImageCrops
+
+        img, lab = open_stack(path), open_stack(labels)
+        zs = list(parse_slices(slices, img.shape[0])) if slices and len(img.shape) == 3 else None
+        crops = LargeImageCrops(img.data, lab.data, tile=window, overlap=window // 4, norm=norm, slices=zs,
+                                source=str(path))
+        return crops.sample(windows, np.random.default_rng(seed))
     if (path / "train-volume.tif").exists() and (path / "train-labels.tif").exists():
         import tifffile
 
@@ -292,7 +304,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_checkpoint
 
     cfg = _train_config(args)
-    train = _load_data(args.data, args.train_slices, cfg.norm)
+    train = _load_data(args.data, args.train_slices, cfg.norm, args.labels, args.windows, args.window, cfg.seed)
     val = _load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
     prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem}
     resume = load_checkpoint(args.resume) if args.resume else None
@@ -316,7 +328,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         except (TypeError, ValueError):
             pass
     cfg = replace(_train_config(args, base), norm=init.norm)
-    train = _load_data(args.data, args.train_slices, init.norm)
+    train = _load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, cfg.seed)
     val = _load_data(args.val_data, args.val_slices, init.norm) if args.val_data else []
     replay = _load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
     if replay and cfg.replay_fraction == 0:
@@ -391,6 +403,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--data", required=True, help="ISBI-style folder (train-volume.tif/train-labels.tif, 0 = membrane) "
                    "or a training-set folder (images/, labels/, manifest.json)")
+    p.add_argument("--labels", help="with --data as an image (TIFF/zarr, any size): its membrane labels "
+                   "(non-zero = membrane); training windows are read lazily from both")
+    p.add_argument("--windows", type=int, default=64, help="with --labels: how many windows to sample (64)")
+    p.add_argument("--window", type=int, default=512, help="with --labels: window size in px (512)")
     p.add_argument("--train-slices", help="slices of --data to train on, e.g. 0:20 (default: all)")
     p.add_argument("--val-data", help="folder for validation slices (default: --data)")
     p.add_argument("--val-slices", help="slices used for validation, e.g. 20:25 (default: none)")

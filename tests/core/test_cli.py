@@ -132,3 +132,19 @@ def test_predict_blockwise_matches_single_process(tmp_path, stack_path, tiny_ckp
     np.testing.assert_array_equal(tifffile.imread(block), tifffile.imread(single))
     assert main(["predict", str(stack_path), "-o", str(tmp_path / "x.tif"), "--scheduler", "threads",
                  "--quiet"]) == 2  # needs --prob .zarr
+
+
+def test_finetune_on_a_large_image_reads_windows_lazily(tmp_path, tiny_ckpt, capsys):
+    from napari_neuroedge.sample import synthetic_em
+
+    big = synthetic_em((1200, 1300), cell_size=30, seed=9)
+    tifffile.imwrite(tmp_path / "big.tif", big.image, photometric="minisblack")  # memory-mapped on read
+    tifffile.imwrite(tmp_path / "big_labels.tif", big.membrane, photometric="minisblack")
+    rc = main(["finetune", "--from", str(tiny_ckpt), "--data", str(tmp_path / "big.tif"), "--labels",
+               str(tmp_path / "big_labels.tif"), "--windows", "5", "--window", "256", "--steps", "2", "--crop", "64",
+               "--batch", "2", "-o", str(tmp_path / "ft.pt"), "--quiet"])
+    assert rc == 0
+    from napari_neuroedge.models.checkpoint import load_checkpoint
+
+    slices = load_checkpoint(tmp_path / "ft.pt").provenance["train_slices"]
+    assert len(slices) == 5 and all(s["source"].endswith("big.tif") for s in slices)
