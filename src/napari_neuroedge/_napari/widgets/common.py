@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
@@ -95,3 +96,31 @@ class NeuroEdgeWidget(QWidget):
         super().__init__(parent)
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(self.viewer)
+
+
+class JobWidget(NeuroEdgeWidget):
+    """A widget that runs one background job at a time from ``self.run_button``, shown in ``self.jobs``.
+
+    Subclasses create ``self.run_button`` and ``self.jobs`` (a :class:`JobPanel`) and define the
+    ``_on_event``, ``_on_done``, ``_on_cancelled`` and ``_on_error`` handlers.
+    """
+
+    job: Job | None = None
+    run_button: QPushButton
+    jobs: JobPanel
+
+    def start_job(self, title: str, resources: set[str], fn: Callable[[Job], Any], **kwargs: Any) -> Job | None:
+        """Start ``fn`` in the session's job runner with this widget's handlers; None if it was refused."""
+        job = self.session.jobs.start(
+            title, resources, fn, on_event=self._on_event, on_done=self._on_done,
+            on_cancelled=self._on_cancelled, on_error=self._on_error, on_finally=self._on_finally, **kwargs)
+        if job is not None and job.running:
+            self.job = job
+            self.jobs.attach(job)
+            self.run_button.setEnabled(False)
+        return job
+
+    def _on_finally(self, job: Job) -> None:
+        self.run_button.setEnabled(True)
+        if self.job is job:
+            self.job = None

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout,
 from .. import tracking
 from .._qt_utils import LayerCombo, notify
 from ..workers import Job
-from .common import JobPanel, NeuroEdgeWidget, format_seconds
+from .common import JobPanel, JobWidget, format_seconds
 from .correct import _is_membrane_layer, prediction_of
 from .plot import LinePlot
 from .predict import gui_threads
@@ -119,7 +119,7 @@ def finetune_job(job: Job, session: Any, model_name: str, raw: list[dict[str, An
     return {"path": str(dest), "steps": result.steps, "best_metrics": result.best_metrics, "run_dir": str(run_dir)}
 
 
-class FinetuneWidget(NeuroEdgeWidget):
+class FinetuneWidget(JobWidget):
     """Fine-tune button, advanced settings, progress with ETA, live loss / validation plots."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -286,16 +286,10 @@ class FinetuneWidget(NeuroEdgeWidget):
         self._image_name = image_name
         self.loss_plot.clear()
         self.val_plot.clear()
-        job = self.session.jobs.start(
+        return self.start_job(
             f"Fine-tune {model}", {"finetune"},
             lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, params, run_dir, dest),
-            on_event=self._on_event, on_done=self._on_done, on_cancelled=self._on_cancelled,
-            on_error=self._on_error, on_finally=self._on_finally, total=params["steps"])
-        if job is not None and job.running:
-            self.job = job
-            self.jobs.attach(job)
-            self.run_button.setEnabled(False)
-        return job
+            total=params["steps"])
 
     # ------------------------------------------------------------------ handlers
     def _on_event(self, job: Job, event: Any) -> None:
@@ -340,8 +334,3 @@ class FinetuneWidget(NeuroEdgeWidget):
     def _on_error(self, job: Job, exc: BaseException) -> None:
         self.jobs.finish(f"Fine-tuning failed: {exc}")
         notify(f"Fine-tuning failed: {exc}", "error")
-
-    def _on_finally(self, job: Job) -> None:
-        self.run_button.setEnabled(True)
-        if self.job is job:
-            self.job = None

@@ -26,7 +26,7 @@ from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, notify
 from ..session import LOAD_CHECKPOINT
 from ..workers import Job
-from .common import JobPanel, NeuroEdgeWidget
+from .common import JobPanel, JobWidget
 
 TTA_CHOICES = {"off": 1, "6 (rotations + flips)": 6, "8 (full dihedral)": 8}
 SCOPES = ("current slice", "all slices")
@@ -122,7 +122,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
                          var, inst, threshold, meta)
 
 
-class PredictWidget(NeuroEdgeWidget):
+class PredictWidget(JobWidget):
     """Image + model + settings -> boundary / membranes / instances / uncertainty layers."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
@@ -327,20 +327,13 @@ class PredictWidget(NeuroEdgeWidget):
             slices = list(range(int(data.shape[0])))
         threshold = float(self.threshold_spin.value())
         store = lazy_outputs.store_for(self.session) if lazy_outputs.wants_lazy(data) else None
-        job = self.session.jobs.start(
+        return self.start_job(
             f"Predict {layer.name}", {f"layer:{layer.name}"},
             lambda _job: predict_job(data, slices, is_2d, layer.name, self.session, self.session.selected_model,
                                 self.device_combo.currentText(), int(self.tile_spin.value()),
                                 float(self.overlap_spin.value()), self.tta(),
                                 self.uncertainty_check.isChecked(), threshold, self.instances_check.isChecked(),
-                                store),
-            on_event=self._on_event, on_done=self._on_done, on_cancelled=self._on_cancelled,
-            on_error=self._on_error, on_finally=self._on_finally)
-        if job is not None and job.running:
-            self.job = job
-            self.jobs.attach(job)
-            self.run_button.setEnabled(False)
-        return job
+                                store))
 
     def _on_event(self, job: Job, event: Any) -> None:
         self.jobs.update_event(event)
@@ -355,11 +348,6 @@ class PredictWidget(NeuroEdgeWidget):
             hint = " Try a smaller tile size or the CPU."
         self.jobs.finish(f"Prediction failed: {exc}")
         notify(f"Prediction failed: {exc}.{hint}", "error")
-
-    def _on_finally(self, job: Job) -> None:
-        self.run_button.setEnabled(True)
-        if self.job is job:
-            self.job = None
 
     def _on_done(self, job: Job, result: PredictResult) -> None:
         kept = self.apply_result(result)
