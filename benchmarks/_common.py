@@ -137,7 +137,14 @@ def _proc_status(key: str) -> int | None:
 
 
 def current_rss() -> tuple[int, int]:
-    """(resident set size, anonymous part) of this process in bytes; anon = RSS minus file-backed/shared pages."""
+    """(resident set size, anonymous part) of this process in bytes.
+
+    The anonymous part is RssAnon from /proc (Linux): heap and array memory, without the file pages of
+    memory-mapped inputs/outputs that the kernel may drop at will; elsewhere psutil's RSS minus shared pages.
+    """
+    rss, anon = _proc_status("VmRSS"), _proc_status("RssAnon")
+    if rss is not None and anon is not None:
+        return rss, anon
     import psutil
 
     info = psutil.Process().memory_info()

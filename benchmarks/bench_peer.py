@@ -2,14 +2,14 @@
 
 The peer our default model must beat: ``smp.Unet("resnet18", encoder_weights=None)`` trained on the same slices
 for the same CPU time, compared on the same validation slices in one run. Both are trained by our loop
-(:func:`iter_fit`) with the SAME :class:`TrainConfig` (our default recipe: the bundled checkpoint's
-``train_config`` when it has one) except the model: same crops in the same order (same seed), same loss,
+(:func:`iter_fit`) with the SAME :class:`TrainConfig` (our from-scratch recipe: the first stage of the
+default model's training, see :func:`recipe`) except the model: same crops in the same order (same seed), same loss,
 augmentation, learning rates and schedule, the same budget of process CPU time (``time_clock="cpu"``, fixed
 threads), no validation during training (the final weights are evaluated). Evaluation on ISBI 2012 slices 20-24
 (training on 0-19) with :func:`metrics.evaluate`: pixel error, boundary F1 at 2 px and adapted Rand error of the
 watershed instances (:func:`instances_from_probability`), without and with 6-way TTA.
 
-Usage: ``python benchmarks/bench_peer.py [--minutes 5] [--threads 2] [--data DIR]``: the full run takes about
+Usage: ``python benchmarks/bench_peer.py [--minutes 5] [--threads 2] [--data DIR] [--loss ..] [--lr ..]``: the full run takes about
 2 x (minutes / threads) of wall time for training plus 2-3 minutes of evaluation. ``--quick`` uses a synthetic
 stack and ~20 s of CPU per model. Needs ``segmentation-models-pytorch`` (a benchmark-only dependency).
 """
@@ -32,7 +32,6 @@ from torch import nn
 import _common as C
 
 PEER = "smp_unet_resnet18"
-LOSS_TERMS = ("f1", "focal", "edge", "skeleton_recall", "weighted_bce", "dice", "bce")
 METRICS = (("pixel_error", "pixel error", "lower"), ("boundary_f1", "boundary F1 (2 px)", "higher"),
            ("rand_error", "adapted Rand error", "lower"))
 
@@ -79,25 +78,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads, fixed for both (default 2)")
     p.add_argument("--device", default="cpu", help="cpu (default; the budget is process CPU time)")
     p.add_argument("--data", help="ISBI 2012 folder (default: ../shared/data/isbi2012 next to the repo)")
+    p.add_argument("--loss", help="loss term weights for both models, e.g. bce=1,skeleton_recall=0.5")
+    p.add_argument("--lr", type=float, help="learning rate for both models (default 1e-3)")
+    p.add_argument("--ema", type=float, help="weight moving-average decay for both models (default off)")
     args = p.parse_args(argv)
     args.minutes = args.minutes if args.minutes is not None else (1 / 3 if args.quick else 5.0)
     return args
 
 
-def recipe() -> tuple[Any, str]:
-    """Our default training recipe: the bundled checkpoint's train_config if it has one, else the fallback."""
-    from napari_neuroedge.config import AugmentConfig, LossConfig, TrainConfig, from_dict
-    from napari_neuroedge.models.checkpoint import load_checkpoint
+def recipe(loss: str | None = None, lr: float | None = None, ema: float | None = None) -> tuple[Any, str]:
+    """Our from-scratch recipe: the first stage of the bundled default model's training (its model card),
+    with optional ``--loss`` / ``--lr`` / ``--ema`` overrides. Later stages fine-tune from it, so they are not
+    a from-scratch recipe to compare."""
+    from napari_neuroedge.config import AugmentConfig, LossConfig, TrainConfig, parse_loss
 
-    stored = load_checkpoint("default").train_config
-    if stored:
-        try:
-            return from_dict(TrainConfig, stored), "the bundled default checkpoint's train_config"
-        except (TypeError, ValueError) as exc:
-            print(f"  (the bundled train_config is unusable here: {exc}; using the fallback recipe)")
     cfg = TrainConfig(model="unet", lr_backbone=1e-3, lr_head=1e-3, batch=4, augment=AugmentConfig(crop=256),
                       loss=LossConfig(f1=0.5, focal=0.5, skeleton_recall=0.25))
-    return cfg, "fallback recipe (the bundled checkpoint has no train_config)"
+    source = "the default model's from-scratch stage"
+    if loss:
+        cfg, source = dataclasses.replace(cfg, loss=parse_loss(loss, cfg.loss)), source + f", --loss {loss}"
+    if lr:
+        cfg, source = dataclasses.replace(cfg, lr_backbone=lr, lr_head=lr), source + f", --lr {lr}"
+    if ema:
+        cfg, source = dataclasses.replace(cfg, ema_decay=ema), source + f", --ema {ema}"
+    return cfg, source
 
 
 def train_one(cfg: Any, train: list[Any]) -> tuple[nn.Module, dict[str, float]]:
@@ -143,10 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print("segmentation-models-pytorch is not installed: nothing to compare (pip install "
               "segmentation-models-pytorch)")
         return 0
+    from napari_neuroedge.config import LOSS_TERMS
     from napari_neuroedge.models import registry
     from napari_neuroedge.training.dataset import load_isbi, slices_from_arrays
 
-    base, source = recipe()
+    base, source = recipe(args.loss, args.lr, args.ema)
     cfg = dataclasses.replace(base, steps=10**9, val_every=10**9, time_limit_s=args.minutes * 60, time_clock="cpu",
                               threads=args.threads, device=args.device)
     if args.quick:

@@ -27,59 +27,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+import _common as C
+
 TILE = {"tile": 512, "overlap": 0.25, "batch": 4, "blend": "gaussian"}
-
-
-# ------------------------------------------------------------------------------------------------ memory
-
-def _status(field: str) -> int:
-    """A /proc/self/status entry in bytes (0 where /proc is absent)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-class AnonPeak:
-    """Samples RssAnon in a thread; ``peak`` is the largest value seen."""
-
-    def __init__(self, every: float = 0.01) -> None:
-        self.peak = _status("RssAnon")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
-
-    def _run(self, every: float) -> None:
-        while not self._stop.wait(every):
-            self.peak = max(self.peak, _status("RssAnon"))
-
-    def __enter__(self) -> AnonPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _status("RssAnon"))
-
-
-def peak_rss() -> int:
-    hwm = _status("VmHWM")
-    if hwm:
-        return hwm
-    import resource
-
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # kB on Linux
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -172,13 +128,13 @@ def run_single(case: dict[str, Any]) -> dict[str, Any]:
     predictor = TorchPredictor(_build_model(case["model"]), "cpu")
     tile = TileConfig(**TILE)
     shape = tuple(int(s) for s in stack.data.shape)
-    base = _status("VmRSS")
-    with AnonPeak() as anon:
+    base = C.current_rss()[0]
+    with C.AnonSampler(every=0.01) as anon:
         t0 = time.perf_counter()
         with open_output(case["output"], shape, np.float32) as sink:
             drive(iter_predict(stack.data, predictor, [sink], tile=tile, norm=NormConfig()))
         seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "pixels": int(np.prod(shape)), "base": base, "peak": peak_rss(),
+    return {"seconds": seconds, "pixels": int(np.prod(shape)), "base": base, "peak": C.peak_rss(),
             "anon": anon.peak}
 
 

@@ -211,14 +211,14 @@ def _write_overlay(path: str | Path, raw: np.ndarray, prob: np.ndarray, threshol
 def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
     from dataclasses import replace
 
-    from .config import TrainConfig, load_json
+    from .config import TrainConfig, load_json, parse_loss
 
     cfg = base or TrainConfig()
     if getattr(args, "config", None):
         cfg = load_json(TrainConfig, args.config)
     changes: dict[str, Any] = {}
     for name in ("steps", "batch", "val_every", "seed", "device", "threads", "replay_fraction", "corrected_weight",
-                 "select", "time_limit_s"):
+                 "select", "time_limit_s", "ema_decay"):
         val = getattr(args, name, None)
         if val is not None:
             changes[name] = val
@@ -234,13 +234,7 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
     if args.crop is not None:
         changes["augment"] = replace(cfg.augment, crop=args.crop)
     if args.loss:
-        weights = {k: 0.0 for k in ("f1", "focal", "edge", "skeleton_recall", "weighted_bce", "dice", "bce")}
-        for part in args.loss.split(","):
-            key, _, val = part.partition("=")
-            if key.strip() not in weights:
-                raise ValueError(f"--loss: unknown term {key!r}; expected {', '.join(weights)}")
-            weights[key.strip()] = float(val)
-        changes["loss"] = replace(cfg.loss, **weights)
+        changes["loss"] = parse_loss(args.loss, cfg.loss)
     return replace(cfg, **changes)
 
 
@@ -427,6 +421,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--loss", help="term weights, e.g. f1=0.5,focal=0.5,skeleton_recall=0.25 "
                    "(terms: f1 focal edge skeleton_recall weighted_bce dice bce)")
     p.add_argument("--val-every", type=int, dest="val_every")
+    p.add_argument("--ema", type=float, dest="ema_decay", metavar="DECAY",
+                   help="keep, validate and save a moving average of the weights (e.g. 0.999; default off)")
     p.add_argument("--select", choices=["f1", "rand", "f1-rand"], help="checkpoint selection score")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | mps")

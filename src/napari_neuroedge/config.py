@@ -82,6 +82,25 @@ class LossConfig:
     edge_band_weight: float = 4.0
 
 
+LOSS_TERMS = ("f1", "focal", "edge", "skeleton_recall", "weighted_bce", "dice", "bce")
+
+
+def parse_loss(spec: str, base: LossConfig | None = None) -> LossConfig:
+    """Term weights from text such as ``"f1=0.5,focal=0.5,skeleton_recall=0.25"``; unnamed terms get weight 0,
+    the other fields (gamma, alpha, ...) come from ``base``."""
+    weights = {k: 0.0 for k in LOSS_TERMS}
+    for part in spec.split(","):
+        key, sep, val = part.partition("=")
+        key = key.strip()
+        if key not in weights or not sep:
+            raise ValueError(f"--loss: expected TERM=WEIGHT with TERM one of {', '.join(LOSS_TERMS)}, got {part!r}")
+        try:
+            weights[key] = float(val)
+        except ValueError:
+            raise ValueError(f"--loss: weight of {key!r} is not a number: {val!r}") from None
+    return dataclasses.replace(base or LossConfig(), **weights)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training or fine-tuning run."""
@@ -110,6 +129,7 @@ class TrainConfig:
     val_tile: int = 256
     time_limit_s: float = 0.0  # > 0: stop after this much time; the poly schedule then follows time
     time_clock: str = "wall"  # "wall" or "cpu" (process CPU time: fair budgets on a shared machine)
+    ema_decay: float = 0.0  # > 0 (e.g. 0.999): validate and save an exponential moving average of the weights
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 
 from napari_neuroedge.cli import main
 from napari_neuroedge.config import NormConfig
-from napari_neuroedge.models.checkpoint import make_checkpoint, save_checkpoint
+from napari_neuroedge.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from napari_neuroedge.models.registry import build_model
 
 
@@ -106,8 +106,16 @@ def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 4 and "f1" in summary["best_val"]
     rc = main(["train", "--data", str(ds), "--model", "unet", "--model-kwargs", '{"base": 4, "depth": 2}',
-               "--steps", "3", "--crop", "48", "--batch", "2", "-o", str(tmp_path / "t.pt"), "--quiet"])
+               "--steps", "3", "--crop", "48", "--batch", "2", "--loss", "bce=1,skeleton_recall=0.5", "--ema", "0.99",
+               "-o", str(tmp_path / "t.pt"), "--quiet"])
     assert rc == 0 and (tmp_path / "t.pt").exists()
+    cfg = load_checkpoint(tmp_path / "t.pt").train_config
+    assert cfg["ema_decay"] == 0.99 and cfg["loss"]["bce"] == 1.0 and cfg["loss"]["skeleton_recall"] == 0.5
+    assert cfg["loss"]["f1"] == 0.0 and cfg["loss"]["focal"] == 0.0  # unnamed terms are off
+    capsys.readouterr()
+    assert main(["train", "--data", str(ds), "--steps", "1", "--loss", "bce=1,dicey=2", "-o", str(tmp_path / "u.pt"),
+                 "--quiet"]) == 2
+    assert "dicey" in capsys.readouterr().err and not (tmp_path / "u.pt").exists()
     assert main(["train", "--data", str(ds), "--steps", "1", "-o", str(tmp_path / "t.pt"), "--quiet"]) == 2
 
 
@@ -144,7 +152,5 @@ def test_finetune_on_a_large_image_reads_windows_lazily(tmp_path, tiny_ckpt, cap
                str(tmp_path / "big_labels.tif"), "--windows", "5", "--window", "256", "--steps", "2", "--crop", "64",
                "--batch", "2", "-o", str(tmp_path / "ft.pt"), "--quiet"])
     assert rc == 0
-    from napari_neuroedge.models.checkpoint import load_checkpoint
-
     slices = load_checkpoint(tmp_path / "ft.pt").provenance["train_slices"]
     assert len(slices) == 5 and all(s["source"].endswith("big.tif") for s in slices)

@@ -72,6 +72,29 @@ from ..config import NormConfig  # noqa: E402
 _IDENTITY_NORM = NormConfig(mode="meanstd", mean=0.0, std=1.0)
 
 
+def ema_weight(decay: float, n_averaged: int) -> float:
+    """Weight of the running average at update ``n_averaged`` (>= 1): ``min(decay, (1 + n) / (10 + n))``.
+
+    The warm-up keeps a from-scratch run's average from being dominated by its random initial weights.
+    """
+    return min(decay, (1.0 + n_averaged) / (10.0 + n_averaged))
+
+
+def _ema_of(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """torch's AveragedModel keeping an exponential moving average of ``model``'s weights and BN statistics."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n_averaged: torch.Tensor) -> None:
+        w = ema_weight(decay, int(n_averaged))
+        for avg, cur in zip(averaged, current):
+            if avg.is_floating_point():
+                avg.lerp_(cur, 1.0 - w)
+            else:  # counters such as BatchNorm's num_batches_tracked
+                avg.copy_(cur)
+
+    return torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def _score(metrics: dict[str, float], select: str) -> float:
     if select == "f1":
         return metrics["f1"]
@@ -123,7 +146,9 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     """Train per ``cfg``; yields ProgressEvent(step, steps, "train", {loss, terms, lr, [val metrics]}).
 
     ``init`` starts from a checkpoint's weights (fine-tuning; its architecture wins over ``cfg.model``);
-    ``resume`` continues an interrupted run (weights, optimiser state and step). ``run_dir`` receives
+    ``resume`` continues an interrupted run (weights, optimiser state and step). With ``cfg.ema_decay`` > 0
+    the checkpoints hold the moving average of the weights (what prediction should use); a resumed run
+    continues training from those averaged weights. ``run_dir`` receives
     ``last.pt``, ``best.pt``, ``log.jsonl`` and ``config.json``.
     """
     run_dir = Path(run_dir)
@@ -142,6 +167,8 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
         model = build_model(arch, **arch_kwargs)
         norm = cfg.norm
     model.to(device).train()
+    ema = _ema_of(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    served = ema.module if ema is not None else model  # the weights validated and saved
     groups = model.param_groups() if hasattr(model, "param_groups") else {"head": list(model.parameters())}
     lrs = {"backbone": cfg.lr_backbone, "head": cfg.lr_head}
     opt = torch.optim.Adam([{"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items() if ps],
@@ -168,7 +195,7 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     step = step0
 
     def checkpoint(extra: dict[str, Any]) -> Checkpoint:
-        return make_checkpoint(model, arch, arch_kwargs, norm, cfg_dict, {**prov, **extra}, step, opt.state_dict())
+        return make_checkpoint(served, arch, arch_kwargs, norm, cfg_dict, {**prov, **extra}, step, opt.state_dict())
 
     finished = False
     saved_step = step0
@@ -206,12 +233,14 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             scaler.step(opt)
             scaler.update()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             frac = fraction()
             info: dict[str, Any] = {"step": step, "loss": float(loss.item()), "terms": terms,
                                     "lr": opt.param_groups[-1]["lr"], "elapsed_s": time.perf_counter() - t0}
             if val and (step % cfg.val_every == 0 or frac >= 1.0):
-                metrics = validate(model, val, device, cfg.val_tile)
+                metrics = validate(served, val, device, cfg.val_tile)
                 info["val"] = metrics
                 score = _score(metrics, cfg.select)
                 if score > best_score:
