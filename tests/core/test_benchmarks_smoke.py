@@ -70,8 +70,24 @@ def test_bench_training_quick() -> None:
 
 @pytest.mark.skipif(not _has("segmentation_models_pytorch"), reason="segmentation-models-pytorch not installed")
 def test_bench_peer_quick() -> None:
-    out, ratios = run_quick("bench_peer.py", "--minutes", "0.1")
+    out, ratios = run_quick("bench_peer.py", "--minutes", "0.1", "--loss", "bce=1,skeleton_recall=0.25", "--ema", "0.9")
+    assert "--loss bce=1,skeleton_recall=0.25, --ema 0.9" in out
+    assert "loss {'skeleton_recall': 0.25, 'bce': 1.0}" in out
     expected = {f"ours_over_peer_{m}_tta{t}" for m in ("pixel_error", "boundary_f1", "rand_error") for t in (1, 6)}
     assert expected | {"ours_over_peer_steps"} <= set(ratios), f"missing {expected - set(ratios)}"
     steps = [int(s) for s in re.findall(r"^  (\d+) steps, ", out, re.M)]
     assert len(steps) == 2 and min(steps) >= 1
+
+
+@pytest.mark.skipif(not (_has("psutil") and _has("zarr")), reason="psutil / zarr (benchmark extras) not installed")
+def test_bench_scale_quick() -> None:
+    """Every case runs in its own process and reports memory; the Dask path (when installed) matches exactly."""
+    proc = subprocess.run([sys.executable, str(BENCH / "bench_scale.py"), "--quick"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"bench_scale failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    rows = re.findall(r"^\S+ +\S+->\S+ +(\w[\w-]*) +[\d.]+ +[\d.]+ +[\d.]+ +(\d+) +(\d+) +(\d+) ", proc.stdout, re.M)
+    assert len(rows) >= 5, proc.stdout
+    for _, base, peak, anon in rows:
+        assert 0 < int(anon) <= int(peak) and int(base) <= int(peak)
+    if _has("distributed"):
+        assert "max |difference| vs single-process output: 0.00e+00" in proc.stdout
