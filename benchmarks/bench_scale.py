@@ -61,26 +61,21 @@ def make_input(path: Path, shape: tuple[int, ...]) -> Path:
         import zarr
 
         chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-        arr = zarr.open(str(path), mode="w-", shape=shape, chunks=chunks, dtype="uint8")
-        for z in range(stack[0]):
-            sl = _fill_slice(tex, stack[1], stack[2], 37 * z)
-            if len(shape) == 3:
-                arr[z] = sl
-            else:
-                arr[:] = sl
+        out = zarr.open(str(path), mode="w-", shape=shape, chunks=chunks, dtype="uint8")
     else:
         import tifffile
 
-        mm = tifffile.memmap(path, shape=shape, dtype=np.uint8, bigtiff=int(np.prod(shape)) > 2**31,
-                             photometric="minisblack")
-        for z in range(stack[0]):
-            sl = _fill_slice(tex, stack[1], stack[2], 37 * z)
-            if len(shape) == 3:
-                mm[z] = sl
-            else:
-                mm[:] = sl
-        mm.flush()
-        del mm
+        out = tifffile.memmap(path, shape=shape, dtype=np.uint8, bigtiff=int(np.prod(shape)) > 2**31,
+                              photometric="minisblack")
+    for z in range(stack[0]):
+        sl = _fill_slice(tex, stack[1], stack[2], 37 * z)
+        if len(shape) == 3:
+            out[z] = sl
+        else:
+            out[:] = sl
+    if hasattr(out, "flush"):  # the TIFF memmap
+        out.flush()
+    del out
     return path
 
 
