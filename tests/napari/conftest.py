@@ -121,3 +121,19 @@ def waiter(qtbot):
         wait_job(qtbot, job, timeout)
         return job
     return wait
+
+
+@pytest.fixture
+def start_cancellable_prediction(qtbot):
+    """Start a Predict widget's job with many cancel points (32 px tiles, 8-way TTA, every slice) and return it
+    once it is predicting."""
+
+    def start(p):
+        p.tile_spin.setValue(32)
+        p.tta_combo.setCurrentText("8 (full dihedral)")
+        p.scope_combo.setCurrentText("all slices")
+        job = p.predict()
+        qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "predict", timeout=30_000)
+        return job
+
+    return start

@@ -204,3 +204,12 @@ def test_finetune_without_data_says_why(qtbot, panel_viewer, tmp_path, notes):
     ft.folder_edit.setText(str(tmp_path / "nothing"))
     assert ft.finetune() is None
     assert "manifest.json" in notes("warning")[0]
+
+
+def test_learning_rate_box_keeps_small_values(panel_viewer):
+    """float_spin sets the decimals before the range, so a 1e-6 minimum and a 2e-5 rate are not rounded to 0."""
+    _, panel = panel_viewer
+    lr = panel.finetune.lr_spin
+    assert lr.minimum() == pytest.approx(1e-6) and lr.value() == pytest.approx(1e-3)
+    lr.setValue(2e-5)
+    assert lr.value() == pytest.approx(2e-5)

@@ -168,14 +168,10 @@ def test_corrupt_checkpoint_shows_error_and_keeps_selection(qtbot, make_napari_v
     assert "broken" not in w.session.models and "plain" not in w.session.models
 
 
-def test_cancel_prediction_leaves_layers_unchanged(qtbot, panel_viewer, waiter, notes):
+def test_cancel_prediction_leaves_layers_unchanged(panel_viewer, waiter, notes, start_cancellable_prediction):
     viewer, panel = panel_viewer
     p = panel.predict
-    p.tile_spin.setValue(32)  # many small tiles -> many cancel points
-    p.tta_combo.setCurrentText("8 (full dihedral)")
-    p.scope_combo.setCurrentText("all slices")
-    job = p.predict()
-    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "predict", timeout=30000)
+    job = start_cancellable_prediction(p)
     p.jobs.cancel_button.click()
     waiter(job)
     assert job.state == "cancelled"

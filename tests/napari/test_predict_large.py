@@ -402,16 +402,12 @@ def test_lazy_2d_zarr_image(qtbot, make_napari_viewer, lazy_env, tiny_checkpoint
     assert 0 < float(np.asarray(mem.data).mean()) < 0.6
 
 
-def test_cancelled_lazy_prediction_leaves_nothing(qtbot, make_napari_viewer, lazy_env, synth_stack,
-                                                  tiny_checkpoint, waiter, tmp_path, notes):
+def test_cancelled_lazy_prediction_leaves_nothing(make_napari_viewer, lazy_env, synth_stack, tiny_checkpoint, waiter,
+                                                  tmp_path, notes, start_cancellable_prediction):
     data = _zarr_input(tmp_path, synth_stack.image)
     viewer, panel = _open_panel(make_napari_viewer, data, tiny_checkpoint)
     p = panel.predict
-    p.tile_spin.setValue(32)  # many small tiles -> many cancel points
-    p.tta_combo.setCurrentText("8 (full dihedral)")
-    p.scope_combo.setCurrentText("all slices")
-    job = p.predict()
-    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "predict", timeout=30_000)
+    job = start_cancellable_prediction(p)
     p.jobs.cancel_button.click()
     t0 = time.perf_counter()
     waiter(job)

@@ -6,10 +6,38 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox, QWidget
 
 from ..session import get_session, unwrap_viewer
 from ..workers import Job
+
+
+def int_spin(lo: int, hi: int, value: int, *, step: int = 1, suffix: str = "", tooltip: str = "") -> QSpinBox:
+    """A QSpinBox over [lo, hi] showing ``value``."""
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setValue(value)
+    if suffix:
+        box.setSuffix(suffix)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
+
+
+def float_spin(lo: float, hi: float, value: float, *, step: float | None = None, decimals: int | None = None,
+               tooltip: str = "") -> QDoubleSpinBox:
+    """A QDoubleSpinBox over [lo, hi] showing ``value``; ``decimals`` is set first so small ranges survive."""
+    box = QDoubleSpinBox()
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setRange(lo, hi)
+    if step is not None:
+        box.setSingleStep(step)
+    box.setValue(value)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
 
 
 def format_seconds(seconds: float) -> str:

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from .. import tracking
 from .._qt_utils import LayerCombo, notify
 from ..workers import Job
-from .common import JobPanel, JobWidget, format_seconds
+from .common import JobPanel, JobWidget, float_spin, format_seconds, int_spin
 from .correct import _is_membrane_layer, prediction_of
 from .plot import LinePlot
 from .predict import gui_threads
@@ -138,34 +138,18 @@ class FinetuneWidget(JobWidget):
         self.loss_plot = LinePlot("loss", log_y=True)
         self.val_plot = LinePlot("validation", y_range=(0.0, 1.0))
 
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 1_000_000)
-        self.steps_spin.setValue(200)
-        self.crop_spin = QSpinBox()
-        self.crop_spin.setRange(32, 2048)
-        self.crop_spin.setSingleStep(32)
-        self.crop_spin.setValue(256)
-        self.crop_spin.setSuffix(" px")
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(6)
-        self.lr_spin.setRange(1e-6, 1.0)
-        self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(1e-3)
-        self.lr_spin.setToolTip("learning rate of the decoder/head; the encoder uses a tenth of it")
-        self.batch_spin = QSpinBox()
-        self.batch_spin.setRange(1, 64)
-        self.batch_spin.setValue(4)
-        self.replay_spin = QDoubleSpinBox()
-        self.replay_spin.setRange(0.0, 1.0)
-        self.replay_spin.setSingleStep(0.05)
-        self.replay_spin.setValue(0.25)
-        self.replay_spin.setToolTip("fraction of training crops drawn from the original data (if a folder is set)")
+        self.steps_spin = int_spin(1, 1_000_000, 200)
+        self.crop_spin = int_spin(32, 2048, 256, step=32, suffix=" px")
+        self.lr_spin = float_spin(1e-6, 1.0, 1e-3, step=1e-4, decimals=6,
+                                  tooltip="learning rate of the decoder/head; the encoder uses a tenth of it")
+        self.batch_spin = int_spin(1, 64, 4)
+        self.replay_spin = float_spin(0.0, 1.0, 0.25, step=0.05,
+                                      tooltip="fraction of training crops drawn from the original data (if a folder "
+                                      "is set)")
         self.replay_edit = QLineEdit()
         self.replay_edit.setPlaceholderText("original training-set folder (optional)")
-        self.corrected_weight_spin = QDoubleSpinBox()
-        self.corrected_weight_spin.setRange(1.0, 50.0)
-        self.corrected_weight_spin.setValue(2.0)
-        self.corrected_weight_spin.setToolTip("loss weight of the pixels you changed relative to the others")
+        self.corrected_weight_spin = float_spin(1.0, 50.0, 2.0,
+                                                tooltip="loss weight of the pixels you changed relative to the others")
         self.save_edit = QLineEdit(str(self.session.models_dir))
         self.advanced = QCollapsible("Advanced")
         adv = QWidget()

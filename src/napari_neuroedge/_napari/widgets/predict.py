@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel,
-                            QPushButton, QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton,
+                            QVBoxLayout, QWidget)
 
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, notify
 from ..session import LOAD_CHECKPOINT
 from ..workers import Job
-from .common import JobPanel, JobWidget
+from .common import JobPanel, JobWidget, float_spin, int_spin
 
 TTA_CHOICES = {"off": 1, "6 (rotations + flips)": 6, "8 (full dihedral)": 8}
 SCOPES = ("current slice", "all slices")
@@ -134,24 +134,14 @@ class PredictWidget(JobWidget):
         self.model_combo = QComboBox()
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(32, 4096)
-        self.tile_spin.setSingleStep(32)
-        self.tile_spin.setValue(512)
-        self.tile_spin.setSuffix(" px")
-        self.overlap_spin = QDoubleSpinBox()
-        self.overlap_spin.setRange(0.0, 0.75)
-        self.overlap_spin.setSingleStep(0.05)
-        self.overlap_spin.setValue(0.25)
+        self.tile_spin = int_spin(32, 4096, 512, step=32, suffix=" px")
+        self.overlap_spin = float_spin(0.0, 0.75, 0.25, step=0.05)
         self.tta_combo = QComboBox()
         self.tta_combo.addItems(list(TTA_CHOICES))
         self.device_combo = QComboBox()
         self.device_found = QLabel("")
         self._fill_devices()
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.01, 0.99)
-        self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(0.5)
+        self.threshold_spin = float_spin(0.01, 0.99, 0.5, step=0.05)
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
         self.instances_check = QCheckBox("neuron instances (Labels)")
