@@ -218,7 +218,7 @@ def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
         cfg = load_json(TrainConfig, args.config)
     changes: dict[str, Any] = {}
     for name in ("steps", "batch", "val_every", "seed", "device", "threads", "replay_fraction", "corrected_weight",
-                 "select", "time_limit_s", "ema_decay"):
+                 "select", "time_limit_s", "ema_decay", "val_tta", "keep_validated"):
         val = getattr(args, name, None)
         if val is not None:
             changes[name] = val
@@ -424,6 +424,10 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--ema", type=float, dest="ema_decay", metavar="DECAY",
                    help="keep, validate and save a moving average of the weights (e.g. 0.999; default off)")
     p.add_argument("--select", choices=["f1", "rand", "f1-rand"], help="checkpoint selection score")
+    p.add_argument("--val-tta", type=int, choices=[1, 6, 8], dest="val_tta",
+                   help="validate with this many flips/rotations averaged, as prediction will run (default 1)")
+    p.add_argument("--keep-validated", action="store_true", default=None, dest="keep_validated",
+                   help="also keep every validated checkpoint in the run folder (step-NNNNNN.pt)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto | cpu | cuda | mps")
     p.add_argument("--threads", type=int, help="torch CPU threads (0 = default)")

@@ -127,6 +127,8 @@ class TrainConfig:
     side_weight: float = 1.0  # weight of deep-supervision losses on side outputs (CASENet/DFF)
     select: str = "f1-rand"  # checkpoint selection score: "f1", "rand" (lower is better) or "f1-rand"
     val_tile: int = 256
+    val_tta: int = 1  # test-time augmentation during validation: 1 (off), 6 or 8, as TTAConfig.n
+    keep_validated: bool = False  # also keep every validated checkpoint as step-NNNNNN.pt (weights, no optimiser)
     time_limit_s: float = 0.0  # > 0: stop after this much time; the poly schedule then follows time
     time_clock: str = "wall"  # "wall" or "cpu" (process CPU time: fair budgets on a shared machine)
     ema_decay: float = 0.0  # > 0 (e.g. 0.999): validate and save an exponential moving average of the weights

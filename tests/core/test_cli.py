@@ -101,10 +101,13 @@ def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt
     capsys.readouterr()
     out = tmp_path / "ft.pt"
     rc = main(["finetune", "--from", str(tiny_ckpt), "--data", str(ds), "--val-data", str(ds), "--val-slices", "2:3",
-               "--steps", "4", "--val-every", "2", "--crop", "48", "--batch", "2", "-o", str(out), "--quiet"])
+               "--steps", "4", "--val-every", "2", "--crop", "48", "--batch", "2", "--val-tta", "6", "--keep-validated",
+               "-o", str(out), "--quiet"])
     assert rc == 0 and out.exists() and (tmp_path / "ft.run" / "last.pt").exists()
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 4 and "f1" in summary["best_val"]
+    assert sorted(p.name for p in (tmp_path / "ft.run").glob("step-*.pt")) == ["step-000002.pt", "step-000004.pt"]
+    assert load_checkpoint(out).train_config["val_tta"] == 6
     rc = main(["train", "--data", str(ds), "--model", "unet", "--model-kwargs", '{"base": 4, "depth": 2}',
                "--steps", "3", "--crop", "48", "--batch", "2", "--loss", "bce=1,skeleton_recall=0.5", "--ema", "0.99",
                "-o", str(tmp_path / "t.pt"), "--quiet"])

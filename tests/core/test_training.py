@@ -134,3 +134,37 @@ def test_ema_run_saves_the_averaged_weights(slices, tmp_path):
     assert "val" in averaged.history[-1] and np.isfinite(averaged.history[-1]["val"]["pixel_error"])
     assert json.loads((tmp_path / "ema" / "config.json").read_text())["ema_decay"] == 0.9
     assert all(torch.isfinite(v.float()).all() for v in b.values())
+
+
+def test_keep_validated_saves_each_validated_step_with_its_metrics(slices, tmp_path):
+    result = drive(iter_fit(_cfg(steps=8, val_every=4, keep_validated=True), slices[:3], slices[3:], tmp_path / "r"))
+    kept = sorted(p.name for p in (tmp_path / "r").glob("step-*.pt"))
+    assert kept == ["step-000004.pt", "step-000008.pt"]
+    for name, h in zip(kept, [h for h in result.history if "val" in h]):
+        ckpt = load_checkpoint(tmp_path / "r" / name)
+        assert ckpt.optimizer is None and ckpt.step == int(name[5:11])
+        assert ckpt.provenance["val"] == h["val"]
+    # the last validated weights are the run's last checkpoint
+    last = load_checkpoint(result.last).state_dict
+    step8 = load_checkpoint(tmp_path / "r" / "step-000008.pt").state_dict
+    assert all(np.array_equal(last[k].numpy(), step8[k].numpy()) for k in last)
+
+
+def test_validation_with_tta_averages_flips_and_rotations(slices):
+    import torch
+
+    from napari_neuroedge.training.loop import validate
+
+    pointwise = torch.nn.Conv2d(1, 1, 1)  # commutes with every flip and rotation: TTA must change nothing
+    with torch.no_grad():
+        pointwise.weight.fill_(-3.0), pointwise.bias.fill_(0.5)
+    cpu = torch.device("cpu")
+    assert validate(pointwise, slices[3:], cpu, tile=64, tta=6) == pytest.approx(
+        validate(pointwise, slices[3:], cpu, tile=64, tta=1), abs=1e-9)
+    # a model that sees direction (a 3x3 edge detector that fires to the right only) is changed by TTA
+    directional = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    with torch.no_grad():
+        directional.weight.zero_()
+        directional.weight[0, 0, 1, 2], directional.weight[0, 0, 1, 1] = 4.0, -4.0
+    one, six = validate(directional, slices[3:], cpu, tile=64), validate(directional, slices[3:], cpu, tile=64, tta=6)
+    assert one["pixel_error"] != pytest.approx(six["pixel_error"], abs=1e-4)

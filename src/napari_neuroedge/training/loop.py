@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import TileConfig, TrainConfig, to_dict
+from ..config import TileConfig, TrainConfig, TTAConfig, to_dict
 from ..inference.device import resolve_device
 from ..inference.postprocess import instances_from_probability
 from ..inference.predict import TorchPredictor, predict_array
@@ -47,9 +47,13 @@ class FitResult:
 
 
 def validate(model: torch.nn.Module, val: Sequence[LabelledSlice], device: torch.device, tile: int = 256,
-             threshold: float = 0.5) -> dict[str, float]:
-    """Mean pixel error, boundary P/R/F1 (2 px) and adapted Rand error over the validation slices."""
-    predictor = TorchPredictor(model, device, amp=True)
+             threshold: float = 0.5, tta: int = 1) -> dict[str, float]:
+    """Mean pixel error, boundary P/R/F1 (2 px) and adapted Rand error over the validation slices.
+
+    ``tta`` > 1 validates the prediction averaged over that many flips/rotations (``TTAConfig.n``), as it will
+    be used; it costs ``tta`` times the forward passes.
+    """
+    predictor = TorchPredictor(model, device, amp=True, tta=TTAConfig(n=tta))
     was_training = model.training
     model.eval()
     rows = []
@@ -149,7 +153,8 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     ``resume`` continues an interrupted run (weights, optimiser state and step). With ``cfg.ema_decay`` > 0
     the checkpoints hold the moving average of the weights (what prediction should use); a resumed run
     continues training from those averaged weights. ``run_dir`` receives
-    ``last.pt``, ``best.pt``, ``log.jsonl`` and ``config.json``.
+    ``last.pt``, ``best.pt``, ``log.jsonl`` and ``config.json`` (and ``step-NNNNNN.pt`` at each validation
+    with ``cfg.keep_validated``).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -240,8 +245,12 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             info: dict[str, Any] = {"step": step, "loss": float(loss.item()), "terms": terms,
                                     "lr": opt.param_groups[-1]["lr"], "elapsed_s": time.perf_counter() - t0}
             if val and (step % cfg.val_every == 0 or frac >= 1.0):
-                metrics = validate(served, val, device, cfg.val_tile)
+                metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta)
                 info["val"] = metrics
+                if cfg.keep_validated:
+                    kept = checkpoint({"val": metrics})
+                    kept.optimizer = None
+                    _replace_checkpoint(kept, run_dir / f"step-{step:06d}.pt")
                 score = _score(metrics, cfg.select)
                 if score > best_score:
                     best_score, best_metrics = score, metrics
