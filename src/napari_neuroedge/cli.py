@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .config import SEED_THRESHOLD
 
 EXIT_INPUT, EXIT_CANCELLED = 2, 130
 
@@ -130,7 +131,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             offset = 0
             for z in planes:
                 p2 = np.asarray(prob[z] if z is not None else prob[...])
-                lab = instances_from_probability(p2, args.threshold)
+                lab = instances_from_probability(p2, args.seed_threshold)
                 lab = np.where(lab > 0, lab + offset, 0).astype(np.uint32)
                 offset = int(lab.max())
                 if z is None:
@@ -350,7 +351,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     gt = (gt_raw == args.gt_membrane_value).astype(np.uint8)
     if pred.dtype.kind != "f" and args.pred_membrane_value is not None:
         pred = (pred == args.pred_membrane_value).astype(np.uint8)
-    fn = (lambda p: instances_from_probability(p, args.threshold)) if pred.dtype.kind == "f" else None
+    fn = (lambda p: instances_from_probability(p, args.seed_threshold)) if pred.dtype.kind == "f" else None
     result = evaluate(pred, gt, instances_fn=fn, threshold=args.threshold, tolerance=args.tolerance)
     print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
     return 0
@@ -458,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="membrane threshold on the probability (0.5)")
     p.add_argument("--prob", help="also write the float32 boundary probability here")
     p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
+    p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
+                   help=f"instances grow from pixels with boundary probability below this ({SEED_THRESHOLD})")
     p.add_argument("--uncertainty", help="also write the per-pixel TTA variance here (needs --tta 6 or 8)")
     p.add_argument("--overlay", help="also write a PNG of the middle slice with membranes overlaid")
     p.add_argument("--slices", help="slices of a stack to predict, e.g. 0:10 (default: all)")
@@ -487,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (ISBI: 0)")
     p.add_argument("--pred-membrane-value", type=int, help="prediction value meaning membrane (default: non-zero)")
     p.add_argument("--gt-slices", help="compare with these GT slices only, e.g. 20:25")
-    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--threshold", type=float, default=0.5, help="membrane threshold on a probability (0.5)")
+    p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
+                   help=f"instances (for Rand error / VI) grow from probabilities below this ({SEED_THRESHOLD})")
     p.add_argument("--tolerance", type=float, default=2.0, help="boundary match tolerance in px (2)")
     p.set_defaults(func=cmd_evaluate)
 

@@ -24,6 +24,7 @@ def test_predict_all_slices_fills_layers(qtbot, panel_viewer, synth_stack, waite
     p.instances_check.setChecked(True)
     p.scope_combo.setCurrentText("all slices")
     p.threshold_spin.setValue(0.5)
+    p.seed_spin.setValue(0.2)
     _click(qtbot, p.run_button)
     job = p.job
     assert job is not None and job.worker is not None  # a background worker
@@ -55,11 +56,17 @@ def test_predict_all_slices_fills_layers(qtbot, panel_viewer, synth_stack, waite
     acc = float(((prob >= 0.5) == gt).mean())
     assert acc > 0.85, acc
     assert 0.05 < float(membranes.data.mean()) < 0.5
-    # instances: ids unique per slice (z << 16 offset), membranes included in cells
+    # instances: ids unique per slice (z << 16 offset), membranes included in cells, seeded below the widget's
+    # seed threshold
+    from napari_neuroedge.inference.postprocess import instances_from_probability
+
     for z in range(3):
         ids = np.unique(inst.data[z])
         assert ids.min() >= (z << 16) + 1 and ids.max() < ((z + 1) << 16)
         assert len(ids) > 3
+        np.testing.assert_array_equal(inst.data[z] - (z << 16), instances_from_probability(prob[z], 0.2))
+    assert any(not np.array_equal(instances_from_probability(prob[z], 0.2), instances_from_probability(prob[z]))
+               for z in range(3))  # so the check above sees the widget's setting, not the default
     assert float(unc.data.max()) > 0 and float(unc.data.min()) >= 0
     assert tracking.info(membranes)["predicted"] == {0, 1, 2}
     # outputs are not offered as inputs; the membrane layer is offered for correcting

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from ..config import SEED_THRESHOLD
+
 ENV_LAZY_VOXELS = "NEUROEDGE_LAZY_VOXELS"
 ENV_CACHE_DIR = "NEUROEDGE_CACHE_DIR"
 LAZY_VOXELS = 256 * 2**20  # outputs of larger (in-memory) images go to zarr on disk
@@ -304,8 +306,8 @@ class Staged:
 
 
 def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any, store: OutputStore, *,
-                   tile: Any, norm: Any, threshold: float, variance: bool, instances: bool
-                   ) -> Generator[Any, None, Staged]:
+                   tile: Any, norm: Any, threshold: float, variance: bool, instances: bool,
+                   seed_threshold: float = SEED_THRESHOLD) -> Generator[Any, None, Staged]:
     """Generator: predict ``slices`` of ``data`` (lazy array-like, read band by band) into new staged zarr arrays.
 
     Yields ProgressEvents; returns :class:`Staged`. On an error or a cancel (the generator is closed) the staged
@@ -343,7 +345,7 @@ def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any
             for i in range(n):
                 z = 0 if is_2d else int(slices[i])
                 prob = np.asarray(staged.prob if is_2d else staged.prob[i], np.float32)
-                cells = instances_from_probability(prob, threshold)
+                cells = instances_from_probability(prob, seed_threshold)
                 ids = np.where(cells > 0, cells + np.uint32(z << 16), 0).astype(np.uint32)
                 store.check_open()
                 if is_2d:

@@ -64,7 +64,7 @@ def validate(model: torch.nn.Module, val: Sequence[LabelledSlice], device: torch
         prf = boundary_prf(pred, sl.label, tolerance=2.0)
         rows.append({"pixel_error": pixel_error(pred, sl.label, sl.mask), "precision": prf["precision"],
                      "recall": prf["recall"], "f1": prf["f1"],
-                     "rand_error": rand_error(instances_from_probability(prob, threshold),
+                     "rand_error": rand_error(instances_from_probability(prob),
                                               instances_from_membrane(sl.label))})
     model.train(was_training)
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}

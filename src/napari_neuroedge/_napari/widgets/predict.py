@@ -22,6 +22,7 @@ import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton,
                             QVBoxLayout, QWidget)
 
+from ...config import SEED_THRESHOLD
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, notify
 from ..session import LOAD_CHECKPOINT
@@ -67,7 +68,7 @@ def _is_input_image(layer: Any) -> bool:
 
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
                 device_name: str, tile: int, overlap: float, tta: int, uncertainty: bool, threshold: float,
-                instances: bool, store: lazy_outputs.OutputStore | None = None):
+                instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD):
     """Generator (runs in the worker): load the model, predict the slices, post-process; returns PredictResult.
 
     ``data`` is read lazily, band by band. Without ``store`` the outputs are numpy arrays of the predicted slices;
@@ -95,7 +96,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     if store is not None:
         staged = yield from lazy_outputs.predict_staged(data, slices, is_2d, predictor, store, tile=tiles,
                                                         norm=ckpt.norm, threshold=threshold, variance=variance,
-                                                        instances=instances)
+                                                        instances=instances, seed_threshold=seed_threshold)
         return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), staged.prob,
                              staged.membranes, staged.variance, staged.instances, threshold, meta, lazy=True)
     h, w = int(data.shape[-2]), int(data.shape[-1])
@@ -115,7 +116,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
         inst = np.zeros((k, h, w), np.uint32)
         for i in range(k):
             z = 0 if is_2d else slices[i]
-            cells = instances_from_probability(prob[i], threshold)
+            cells = instances_from_probability(prob[i], seed_threshold)
             inst[i] = np.where(cells > 0, cells + (z << 16), 0)  # ids unique across slices
             yield ProgressEvent(i + 1, k, "instances")
     return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), prob, membranes,
@@ -145,6 +146,9 @@ class PredictWidget(JobWidget):
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
         self.instances_check = QCheckBox("neuron instances (Labels)")
+        self.seed_spin = float_spin(0.01, 0.99, SEED_THRESHOLD, step=0.05)
+        self.seed_spin.setToolTip("neuron instances grow from pixels whose boundary probability is below this; "
+                                  "lower it if cells merge through faint membranes")
         self.uncertainty_check = QCheckBox("TTA uncertainty (Image)")
         self.overwrite_check = QCheckBox("replace my corrections on edited slices")
         self.run_button = QPushButton("Predict")
@@ -164,6 +168,7 @@ class PredictWidget(JobWidget):
         form.addRow("threshold", self.threshold_spin)
         form.addRow("scope", self.scope_combo)
         form.addRow("outputs", self.instances_check)
+        form.addRow("instance seed threshold", self.seed_spin)
         form.addRow("", self.uncertainty_check)
         form.addRow("", self.overwrite_check)
         lay = QVBoxLayout(self)
@@ -323,7 +328,7 @@ class PredictWidget(JobWidget):
                                 self.device_combo.currentText(), int(self.tile_spin.value()),
                                 float(self.overlap_spin.value()), self.tta(),
                                 self.uncertainty_check.isChecked(), threshold, self.instances_check.isChecked(),
-                                store))
+                                store, float(self.seed_spin.value())))
 
     def _on_event(self, job: Job, event: Any) -> None:
         self.jobs.update_event(event)

@@ -1,0 +1,65 @@
+"""Post-processing: membrane labels and watershed instances from a boundary probability."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_neuroedge.cli import main
+from napari_neuroedge.config import SEED_THRESHOLD
+from napari_neuroedge.inference.postprocess import instances_from_probability, membrane_from_probability
+
+
+def _two_cells(membrane_prob: float, gap: tuple[int, int] | None = None) -> np.ndarray:
+    """(64, 64) probability: two cells (0.05) left and right of a 2 px vertical membrane at x = 31-32."""
+    prob = np.full((64, 64), 0.05, np.float32)
+    prob[:, 31:33] = membrane_prob
+    if gap is not None:
+        prob[gap[0]:gap[1], 31:33] = 0.05
+    return prob
+
+
+def _assert_split_at_the_membrane(cells: np.ndarray) -> None:
+    assert len(np.unique(cells)) == 2
+    left, right = np.unique(cells[:, :31]), np.unique(cells[:, 33:])
+    assert len(left) == 1 and len(right) == 1 and left[0] != right[0]
+
+
+def test_a_faint_membrane_below_the_label_threshold_still_separates_cells():
+    prob = _two_cells(0.4)
+    assert not membrane_from_probability(prob, 0.5).any()  # no membrane label at the 0.5 threshold ...
+    _assert_split_at_the_membrane(instances_from_probability(prob))  # ... but the cells stay apart
+    assert SEED_THRESHOLD < 0.4
+    # seeding at the membrane threshold instead grows one seed through the faint membrane
+    assert len(np.unique(instances_from_probability(prob, seed_threshold=0.5))) == 1
+
+
+def test_gaps_narrower_than_2_seed_distance_minus_1_do_not_merge_cells():
+    for sd in (2.0, 3.0):
+        safe = int(2 * sd - 2)  # widest gap that keeps the cells apart
+        _assert_split_at_the_membrane(instances_from_probability(_two_cells(0.9, gap=(30, 30 + safe)), seed_distance=sd))
+        merged = instances_from_probability(_two_cells(0.9, gap=(30, 31 + safe)), seed_distance=sd)
+        assert len(np.unique(merged)) == 1
+
+
+def test_instances_need_a_2d_map_and_fill_every_pixel():
+    with pytest.raises(ValueError, match="2D"):
+        instances_from_probability(np.zeros((2, 8, 8), np.float32))
+    cells = instances_from_probability(_two_cells(0.9))
+    assert cells.dtype == np.uint32 and cells.min() == 1  # membranes are assigned to a cell too
+    assert np.array_equal(instances_from_probability(np.ones((16, 16), np.float32)), np.ones((16, 16), np.uint32))
+
+
+def test_evaluate_cli_seed_threshold(tmp_path, capsys):
+    prob = _two_cells(0.4)
+    gt = np.zeros((64, 64), np.uint8)
+    gt[:, 31:33] = 1
+    tifffile.imwrite(tmp_path / "p.tif", prob)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    assert main(["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "gt.tif")]) == 0
+    assert json.loads(capsys.readouterr().out)["rand_error"] == pytest.approx(0.0, abs=1e-9)
+    assert main(["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "gt.tif"), "--seed-threshold", "0.5"]) == 0
+    assert json.loads(capsys.readouterr().out)["rand_error"] > 0.3  # the two cells merged
