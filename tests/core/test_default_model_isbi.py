@@ -1,7 +1,8 @@
 """The bundled default model on real ISBI 2012 validation slices (20-24, never trained on), with 6-way TTA.
 
-Skipped where ../shared/data/isbi2012 is absent. The floors here are deliberately below the model card's
-measured numbers (so machine noise cannot fail them) but far above what an untrained or broken model reaches.
+Skipped where ../shared/data/isbi2012 is absent. The floors here sit a little below the model card's measured
+numbers (pixel error 0.0710, boundary F1 0.9526, Rand error 0.0171), so CPU-to-CPU rounding cannot fail them,
+but a worse model, a broken TTA or a post-processing that merges cells does.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def test_default_model_on_isbi_validation_slices(isbi_dir):
                          norm=ckpt.norm)
     res = evaluate(prob, gt, instances_fn=instances_from_probability)
     print({k: round(v, 4) for k, v in res.items()})
-    assert res["pixel_error"] < 0.10
-    assert res["boundary_f1"] > 0.88
-    assert res["rand_error"] < 0.25
+    assert res["pixel_error"] < 0.073
+    assert res["boundary_f1"] > 0.945
+    assert res["rand_error"] < 0.025
+    assert res["vi_merge"] < 0.08

@@ -40,7 +40,8 @@ def test_a_faint_membrane_below_the_label_threshold_still_separates_cells():
 def test_gaps_narrower_than_2_seed_distance_minus_1_do_not_merge_cells():
     for sd in (2.0, 3.0):
         safe = int(2 * sd - 2)  # widest gap that keeps the cells apart
-        _assert_split_at_the_membrane(instances_from_probability(_two_cells(0.9, gap=(30, 30 + safe)), seed_distance=sd))
+        kept = instances_from_probability(_two_cells(0.9, gap=(30, 30 + safe)), seed_distance=sd)
+        _assert_split_at_the_membrane(kept)
         merged = instances_from_probability(_two_cells(0.9, gap=(30, 31 + safe)), seed_distance=sd)
         assert len(np.unique(merged)) == 1
 
