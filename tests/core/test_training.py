@@ -157,7 +157,8 @@ def test_validation_with_tta_averages_flips_and_rotations(slices):
 
     pointwise = torch.nn.Conv2d(1, 1, 1)  # commutes with every flip and rotation: TTA must change nothing
     with torch.no_grad():
-        pointwise.weight.fill_(-3.0), pointwise.bias.fill_(0.5)
+        pointwise.weight.fill_(-3.0)
+        pointwise.bias.fill_(0.5)
     cpu = torch.device("cpu")
     assert validate(pointwise, slices[3:], cpu, tile=64, tta=6) == pytest.approx(
         validate(pointwise, slices[3:], cpu, tile=64, tta=1), abs=1e-9)

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -247,15 +247,14 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             if val and (step % cfg.val_every == 0 or frac >= 1.0):
                 metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta)
                 info["val"] = metrics
+                validated = checkpoint({"val": metrics})  # one copy of the weights for every file below
                 if cfg.keep_validated:
-                    kept = checkpoint({"val": metrics})
-                    kept.optimizer = None
-                    _replace_checkpoint(kept, run_dir / f"step-{step:06d}.pt")
+                    _replace_checkpoint(replace(validated, optimizer=None), run_dir / f"step-{step:06d}.pt")
                 score = _score(metrics, cfg.select)
                 if score > best_score:
                     best_score, best_metrics = score, metrics
-                    _replace_checkpoint(checkpoint({"val": metrics}), best)
-                _replace_checkpoint(checkpoint({"val": metrics}), last)
+                    _replace_checkpoint(validated, best)
+                _replace_checkpoint(validated, last)
                 saved_step = step
             history.append(info)
             log.write(json.dumps(info) + "\n")
