@@ -95,6 +95,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.scheduler is not None:
         return _predict_blockwise(args, stack)
     model, ckpt = load_model(args.model)
+    _resolve_threshold(args, ckpt)
     device = resolve_device(args.device)
     tta = TTAConfig(n=args.tta, variance=args.uncertainty is not None)
     if args.uncertainty is not None and args.tta == 1:
@@ -149,6 +150,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resolve_threshold(args: argparse.Namespace, ckpt: Any) -> None:
+    """``--threshold`` if given, else the model's calibrated membrane threshold (0.5 unless calibrated)."""
+    if args.threshold is None:
+        args.threshold = float(ckpt.threshold)
+        if not args.quiet and args.threshold != 0.5:
+            print(f"membrane threshold {args.threshold:g} (calibrated, from the model)", file=sys.stderr)
+
+
 def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     """--scheduler: probability computed blockwise with Dask into --prob (.zarr), then thresholded into OUT."""
     from .config import TileConfig, TTAConfig
@@ -162,6 +171,9 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
         raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
     if args.uncertainty is not None and not is_zarr_path(args.uncertainty):
         raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
+    from .models.checkpoint import load_checkpoint
+
+    _resolve_threshold(args, load_checkpoint(args.model))
     chunks = block = None
     nd = len(stack.shape) if not args.slices else 3
     if args.chunk:
@@ -351,8 +363,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     gt = (gt_raw == args.gt_membrane_value).astype(np.uint8)
     if pred.dtype.kind != "f" and args.pred_membrane_value is not None:
         pred = (pred == args.pred_membrane_value).astype(np.uint8)
+    threshold = args.threshold
+    if threshold is None:
+        from .models.checkpoint import load_checkpoint
+
+        threshold = load_checkpoint(args.model).threshold if args.model else 0.5
     fn = (lambda p: instances_from_probability(p, args.seed_threshold)) if pred.dtype.kind == "f" else None
-    result = evaluate(pred, gt, instances_fn=fn, threshold=args.threshold, tolerance=args.tolerance)
+    result = evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=args.tolerance)
     print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
     return 0
 
@@ -379,6 +396,85 @@ def cmd_export(args: argparse.Namespace) -> int:
                                  "pixel_size": img.voxel_size}))
     entries = export_slices(args.output, items)
     print(json.dumps([e["name"] for e in entries]))
+    return 0
+
+
+def _parse_thresholds(spec: str | None) -> tuple[float, ...]:
+    """"0.3:0.7:0.05" (start:stop:step, stop included) or "0.5,0.6" -> thresholds; None -> the default grid."""
+    from .calibration import DEFAULT_THRESHOLDS
+
+    if not spec:
+        return DEFAULT_THRESHOLDS
+    try:
+        if ":" in spec:
+            start, stop, step = (float(v) for v in spec.split(":"))
+            if step <= 0:
+                raise ValueError("step must be positive")
+            return tuple(float(v) for v in np.round(np.arange(start, stop + step / 2, step), 6))
+        return tuple(float(v) for v in spec.split(","))
+    except ValueError as exc:
+        raise ValueError(f"--thresholds {spec!r}: expected START:STOP:STEP or a comma list ({exc})") from None
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .atomic import OutputExistsError
+    from .calibration import choose_threshold, pixel_error_by_threshold
+    from .config import TileConfig, TTAConfig
+    from .inference.device import resolve_device
+    from .inference.predict import TorchPredictor, parse_slices, predict_array
+    from .io import open_stack
+    from .models.checkpoint import load_model, save_checkpoint
+
+    out = Path(args.output)
+    if out.exists():
+        raise OutputExistsError(f"{out} already exists; choose another name (nothing was overwritten)")
+    thresholds = _parse_thresholds(args.thresholds)
+    img, lab = open_stack(args.image), open_stack(args.labels)
+    if img.shape != lab.shape:
+        raise ValueError(f"image {img.shape} and labels {lab.shape} shapes differ")
+    if args.slices and len(img.shape) != 3:
+        raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+    model, ckpt = load_model(args.model)
+    predictor = TorchPredictor(model, resolve_device(args.device), tta=TTAConfig(n=args.tta))
+    progress = _TqdmProgress(f"calibrate on {Path(args.image).name}", "tile", args.quiet)
+    try:
+        prob = predict_array(img.data, predictor, tile=TileConfig(tile=args.tile), norm=ckpt.norm,
+                             slices=args.slices if len(img.shape) == 3 else None, progress=progress)
+    finally:
+        progress.close()
+    labels = np.asarray(lab.data[...])
+    if len(img.shape) == 3:
+        labels = labels[list(parse_slices(args.slices, img.shape[0]))]
+    membrane = labels == args.gt_membrane_value
+    errors = pixel_error_by_threshold(prob, membrane, thresholds)
+    best = choose_threshold(errors)
+    record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
+              "slices": args.slices, "tta": args.tta, "threshold": best,
+              "pixel_error_by_threshold": {f"{t:g}": round(e, 6) for t, e in errors.items()}}
+    calibrated = replace(ckpt, threshold=best, optimizer=None, provenance={**ckpt.provenance, "calibration": record})
+    save_checkpoint(calibrated, out)
+    print(json.dumps({"checkpoint": str(out), "threshold": best, "pixel_error": round(errors[best], 6),
+                      "pixel_error_by_threshold": record["pixel_error_by_threshold"]}, indent=2))
+    return 0
+
+
+def cmd_average(args: argparse.Namespace) -> int:
+    from .atomic import OutputExistsError
+    from .models.averaging import average_checkpoints
+    from .models.checkpoint import load_checkpoint, save_checkpoint
+
+    out = Path(args.output)
+    if out.exists():
+        raise OutputExistsError(f"{out} already exists; choose another name (nothing was overwritten)")
+    ckpts = [load_checkpoint(p) for p in args.checkpoints]
+    sources = [{"path": str(p), "step": c.step, "command": c.provenance.get("command")}
+               for p, c in zip(args.checkpoints, ckpts)]
+    avg = average_checkpoints(ckpts, {"command": "neuroedge " + " ".join(sys.argv[1:]), "name": out.stem,
+                                      "averaged_from": sources})
+    save_checkpoint(avg, out)
+    print(json.dumps({"checkpoint": str(out), "averaged": len(ckpts)}))
     return 0
 
 
@@ -456,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 6, 8], help="test-time augmentation: 1 (off), 6, 8")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
-    p.add_argument("--threshold", type=float, default=0.5, help="membrane threshold on the probability (0.5)")
+    p.add_argument("--threshold", type=float, help="membrane threshold on the probability (default: the model's, "
+                   "0.5 unless calibrated with `neuroedge calibrate`)")
     p.add_argument("--prob", help="also write the float32 boundary probability here")
     p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
     p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
@@ -490,11 +587,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (ISBI: 0)")
     p.add_argument("--pred-membrane-value", type=int, help="prediction value meaning membrane (default: non-zero)")
     p.add_argument("--gt-slices", help="compare with these GT slices only, e.g. 20:25")
-    p.add_argument("--threshold", type=float, default=0.5, help="membrane threshold on a probability (0.5)")
+    p.add_argument("--threshold", type=float, help="membrane threshold on a probability (default: --model's, "
+                   "else 0.5)")
+    p.add_argument("--model", help="take the membrane threshold from this model (bundled name or checkpoint)")
     p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
                    help=f"instances (for Rand error / VI) grow from probabilities below this ({SEED_THRESHOLD})")
     p.add_argument("--tolerance", type=float, default=2.0, help="boundary match tolerance in px (2)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="choose a model's membrane threshold on labelled slices",
+                       description="Predicts IMAGE with MODEL, finds the threshold with the lowest pixel error "
+                       "against LABELS and writes a copy of the model that predicts with it by default. "
+                       "Use training slices, not the ones you report.")
+    p.add_argument("image", help="EM image or stack")
+    p.add_argument("labels", help="its membrane labels")
+    p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
+    p.add_argument("-o", "--output", required=True, help="calibrated checkpoint to write (.pt; never overwritten)")
+    p.add_argument("--gt-membrane-value", type=int, default=1, help="label value meaning membrane (ISBI: 0)")
+    p.add_argument("--slices", help="slices to calibrate on, e.g. 0:20 (default: all)")
+    p.add_argument("--tta", type=int, default=6, choices=[1, 6, 8], help="as you will predict (default 6)")
+    p.add_argument("--thresholds", help="START:STOP:STEP or a comma list (default 0.3:0.7:0.05)")
+    p.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("average", help="average the weights of checkpoints of one run (weight averaging)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints of one architecture, e.g. a run's step-*.pt")
+    p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt; never overwritten)")
+    p.set_defaults(func=cmd_average)
 
     p = sub.add_parser("export", help="add slices + corrected labels to a training-set folder")
     p.add_argument("image")

@@ -200,3 +200,34 @@ def test_running_job_blocks_a_second_prediction(qtbot, panel_viewer, waiter, not
     assert len(warnings) == 1 and "still running" in warnings[0]
     job.cancel()
     waiter(job)
+
+
+def test_threshold_follows_the_chosen_models_calibration(qtbot, make_napari_viewer, waiter, tiny_checkpoint,
+                                                          tmp_path):
+    """Choosing a calibrated model sets the threshold box to its threshold and prediction uses it; the user's own
+    value stays until another model is chosen."""
+    import dataclasses
+
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+    from napari_neuroedge.models.checkpoint import load_checkpoint, save_checkpoint
+    from napari_neuroedge.sample import synthetic_em
+
+    calibrated = save_checkpoint(dataclasses.replace(load_checkpoint(tiny_checkpoint), threshold=0.7),
+                                 tmp_path / "calibrated.pt")
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_em((80, 72), cell_size=20, seed=5).image, name="plane")
+    w = PredictWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.tile_spin.setValue(64)
+    w.load_checkpoint(str(calibrated))
+    assert w.threshold_spin.value() == pytest.approx(0.7) and "threshold 0.7" in w.model_info.text()
+    waiter(w.predict())
+    prob = np.asarray(viewer.layers["plane boundary"].data)
+    mem = np.asarray(viewer.layers["plane membranes"].data)
+    assert ((prob >= 0.7) != (prob >= 0.5)).any()  # the two thresholds give different membranes here
+    np.testing.assert_array_equal(mem, (prob >= 0.7).astype(mem.dtype))
+    w.threshold_spin.setValue(0.55)
+    w._refresh_models()  # the model list changes (e.g. a fine-tune finished): the user's value stays
+    assert w.threshold_spin.value() == pytest.approx(0.55)
+    w.load_checkpoint(str(tiny_checkpoint))  # an uncalibrated model
+    assert w.threshold_spin.value() == pytest.approx(0.5)

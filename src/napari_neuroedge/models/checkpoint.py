@@ -40,6 +40,7 @@ class Checkpoint:
     provenance: dict[str, Any] = field(default_factory=dict)
     step: int = 0
     optimizer: dict[str, Any] | None = None  # for resuming
+    threshold: float = 0.5  # membrane threshold on the probability, calibrated by `neuroedge calibrate`
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
@@ -82,6 +83,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
         "format": FORMAT, "format_version": FORMAT_VERSION, "arch": ckpt.arch, "arch_kwargs": ckpt.arch_kwargs,
         "state_dict": ckpt.state_dict, "norm": to_dict(ckpt.norm), "train_config": ckpt.train_config,
         "provenance": json.loads(json.dumps(ckpt.provenance, default=str)), "step": int(ckpt.step),
+        "threshold": float(ckpt.threshold),
     }
     if ckpt.optimizer is not None:
         payload["optimizer"] = ckpt.optimizer
@@ -89,7 +91,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
         torch.save(payload, tmp)
     if write_json:
         meta = {k: payload[k] for k in ("format", "format_version", "arch", "arch_kwargs", "norm", "train_config",
-                                         "provenance", "step")}
+                                         "provenance", "step", "threshold")}
         json_path = path.with_suffix(".json")
         if not json_path.exists():
             atomic_write_bytes(json_path, json.dumps(meta, indent=2).encode())
@@ -120,9 +122,16 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
         norm = from_dict(NormConfig, payload.get("norm") or {})
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: bad normalisation entry: {exc}") from exc
+    try:
+        threshold = float(payload.get("threshold", 0.5))
+    except (TypeError, ValueError):
+        threshold = float("nan")
+    if not 0.0 < threshold < 1.0:
+        raise CheckpointError(f"{path}: membrane threshold {payload.get('threshold')!r} is not a probability "
+                              "strictly between 0 and 1")
     return Checkpoint(payload["arch"], dict(payload["arch_kwargs"]), payload["state_dict"], norm,
                       payload.get("train_config"), dict(payload.get("provenance") or {}), int(payload.get("step", 0)),
-                      payload.get("optimizer"))
+                      payload.get("optimizer"), threshold)
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:

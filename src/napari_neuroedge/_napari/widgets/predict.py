@@ -143,6 +143,9 @@ class PredictWidget(JobWidget):
         self.device_found = QLabel("")
         self._fill_devices()
         self.threshold_spin = float_spin(0.01, 0.99, 0.5, step=0.05)
+        self.threshold_spin.setToolTip("membrane where the boundary probability is at least this; set to the "
+                                       "model's calibrated threshold when you choose a model")
+        self._threshold_model: str | None = None  # the model whose threshold the box was last set to
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(list(SCOPES))
         self.instances_check = QCheckBox("neuron instances (Labels)")
@@ -271,8 +274,11 @@ class PredictWidget(JobWidget):
         except Exception as exc:
             self.model_info.setText(f"cannot load: {exc}")
             return
+        if name != self._threshold_model:  # a different model: use its threshold (the user may change it after)
+            self._threshold_model = name
+            self.threshold_spin.setValue(ckpt.threshold)
         note = str(ckpt.provenance.get("note", "")) if isinstance(ckpt.provenance, dict) else ""
-        text = f"{ckpt.arch} {ckpt.arch_kwargs}, step {ckpt.step}"
+        text = f"{ckpt.arch} {ckpt.arch_kwargs}, step {ckpt.step}, threshold {ckpt.threshold:g}"
         if note:
             text += f"\n{note}"
         self.model_info.setText(text)
