@@ -444,9 +444,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                              slices=args.slices if len(img.shape) == 3 else None, progress=progress)
     finally:
         progress.close()
-    labels = np.asarray(lab.data[...])
-    if len(img.shape) == 3:
-        labels = labels[list(parse_slices(args.slices, img.shape[0]))]
+    if len(img.shape) == 3:  # read only the slices calibrated on
+        labels = np.stack([np.asarray(lab.data[z]) for z in parse_slices(args.slices, img.shape[0])])
+    else:
+        labels = np.asarray(lab.data[...])
     membrane = labels == args.gt_membrane_value
     errors = pixel_error_by_threshold(prob, membrane, thresholds)
     best = choose_threshold(errors)
