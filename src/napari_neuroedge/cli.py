@@ -280,15 +280,22 @@ def _load_data(spec: str, slices: str | None, norm: Any, labels: str | None = No
     return data
 
 
+def _refuse_existing(path: Path) -> Path:
+    """``path``, after checking nothing is there yet: fail before the work, not after it."""
+    from .atomic import OutputExistsError
+
+    if path.exists():
+        raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+    return path
+
+
 def _run_fit(cfg: Any, train: list[Any], val: list[Any], output: Path, init: Any, replay: list[Any],
              provenance: dict[str, Any], quiet: bool, resume: Any = None) -> int:
-    from .atomic import OutputExistsError
     from .models.checkpoint import load_checkpoint, save_checkpoint
     from .progress import drive
     from .training.loop import iter_fit
 
-    if output.exists():
-        raise OutputExistsError(f"{output} already exists; choose another name (nothing was overwritten)")
+    _refuse_existing(output)
     run_dir = output.with_name(output.stem + ".run")
     progress = _TqdmProgress(f"train {cfg.model if init is None else 'finetune'}", "step", quiet)
     try:
@@ -419,7 +426,6 @@ def _parse_thresholds(spec: str | None) -> tuple[float, ...]:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from .atomic import OutputExistsError
     from .calibration import choose_threshold, pixel_error_by_threshold
     from .config import TileConfig, TTAConfig
     from .inference.device import resolve_device
@@ -427,9 +433,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .io import open_stack
     from .models.checkpoint import load_model, save_checkpoint
 
-    out = Path(args.output)
-    if out.exists():
-        raise OutputExistsError(f"{out} already exists; choose another name (nothing was overwritten)")
+    out = _refuse_existing(Path(args.output))
     thresholds = _parse_thresholds(args.thresholds)
     img, lab = open_stack(args.image), open_stack(args.labels)
     if img.shape != lab.shape:
@@ -462,13 +466,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_average(args: argparse.Namespace) -> int:
-    from .atomic import OutputExistsError
     from .models.averaging import average_checkpoints
     from .models.checkpoint import load_checkpoint, save_checkpoint
 
-    out = Path(args.output)
-    if out.exists():
-        raise OutputExistsError(f"{out} already exists; choose another name (nothing was overwritten)")
+    out = _refuse_existing(Path(args.output))
     ckpts = [load_checkpoint(p) for p in args.checkpoints]
     sources = [{"path": str(p), "step": c.step, "command": c.provenance.get("command")}
                for p, c in zip(args.checkpoints, ckpts)]
