@@ -90,8 +90,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stack = open_stack(args.input)
     vol = stack.data
     for p in (args.output, args.prob, args.instances, args.uncertainty, args.overlay):
-        if p is not None and Path(p).exists():
-            raise FileExistsError(f"{p} already exists; choose another name (nothing was overwritten)")
+        if p is not None:
+            _refuse_existing(Path(p))
     if args.scheduler is not None:
         return _predict_blockwise(args, stack)
     model, ckpt = load_model(args.model)
