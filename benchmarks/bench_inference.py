@@ -1,27 +1,29 @@
-"""Inference benchmark (issue 2): tiling overhead, MONAI comparison, TTA cost, memory on a 100 Mpx image.
+"""Inference benchmark (issues 2 and 12): ours at its defaults vs MONAI vs the bare forward, at the sizes users have.
 
-All in one run, same model (the bundled ``default``), same input, printed as ratios:
+All in one run, same model (the bundled ``default``), same synthetic EM input, printed as ratios:
 
-1. tiled pipeline (``predict_array``: normalise, mirror-pad, tile, forward, blend) / pure model forward on the
-   same tiles' pixels (pre-cut tensors, batches of ``--batch``, nothing else); target <= 1.10;
-2. ours / MONAI ``sliding_window_inference`` (gaussian, same roi = tile, overlap, sw_batch_size = batch, same
-   model, sigmoid included on both sides): time in this process (interleaved repeats, on a 1536^2 image where
-   both run 16 tiles: we mirror-pad half an overlap around the image, so on other sizes we may run more tiles;
-   a per-tile ratio is printed too), and peak RSS of the whole job (uint8 TIFF in -> uint8 labels out) on a
-   2048^2 image, each in a fresh subprocess: ours is ``neuroedge predict`` (memory-mapped input, streamed
-   output), MONAI's needs the whole image as a tensor; targets: not slower, less memory;
-3. 6-way TTA / single pass (``TorchPredictor`` with ``TTAConfig(n=6)``); target <= 6.3;
-4. peak RSS of ``neuroedge predict`` on a 9958 x 9959 uint8 memory-mapped TIFF (``--sink`` tiff or zarr
-   output) beside the same run on the 2048^2 image: bounded and independent of image size (target < 2 GiB).
+1. at each size (``--sizes``, default 512, 1024, 2048; add 4096 and 9958 for the full table), TTA off and 6-way
+   (``--tta-sizes``): ours (``predict_array`` with ``TileConfig()`` defaults: tiles of at most 1024 px
+   overlapping by the model's measured context, precision ``auto``, channels_last on the CPU) / MONAI
+   ``sliding_window_inference`` (fp32, roi 512, overlap 0.25, gaussian, sw_batch_size 4: the script a user
+   writes) and / the floor (one bare forward pass over the whole slice in our precision and layout, TTA
+   transforms included); targets ours/MONAI <= 0.35, ours/floor <= 1.15;
+2. peak RSS of the whole job (uint8 TIFF in -> uint8 labels out) on a 2048^2 image, each in a fresh subprocess:
+   ours is ``neuroedge predict`` (memory-mapped input, streamed output), MONAI's needs the whole image as a
+   tensor; target: less memory;
+3. the CPU's measured conv throughput (fp32 and bf16 autocast, a 3x3 conv of 32 channels) beside the model's
+   GFLOP per megapixel, so the distance to the hardware limit is visible;
+4. peak RSS of ``neuroedge predict`` on a 9958 x 9959 uint8 memory-mapped TIFF beside the 2048^2 run: bounded
+   and independent of image size.
 
-Usage: ``python benchmarks/bench_inference.py [--quick] [--skip-huge] [--threads 2]``. The full run takes about
-6-7 minutes on 2 idle CPU cores (about 0.4 s per 512^2 tile), 4-5 of them the 100 Mpx case (676 tiles);
-``--quick`` uses tiny sizes (< 1 minute).
+Usage: ``python benchmarks/bench_inference.py [--quick] [--skip-huge] [--threads 2]``; ``--quick`` uses tiny
+sizes (< 1 minute).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shutil
@@ -42,12 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes, < 1 minute (smoke test)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 0 = torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--size", type=int, help="square image of the timing cases (default 1536, where we and MONAI "
-                   "run the same number of tiles; quick 192)")
+    p.add_argument("--sizes", help="square image sizes of the timing cases (default 512,1024,2048; quick 96,192)")
+    p.add_argument("--tta-sizes", help="sizes also timed with 6-way TTA (default 512,1024; quick 96)")
     p.add_argument("--mem-size", type=int, help="square image of the memory runs (default 2048; quick 128)")
-    p.add_argument("--tta-size", type=int, help="image size of the TTA case (default 768; quick 96)")
-    p.add_argument("--tile", type=int, help="tile size (default 512; quick 64)")
-    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--tile", type=int, help="our largest tile (default: TileConfig's, 1024; quick 64)")
+    p.add_argument("--monai-tile", type=int, help="MONAI's roi (default 512; quick 64)")
+    p.add_argument("--overlap", type=float, default=0.25, help="MONAI's overlap fraction (default 0.25)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, help="timed repeats per candidate (default 3; quick 2)")
     p.add_argument("--skip-huge", action="store_true", help="skip the 9958 x 9959 case (the slowest part)")
@@ -56,10 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--child", help=argparse.SUPPRESS)  # JSON job description: run one memory job and exit
     args = p.parse_args(argv)
     q = args.quick
-    args.size = args.size or (192 if q else 1536)
+    args.sizes = [int(v) for v in (args.sizes or ("96,192" if q else "512,1024,2048")).split(",")]
+    args.tta_sizes = [int(v) for v in (args.tta_sizes or ("96" if q else "512,1024")).split(",") if v]
     args.mem_size = args.mem_size or (128 if q else 2048)
-    args.tta_size = args.tta_size or (96 if q else 768)
-    args.tile = args.tile or (64 if q else 512)
+    args.tile = args.tile or (64 if q else 1024)
+    args.monai_tile = args.monai_tile or (64 if q else 512)
     args.repeats = args.repeats or (2 if q else 3)
     args.huge = (320, 321) if q else HUGE
     return args
@@ -86,8 +89,9 @@ def child_main(spec: dict[str, Any]) -> None:
     for name in preload + (["zarr"] if spec["output"].endswith(".zarr") else []):
         importlib.import_module(name)
 
-    tile_args = ["--tile", str(spec["tile"]), "--overlap", str(spec["overlap"]), "--batch", str(spec["batch"])]
     if spec["impl"] == "ours":
+        tile_args = ["--tile", str(spec["tile"]), "--batch", str(spec["batch"])]
+
         def job() -> dict[str, Any]:
             rc = cli.main(["predict", spec["input"], "-o", spec["output"], *tile_args, "--device", spec["device"],
                            "--quiet"])
@@ -107,7 +111,7 @@ def child_main(spec: dict[str, Any]) -> None:
             image = tifffile.imread(spec["input"])
             x = torch.from_numpy(normalize_slice(image, ckpt.norm))[None, None].to(spec["device"])
             with torch.inference_mode():
-                prob = sliding_window_inference(x, (spec["tile"], spec["tile"]), spec["batch"],
+                prob = sliding_window_inference(x, (spec["monai_tile"], spec["monai_tile"]), spec["batch"],
                                                 lambda b: torch.sigmoid(model(b)), overlap=spec["overlap"],
                                                 mode="gaussian")
             labels = (prob[0, 0] >= 0.5).to(torch.uint8).cpu().numpy()
@@ -124,7 +128,7 @@ def memory_job(impl: str, image_path: Path, out_dir: Path, args: argparse.Namesp
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     spec = {"impl": impl, "input": str(image_path), "output": str(out), "tile": args.tile, "overlap": args.overlap,
-            "batch": args.batch, "threads": args.threads, "device": args.device}
+            "monai_tile": args.monai_tile, "batch": args.batch, "threads": args.threads, "device": args.device}
     result = C.run_child([str(Path(__file__).resolve()), "--child", json.dumps(spec)])
     shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
     return result
@@ -146,15 +150,38 @@ def write_huge_tiff(path: Path, shape: tuple[int, int], pattern: np.ndarray) -> 
     del mm
 
 
-def monai_windows(size: int, roi: int, overlap: float) -> int:
-    """Windows MONAI's sliding window runs on a square image (its scan-interval rule)."""
-    if size <= roi:
-        return 1
-    interval = max(int(roi * (1 - overlap)), 1)
-    return (math.ceil((size - roi) / interval) + 1) ** 2
+def model_gflop_per_mpx(model: Any, device: Any) -> float:
+    """GFLOP (2 x multiply-adds of every conv) per megapixel of the model, counted with torch's FLOP counter."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 1, 256, 256, device=device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 1e9 / (256 * 256 / 1e6)
 
 
-# ------------------------------------------------------------------------------------------------ main
+def conv_throughput(device: Any, quick: bool = False) -> dict[str, float]:
+    """GFLOP/s of a 3x3, 32 -> 32 channel convolution on a (4, 32, 256, 256) channels_last batch, fp32 and bf16."""
+    import time
+
+    import torch
+
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(4, 32, 128 if quick else 256, 128 if quick else 256, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    flops = 2 * 32 * 32 * 9 * x.shape[0] * x.shape[2] * x.shape[3]
+    out = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=dtype or torch.float32,
+                                                     enabled=dtype is not None):
+            conv(x)
+            t = time.perf_counter()
+            for _ in range(3):
+                conv(x)
+            out[name] = 3 * flops / (time.perf_counter() - t) / 1e9
+    return out
+
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -166,100 +193,91 @@ def main(argv: list[str] | None = None) -> int:
 
     from napari_neuroedge.config import TileConfig, TTAConfig
     from napari_neuroedge.inference.normalize import apply_stats, slice_stats
-    from napari_neuroedge.inference.predict import TorchPredictor, predict_array
-    from napari_neuroedge.inference.tiling import make_grid, read_window
+    from napari_neuroedge.inference.precision import cpu_has_native_bf16
+    from napari_neuroedge.inference.predict import TorchPredictor, plan_grid, predict_array
+    from napari_neuroedge.inference.tta import tta_predict
     from napari_neuroedge.models.checkpoint import load_model
     from napari_neuroedge.sample import synthetic_em
 
+    try:
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        sliding_window_inference = None
+        print("  MONAI not installed: the MONAI comparison is skipped (pip install monai)")
+
     clock = C.Stopwatch()
     C.set_threads(args.threads)
-    C.print_header("bench_inference: tiled inference engine (issue 2)", args.device, args.quick)
+    C.print_header("bench_inference: ours vs MONAI vs the bare forward (issues 2, 12)", args.device, args.quick)
     model, ckpt = load_model("default")
     model = model.to(args.device).eval()
     dev = torch.device(args.device)
     norm = ckpt.norm
-    print(f"  model: default ({ckpt.arch} {ckpt.arch_kwargs}); synthetic EM uint8 images; tile {args.tile}, "
-          f"overlap {args.overlap}, batch {args.batch}; median of {args.repeats} interleaved repeats after a warm-up")
-    big = max(args.size, args.mem_size, args.tta_size)
+    ours_tile = TileConfig(tile=args.tile)
+    p1 = TorchPredictor(model, args.device)
+    p6 = TorchPredictor(model, args.device, tta=TTAConfig(n=6))
+    print(f"  model: default ({ckpt.arch} {ckpt.arch_kwargs}, context {ckpt.context} px); ours: tiles <= "
+          f"{args.tile}, {p1.describe()}; MONAI: fp32, roi {args.monai_tile}, overlap {args.overlap}, batch "
+          f"{args.batch}; median of {args.repeats} interleaved repeats after a warm-up")
+    big = max(*args.sizes, args.mem_size)
     full = synthetic_em((big, big), cell_size=40, seed=0).image
-    image = np.ascontiguousarray(full[: args.size, : args.size])
-    tile = TileConfig(tile=args.tile, overlap=args.overlap, batch=args.batch, blend="gaussian")
-    grid = make_grid(args.size, args.size, args.tile, args.overlap, int(getattr(model, "multiple", 1)))
-    t = grid.tile
-
-    # ---- 1 + 2 (time): pure forward vs our pipeline vs MONAI, interleaved
-    stats = slice_stats(image, norm)
-    tiles = torch.from_numpy(np.stack([apply_stats(read_window(image, y, x, t, t), stats)
-                                       for y in grid.ys for x in grid.xs])[:, None]).to(dev)
-    batches = list(torch.split(tiles, args.batch))
-    predictor = TorchPredictor(model, args.device, amp=False)
-
-    def pure() -> None:
-        with torch.inference_mode():
-            for b in batches:
-                model(b)
-
-    last: dict[str, np.ndarray] = {}  # each candidate's latest output, to compare results without re-running
-
-    def ours() -> None:
-        last["ours"] = predict_array(image, predictor, tile=tile, norm=norm)
-
-    candidates: dict[str, Any] = {"pure forward": pure, "ours (tiled)": ours}
-    monai_count = [0]
-    try:
-        from monai.inferers import sliding_window_inference
-
-        def monai_predictor(b: torch.Tensor) -> torch.Tensor:
-            monai_count[0] += int(b.shape[0])
-            return torch.sigmoid(model(b))
-
-        def monai() -> None:
-            x = torch.from_numpy(apply_stats(image, stats))[None, None].to(dev)
-            with torch.inference_mode():
-                y = sliding_window_inference(x, (t, t), args.batch, monai_predictor, overlap=args.overlap,
-                                             mode="gaussian")
-            last["monai"] = y[0, 0].cpu().numpy()
-
-        candidates["MONAI sliding_window"] = monai
-    except ImportError:
-        print("  MONAI not installed: the MONAI comparison is skipped (pip install monai)")
-    print(f"\n[1-2] {args.size}^2 image: {grid.n_tiles} tiles of {t}^2 for us", flush=True)
-    with torch.inference_mode():
-        model(batches[0])  # warm-up: one batch (a full warm-up run of each candidate would double the run time)
-    tm = C.interleaved(candidates, args.repeats, warmup=0, device=args.device)
-    for name, timing in tm.items():
-        print(f"  {name:22s} {timing}")
     rows: list[list[str]] = []
-    r_pipe = tm["ours (tiled)"].median / tm["pure forward"].median
-    C.ratio_line("tiled_over_pure_forward", r_pipe, C.target_note(r_pipe, "<=", 1.10))
-    rows.append(["tiled pipeline / pure forward (same tiles)", f"{r_pipe:.3f}", "<= 1.10"])
-    per_tile_ours = tm["ours (tiled)"].median / grid.n_tiles
-    if "MONAI sliding_window" in tm:
-        n_monai = monai_count[0] // args.repeats
-        print(f"  MONAI ran {n_monai} windows (formula: {monai_windows(args.size, t, args.overlap)}); we ran "
-              f"{grid.n_tiles} (+ half an overlap of mirrored border context)")
-        diff = np.abs(last["ours"] - last["monai"]).mean()
-        print(f"  mean |ours - MONAI| probability difference: {diff:.4f}")
-        r_time = tm["ours (tiled)"].median / tm["MONAI sliding_window"].median
-        r_tile = per_tile_ours / (tm["MONAI sliding_window"].median / max(n_monai, 1))
-        C.ratio_line("ours_over_monai_time", r_time, C.target_note(r_time, "<=", 1.0))
-        C.ratio_line("ours_over_monai_time_per_tile", r_tile, C.target_note(r_tile, "<=", 1.0))
-        rows.append(["ours / MONAI time (whole image)", f"{r_time:.3f}", "<= 1 (not slower)"])
-        rows.append(["ours / MONAI time per tile", f"{r_tile:.3f}", "<= 1"])
-    del tiles, batches
+    fp32_model = copy.deepcopy(model).to(memory_format=torch.contiguous_format)  # MONAI's side: plain fp32
 
-    # ---- 3: TTA 6 / single pass
-    small = np.ascontiguousarray(full[: args.tta_size, : args.tta_size])
-    p6 = TorchPredictor(model, args.device, amp=False, tta=TTAConfig(n=6))
-    print(f"\n[3] TTA on a {args.tta_size}^2 image", flush=True)
-    tt = C.interleaved({"single pass": lambda: predict_array(small, predictor, tile=tile, norm=norm),
-                        "TTA 6": lambda: predict_array(small, p6, tile=tile, norm=norm)},
-                       args.repeats, warmup=0, device=args.device)
-    for name, timing in tt.items():
-        print(f"  {name:22s} {timing}")
-    r_tta = tt["TTA 6"].median / tt["single pass"].median
-    C.ratio_line("tta6_over_single", r_tta, C.target_note(r_tta, "<=", 6.3))
-    rows.append(["TTA 6 / single pass", f"{r_tta:.3f}", "<= 6.3"])
+    for size in args.sizes:
+        image = np.ascontiguousarray(full[:size, :size])
+        stats = slice_stats(image, norm)
+        x = torch.from_numpy(apply_stats(image, stats))[None, None].to(dev)
+        grid = plan_grid(image.shape, ours_tile, p1)
+        for tta, pred in ((1, p1), (6, p6)):
+            if tta == 6 and size not in args.tta_sizes:
+                continue
+            last: dict[str, np.ndarray] = {}
+            count = [0]
+
+            def floor(pred: Any = pred) -> None:  # the whole slice in one forward (per TTA transform)
+                pred(x.numpy())
+
+            def ours(pred: Any = pred) -> None:
+                last["ours"] = predict_array(image, pred, tile=ours_tile, norm=norm)
+
+            candidates: dict[str, Any] = {"floor (bare forward)": floor, "ours": ours}
+            if sliding_window_inference is not None:
+                def monai(tta: int = tta) -> None:
+                    def fwd(b: torch.Tensor) -> torch.Tensor:
+                        count[0] += int(b.shape[0])
+                        return torch.sigmoid(fp32_model(b))
+                    with torch.inference_mode():
+                        run = (lambda t: sliding_window_inference(t, (args.monai_tile,) * 2, args.batch, fwd,
+                                                                  overlap=args.overlap, mode="gaussian"))
+                        y = run(x) if tta == 1 else tta_predict(run, x, 6)
+                    last["monai"] = y[0, 0].cpu().numpy()
+                candidates["MONAI sliding_window"] = monai
+            label = f"{size}^2, TTA {'off' if tta == 1 else tta}"
+            print(f"\n[1] {label}: ours {grid.n_tiles} tile(s) of {grid.tile}^2", flush=True)
+            tm = C.interleaved(candidates, args.repeats, warmup=1, device=args.device)
+            for name, timing in tm.items():
+                print(f"  {name:22s} {timing}")
+            key = f"{size}_tta{tta}"
+            r_floor = tm["ours"].median / tm["floor (bare forward)"].median
+            C.ratio_line(f"ours_over_floor_{key}", r_floor, C.target_note(r_floor, "<=", 1.15))
+            row = [label, f"{tm['ours'].median:.2f} s", f"{r_floor:.2f}"]
+            if "MONAI sliding_window" in tm:
+                r_monai = tm["ours"].median / tm["MONAI sliding_window"].median
+                n_monai = count[0] // (args.repeats + 1) // (1 if tta == 1 else 6)
+                diff = np.abs(last["ours"] - last["monai"]).mean()
+                print(f"  MONAI ran {n_monai} windows of {args.monai_tile}^2 per pass; mean |ours - MONAI| {diff:.4f}")
+                C.ratio_line(f"ours_over_monai_{key}", r_monai, C.target_note(r_monai, "<=", 0.35))
+                row.append(f"{r_monai:.2f}")
+            rows.append(row)
+    per_mpx = tm["ours"].median / (args.sizes[-1] ** 2 / 1e6) / (6 if args.sizes[-1] in args.tta_sizes else 1)
+
+    # ---- 3: the hardware: conv throughput fp32 vs bf16, and the model's cost
+    gflop = model_gflop_per_mpx(model, dev)
+    tput = conv_throughput(dev, quick=args.quick)
+    print(f"\n[3] hardware: 3x3 conv 32->32 ch: fp32 {tput['fp32']:.0f} GFLOP/s, bf16 autocast {tput['bf16']:.0f} "
+          f"GFLOP/s (native bf16: {cpu_has_native_bf16()}); the default U-Net costs {gflop:.1f} GFLOP per Mpx: "
+          f"at most {tput['fp32'] / gflop:.1f} Mpx/s in fp32 here")
+    C.ratio_line("bf16_over_fp32_conv_throughput", tput["bf16"] / tput["fp32"], "> 1 only with native bf16")
 
     # ---- 2 (memory) + 4: fresh subprocesses
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="neuroedge-bench-"))
@@ -290,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n[4] skipped (--skip-huge)")
         else:
             hh, hw = args.huge
-            hgrid = make_grid(hh, hw, args.tile, args.overlap, int(getattr(model, "multiple", 1)))
-            est = per_tile_ours * hgrid.n_tiles
+            hgrid = plan_grid((hh, hw), ours_tile, p1)
+            est = per_mpx * hh * hw / 1e6
             print(f"\n[4] {hh} x {hw} uint8 image ({hh * hw / 1e6:.1f} Mpx, {hgrid.n_tiles} tiles): estimated "
                   f"{est / 60:.1f} min at this run's speed (elapsed so far {clock() / 60:.1f} min)", flush=True)
             huge_path = workdir / f"img_{hh}x{hw}.tif"
@@ -317,10 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    C.print_readme_table(["measure", "value", "target"], rows,
-                         f"Default model on {args.device}, {C.set_threads(0)} threads, tile {args.tile}, overlap "
-                         f"{args.overlap}, batch {args.batch}; ratios measured side by side in one run "
-                         "(`python benchmarks/bench_inference.py`).")
+    C.print_readme_table(["case", "ours", "ours / floor (<= 1.15)", "ours / MONAI (<= 0.35)"], rows,
+                         f"Default model on {args.device}, {C.set_threads(0)} threads; ours at its defaults "
+                         f"({p1.describe()}), MONAI fp32 roi {args.monai_tile} overlap {args.overlap}; ratios "
+                         "measured side by side in one run (`python benchmarks/bench_inference.py`).")
     print(f"\n(total {clock() / 60:.1f} min)")
     return 0
 

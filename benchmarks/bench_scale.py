@@ -35,7 +35,7 @@ import numpy as np
 
 import _common as C
 
-TILE = {"tile": 512, "overlap": 0.25, "batch": 4, "blend": "gaussian"}
+TILE = {"tile": 1024, "context": 80, "batch": 4}
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -226,7 +226,7 @@ def tile_overhead(shape: tuple[int, ...]) -> str:
     from napari_neuroedge.inference import blockwise as bw
     from napari_neuroedge.inference.tiling import make_grid
 
-    grid = make_grid(shape[-2], shape[-1], TILE["tile"], TILE["overlap"])
+    grid = make_grid(shape[-2], shape[-1], TILE["tile"], TILE["context"])
     chunks = bw.default_chunks(shape)
     blocks = bw.plan_blocks(shape, bw.default_block(shape, chunks))
     per_slice = [b for b in blocks if b.z0 == 0]
@@ -259,7 +259,7 @@ def main() -> None:
         default_shape = (1024, 1024)
         dask_shape = (4, 1024, 1024)
     print(f"napari-neuroedge scale benchmark ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPU(s), "
-          f"tile {TILE['tile']} overlap {TILE['overlap']} batch {TILE['batch']}, scratch {workdir}")
+          f"tile <= {TILE['tile']} context {TILE['context']} px batch {TILE['batch']}, scratch {workdir}")
     print("models: 'conv' = TINY model (one fixed 3x3 convolution) for the large cases; 'default' = the bundled "
           "U-Net (base 16, depth 4); 'unet-tiny' = U-Net base 4 depth 2 for the Dask comparison\n")
     models = make_models(workdir)

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import SEED_THRESHOLD
+from .config import PRECISIONS, SEED_THRESHOLD
+from .inference.tiling import DEFAULT_CONTEXT
 
 EXIT_INPUT, EXIT_CANCELLED = 2, 130
 
@@ -81,7 +82,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .config import TileConfig, TTAConfig
     from .inference.device import resolve_device
-    from .inference.postprocess import instances_from_probability
+    from .inference.postprocess import instance_dtype, instances_from_probability, stack_instance_ids
     from .inference.predict import TorchPredictor, iter_predict, parse_slices
     from .io import open_output, open_stack
     from .models.checkpoint import load_model
@@ -100,7 +101,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tta = TTAConfig(n=args.tta, variance=args.uncertainty is not None)
     if args.uncertainty is not None and args.tta == 1:
         raise ValueError("--uncertainty needs --tta 6 or 8 (it is the variance over the TTA transforms)")
-    predictor = TorchPredictor(model, device, amp=not args.no_amp, tta=tta)
+    predictor = TorchPredictor(model, device, tta=tta, precision=args.precision)
+    if not args.quiet:
+        print(f"running on {predictor.describe()}", file=sys.stderr)
     if vol.ndim == 3:
         zs = parse_slices(args.slices, vol.shape[0])
         shape: tuple[int, ...] = (len(zs), *vol.shape[-2:])
@@ -108,7 +111,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.slices:
             raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
         shape = tuple(vol.shape)
-    tile = TileConfig(tile=args.tile, overlap=args.overlap, batch=args.batch)
+    tile = TileConfig(tile=args.tile, context=args.context, batch=args.batch)
     progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
     with contextlib.ExitStack() as stack_ctx:
         labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size))
@@ -127,18 +130,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         finally:
             progress.close()
         if args.instances is not None:
-            inst = stack_ctx.enter_context(open_output(args.instances, shape, np.uint32))
-            planes = range(shape[0]) if len(shape) == 3 else [None]
-            offset = 0
-            for z in planes:
-                p2 = np.asarray(prob[z] if z is not None else prob[...])
-                lab = instances_from_probability(p2, args.seed_threshold)
-                lab = np.where(lab > 0, lab + offset, 0).astype(np.uint32)
-                offset = int(lab.max())
-                if z is None:
-                    inst[...] = lab
-                else:
-                    inst[z] = lab
+            inst = stack_ctx.enter_context(open_output(args.instances, shape, instance_dtype(tuple(vol.shape))))
+            if len(shape) == 3:
+                for k, z in enumerate(parse_slices(args.slices, vol.shape[0])):
+                    inst[k] = stack_instance_ids(instances_from_probability(np.asarray(prob[k]), args.seed_threshold),
+                                                 z, tuple(vol.shape))
+            else:
+                inst[...] = instances_from_probability(np.asarray(prob[...]), args.seed_threshold)
         if args.overlay is not None:
             z = shape[0] // 2 if len(shape) == 3 else None
             src_z = (list(parse_slices(args.slices, vol.shape[0]))[z] if z is not None else None)
@@ -183,11 +181,11 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
     try:
         predict_blockwise(args.input, args.prob, args.model, progress=progress,
-                          tile=TileConfig(tile=args.tile, overlap=args.overlap, batch=args.batch), slices=args.slices,
+                          tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch), slices=args.slices,
                           variance_output=args.uncertainty, chunks=chunks, block=block,
                           scheduler=args.scheduler, workers=args.workers,
                           devices=args.devices.split(",") if args.devices else None, device=args.device,
-                          amp=not args.no_amp, tta=TTAConfig(n=args.tta, variance=args.uncertainty is not None))
+                          precision=args.precision, tta=TTAConfig(n=args.tta, variance=args.uncertainty is not None))
     finally:
         progress.close()
     prob = open_stack(args.prob).data
@@ -549,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="TIFF/OME-TIFF/BigTIFF, .zarr, .png, .npy or a folder of slices")
     p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif or .zarr")
     p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
-    p.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap as a fraction of the tile (default 0.25)")
+    p.add_argument("--tile", type=int, default=1024, help="largest tile in px (default 1024); an image that fits is "
+                   "predicted in one pass, larger ones with the fewest tiles")
+    p.add_argument("--context", type=int, default=0, help="tile overlap context in px on each side (default 0: the "
+                   f"model's measured receptive context, {DEFAULT_CONTEXT} px for models that lack it)")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--tta", type=int, default=1, choices=[1, 6, 8], help="test-time augmentation: 1 (off), 6, 8")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
@@ -563,7 +563,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uncertainty", help="also write the per-pixel TTA variance here (needs --tta 6 or 8)")
     p.add_argument("--overlay", help="also write a PNG of the middle slice with membranes overlaid")
     p.add_argument("--slices", help="slices of a stack to predict, e.g. 0:10 (default: all)")
-    p.add_argument("--no-amp", action="store_true", help="disable float16 autocast on CUDA")
+    p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
+                   help="auto (default): fp16 autocast on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("blockwise (Dask) prediction: restartable, for volumes beyond one machine")
     g.add_argument("--scheduler", help="threads | sync | local (a LocalCluster here) | a Dask scheduler ADDRESS; "

@@ -20,6 +20,9 @@ T = TypeVar("T")
 #: Chosen on ISBI 2012 training slices 0-19 without TTA (adapted Rand error 0.021 at 0.3 vs 0.025 at 0.5).
 SEED_THRESHOLD = 0.3
 
+#: Numeric precisions a job may ask for ("auto" picks per device: see napari_neuroedge.inference.precision).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class NormConfig:
@@ -38,12 +41,14 @@ class NormConfig:
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Overlap-tile inference: square tiles of ``tile`` px, ``overlap`` as a fraction of the tile."""
+    """Overlap-tile inference: square tiles of at most ``tile`` px (fewer, smaller ones where that covers the
+    image with fewer pixels); neighbours overlap by twice ``context`` px (0: the model's measured receptive
+    context, see :func:`napari_neuroedge.inference.context.measure_context`)."""
 
-    tile: int = 512
-    overlap: float = 0.25
+    tile: int = 1024
+    context: int = 0
     batch: int = 4
-    blend: str = "gaussian"  # "gaussian" | "cosine" | "constant"
+    blend: str = "context"  # "context" | "gaussian" | "cosine" | "constant"
 
 
 @dataclass(frozen=True)
@@ -119,7 +124,8 @@ class TrainConfig:
     batch: int = 4
     steps: int = 2000
     val_every: int = 200
-    amp: bool = True  # only used on CUDA
+    amp: bool = True  # False forces fp32 whatever ``precision`` says (configs written before ``precision``)
+    precision: str = "auto"  # PRECISIONS: auto = fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32
     grad_clip: float = 1.0
     seed: int = 0
     device: str = "auto"

@@ -54,9 +54,10 @@ def test_parse_ratio_lines() -> None:
 @pytest.mark.skipif(not _has("psutil"), reason="psutil (benchmark-only dependency) not installed")
 def test_bench_inference_quick() -> None:
     out, ratios = run_quick("bench_inference.py")
-    expected = {"tiled_over_pure_forward", "tta6_over_single", "huge_over_small_peak_rss", "huge_over_small_peak_anon"}
+    expected = {"ours_over_floor_96_tta1", "ours_over_floor_96_tta6", "ours_over_floor_192_tta1",
+                "bf16_over_fp32_conv_throughput", "huge_over_small_peak_rss", "huge_over_small_peak_anon"}
     if _has("monai"):
-        expected |= {"ours_over_monai_time", "ours_over_monai_time_per_tile", "ours_over_monai_peak_rss"}
+        expected |= {"ours_over_monai_96_tta1", "ours_over_monai_96_tta6", "ours_over_monai_peak_rss"}
     assert expected <= set(ratios), f"missing {expected - set(ratios)}"
     assert "target < 2048 MiB" in out
 

@@ -21,11 +21,12 @@ from napari_neuroedge.inference import blockwise as bw  # noqa: E402
 from napari_neuroedge.inference.predict import TorchPredictor, predict_array  # noqa: E402
 from napari_neuroedge.inference.tiling import make_grid  # noqa: E402
 
-# (2, 40, 56) stack, 16 px tiles with 4 px overlap: tile rows start at -2, 10, 22, 26 and columns at
-# -2, 10, 22, 34, 42 (20 tiles per slice). Blocks of 20 x 28 px see 2 or 3 tile rows and 3 tile columns.
-TILE = TileConfig(tile=16, overlap=0.25, batch=3)
+# (2, 40, 56) stack, tiles of at most 16 px with 2 px context (4 px overlap): the fewest tiles are 15 px, rows
+# start at 0, 8, 17, 25 and columns at 0, 10, 20, 31, 41 (20 tiles per slice). Blocks of 20 x 28 px see 3 tile
+# rows and 3 tile columns.
+TILE = TileConfig(tile=16, context=2, batch=3)
 CHUNKS = (1, 20, 28)
-TILES_PER_BLOCK = {(0, 0): 6, (0, 28): 6, (20, 0): 9, (20, 28): 9}  # per slice, keyed by (y0, x0)
+TILES_PER_BLOCK = {(0, 0): 9, (0, 28): 9, (20, 0): 9, (20, 28): 9}  # per slice, keyed by (y0, x0)
 
 
 def box_predictor(batch: np.ndarray) -> np.ndarray:
@@ -79,11 +80,11 @@ def stack() -> np.ndarray:
 
 
 def test_block_tiles_on_the_global_grid() -> None:
-    grid = make_grid(40, 56, 16, 0.25)
-    assert grid.ys == (-2, 10, 22, 26) and grid.xs == (-2, 10, 22, 34, 42)
+    grid = make_grid(40, 56, 16, 2)
+    assert grid.tile == 15 and grid.ys == (0, 8, 17, 25) and grid.xs == (0, 10, 20, 31, 41)
     counts = {(b.y0, b.x0): len(bw.block_tiles(grid, b)) for b in bw.plan_blocks((40, 56), (20, 28))}
     assert counts == TILES_PER_BLOCK
-    assert bw.tiles_in_range(grid.ys, 16, 20, 40) == [10, 22, 26]
+    assert bw.tiles_in_range(grid.ys, 15, 20, 40) == [8, 17, 25]
 
 
 def test_default_chunks_and_blocks() -> None:
@@ -102,7 +103,7 @@ def test_threads_bit_identical_to_single_process(tmp_path: Path, stack: np.ndarr
     out = zarr.open(str(tmp_path / "p.zarr"), mode="r")
     assert out.shape == (2, 40, 56) and out.chunks == CHUNKS
     np.testing.assert_array_equal(out[:], ref)
-    assert (res.blocks_total, res.blocks_computed, res.tiles) == (8, 8, 60)  # 40 tiles single-process
+    assert (res.blocks_total, res.blocks_computed, res.tiles) == (8, 8, 72)  # 40 tiles single-process
     assert not bw.work_dir(tmp_path / "p.zarr").exists()
 
 
@@ -114,7 +115,7 @@ def test_2d_slices_and_variance_channel(tmp_path: Path, stack: np.ndarray) -> No
     ref = predict_array(img, src, tile=TILE, channels=2)
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "p.zarr"))[:], ref[0])
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "v.zarr"))[:], ref[1])
-    assert res.blocks_total == 2 and res.tiles == 2 * 5 + 3 * 5  # rows {-2,10} and {10,22,26}, all 5 columns
+    assert res.blocks_total == 2 and res.tiles == 3 * 5 + 3 * 5  # rows {0,8,17} and {8,17,25}, all 5 columns
     sub = bw.predict_blockwise(stack, tmp_path / "s.zarr", box_predictor, tile=TILE, slices="1:",
                                chunks=CHUNKS, block=CHUNKS)
     assert sub.blocks_total == 4
@@ -141,7 +142,7 @@ def test_crash_then_rerun_computes_only_missing_blocks(tmp_path: Path, stack: np
     bw.clear_predictor_cache()  # the rerun is a fresh process
     src = CountingSource()
     res = bw.predict_blockwise(stack, out, src, tile=TILE, chunks=CHUNKS, block=CHUNKS, workers=2)
-    expected = 60 - sum(TILES_PER_BLOCK[tuple(int(p[1:]) for p in name.split("_")[1:])] for name in still_done)
+    expected = 72 - sum(TILES_PER_BLOCK[tuple(int(p[1:]) for p in name.split("_")[1:])] for name in still_done)
     assert src.tiles == expected == res.tiles
     assert (res.blocks_computed, res.blocks_skipped) == (8 - len(still_done), len(still_done))
     np.testing.assert_array_equal(zarr.open(str(out), mode="r")[:], ref)
@@ -265,7 +266,7 @@ def test_local_cluster_two_processes_matches_single_process(tmp_path: Path, stac
     events: list[Any] = []
     res = bw.predict_blockwise(src, tmp_path / "p.zarr", str(tiny_checkpoint), tile=TILE, chunks=CHUNKS,
                                block=CHUNKS, scheduler=client, progress=CallbackProgress(events.append))
-    assert (res.blocks_computed, res.tiles) == (8, 60)
+    assert (res.blocks_computed, res.tiles) == (8, 96)  # the model's multiple 4: 12 px tiles, 48 per slice over the 4 blocks
     assert [e.done for e in events] == list(range(9)) and {e.total for e in events} == {8}
     out = zarr.open(str(tmp_path / "p.zarr"), mode="r")[:]
     np.testing.assert_allclose(out, _torch_reference(tiny_checkpoint, stack), rtol=0, atol=1e-5)

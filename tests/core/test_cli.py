@@ -126,7 +126,7 @@ def test_help_documents_every_predict_flag(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--help"])
     text = capsys.readouterr().out
-    for flag in ("--model", "--tile", "--overlap", "--batch", "--tta", "--device", "--prob", "--instances", "--slices"):
+    for flag in ("--model", "--tile", "--context", "--precision", "--batch", "--tta", "--device", "--prob", "--instances", "--slices"):
         assert flag in text
 
 

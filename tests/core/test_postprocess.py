@@ -64,3 +64,30 @@ def test_evaluate_cli_seed_threshold(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["rand_error"] == pytest.approx(0.0, abs=1e-9)
     assert main(["evaluate", str(tmp_path / "p.tif"), str(tmp_path / "gt.tif"), "--seed-threshold", "0.5"]) == 0
     assert json.loads(capsys.readouterr().out)["rand_error"] > 0.3  # the two cells merged
+
+
+def test_stack_instance_ids_unique_in_any_order_and_widen():
+    from napari_neuroedge.inference.postprocess import instance_dtype, stack_instance_ids
+
+    cells = np.arange(1, 17, dtype=np.uint32).reshape(4, 4)  # 16 cells: as many as pixels
+    shape = (3, 4, 4)
+    ids = [stack_instance_ids(cells, z, shape) for z in (2, 0, 1)]  # any order, same ids
+    flat = np.concatenate([i.ravel() for i in ids])
+    assert len(np.unique(flat)) == 48 and flat.dtype == np.uint32
+    np.testing.assert_array_equal(stack_instance_ids(cells, 1, shape), cells + 16)
+    assert stack_instance_ids(np.zeros((4, 4), np.uint32), 2, shape).max() == 0  # background stays 0
+    assert instance_dtype((300, 4096, 4096)) == np.uint64  # 5e9 possible ids: uint32 could collide
+    big = stack_instance_ids(np.ones((4, 4), np.uint32), 299, (300, 4096, 4096))
+    assert big.dtype == np.uint64 and int(big[0, 0]) == 299 * 4096 * 4096 + 1
+
+
+def test_cli_instances_use_the_stack_id_scheme(tmp_path):
+    from napari_neuroedge.sample import synthetic_em
+
+    stack = synthetic_em((3, 64, 64), cell_size=20, seed=0)
+    tifffile.imwrite(tmp_path / "s.tif", stack.image)
+    assert main(["predict", str(tmp_path / "s.tif"), "-o", str(tmp_path / "m.tif"), "--slices", "1:3", "--prob",
+                 str(tmp_path / "p.tif"), "--instances", str(tmp_path / "i.tif"), "--quiet"]) == 0
+    inst, prob = tifffile.imread(tmp_path / "i.tif"), tifffile.imread(tmp_path / "p.tif")
+    for k, z in enumerate((1, 2)):  # output slice k is input slice z: ids z * 64 * 64 + cell, as the GUI's
+        np.testing.assert_array_equal(inst[k], np.where(inst[k] > 0, instances_from_probability(prob[k]) + z * 4096, 0))

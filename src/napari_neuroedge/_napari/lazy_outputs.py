@@ -311,10 +311,10 @@ def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any
     """Generator: predict ``slices`` of ``data`` (lazy array-like, read band by band) into new staged zarr arrays.
 
     Yields ProgressEvents; returns :class:`Staged`. On an error or a cancel (the generator is closed) the staged
-    arrays are deleted. Instance ids are offset by ``z << 16`` so they are unique across slices; instances need
+    arrays are deleted. Instance ids are unique across the stack (``stack_instance_ids``); instances need
     one whole (y, x) slice in memory, everything else one row of chunks.
     """
-    from ..inference.postprocess import instances_from_probability
+    from ..inference.postprocess import instance_dtype, instances_from_probability, stack_instance_ids
     from ..inference.predict import iter_predict
     from ..progress import ProgressEvent
 
@@ -327,7 +327,7 @@ def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any
         if variance:
             staged.variance = store.create(shape, np.float32, "uncertainty")
         if instances:
-            staged.instances = store.create(shape, np.uint32, "instances")
+            staged.instances = store.create(shape, instance_dtype(tuple(data.shape)), "instances")
         mem = staged.membranes
 
         def membranes(key: tuple[Any, ...], block: np.ndarray) -> None:
@@ -346,7 +346,7 @@ def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any
                 z = 0 if is_2d else int(slices[i])
                 prob = np.asarray(staged.prob if is_2d else staged.prob[i], np.float32)
                 cells = instances_from_probability(prob, seed_threshold)
-                ids = np.where(cells > 0, cells + np.uint32(z << 16), 0).astype(np.uint32)
+                ids = stack_instance_ids(cells, z, tuple(data.shape))
                 store.check_open()
                 if is_2d:
                     staged.instances[...] = ids

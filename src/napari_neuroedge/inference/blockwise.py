@@ -48,7 +48,7 @@ from ..config import NormConfig, TileConfig, TTAConfig, to_dict
 from ..progress import Cancelled, Progress, ProgressEvent, drive
 from .normalize import apply_stats, slice_stats
 from .predict import Predictor, parse_slices
-from .tiling import PlaneView, TileGrid, blend_window, make_grid, read_window
+from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid, read_window
 
 DEVICE_ENV = "NEUROEDGE_DEVICE"  # set per worker by local_cluster(devices=...); read when device is "auto"
 WORK_SUFFIX = ".blockwise"
@@ -114,7 +114,7 @@ class ModelSpec:
 
     checkpoint: str
     device: str = "auto"
-    amp: bool = True
+    precision: str = "auto"
     tta: TTAConfig = field(default_factory=TTAConfig)
     threads: int = 0
     sha256: str = ""
@@ -129,7 +129,7 @@ class ModelSpec:
         return replace(self, checkpoint=name, sha256=self.sha256 or _sha256(path))
 
     def key(self) -> Any:
-        return ["torch-checkpoint", self.checkpoint, self.sha256, self.device, self.amp, to_dict(self.tta)]
+        return ["torch-checkpoint", self.checkpoint, self.sha256, self.device, self.precision, to_dict(self.tta)]
 
     def load(self) -> Predictor:
         """The TorchPredictor on this process's device; refuses a checkpoint whose hash differs from the client's."""
@@ -147,14 +147,14 @@ class ModelSpec:
 
             torch.set_num_threads(self.threads)
         model = load_checkpoint(self.checkpoint).build()
-        return TorchPredictor(model, worker_device(self.device), amp=self.amp, tta=self.tta)
+        return TorchPredictor(model, worker_device(self.device), tta=self.tta, precision=self.precision)
 
     def describe(self) -> dict[str, Any]:
         from ..models.checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(self.checkpoint)
         model = ckpt.build()
-        return {"multiple": int(getattr(model, "multiple", 1)),
+        return {"multiple": int(getattr(model, "multiple", 1)), "context": ckpt.context,
                 "out_channels": 2 if (self.tta.n > 1 and self.tta.variance) else 1, "norm": ckpt.norm}
 
 
@@ -176,17 +176,18 @@ class InProcessSource:
 
     def describe(self) -> dict[str, Any]:
         return {"multiple": int(getattr(self.predictor, "multiple", 1)),
+                "context": int(getattr(self.predictor, "context", 0)),
                 "out_channels": int(getattr(self.predictor, "out_channels", 1))}
 
 
-def as_source(model: Any, device: str = "auto", amp: bool = True, tta: TTAConfig | None = None,
+def as_source(model: Any, device: str = "auto", precision: str = "auto", tta: TTAConfig | None = None,
               threads: int = 0) -> PredictorSource:
     """A :class:`PredictorSource` for a source, a checkpoint name/path (-> ModelSpec with these settings) or a
     predictor callable (-> :class:`InProcessSource`); the settings apply only to a name/path."""
     if isinstance(model, PredictorSource):
         return model
     if isinstance(model, (str, Path)):
-        return ModelSpec(str(model), device=device, amp=amp, tta=tta or TTAConfig(), threads=threads)
+        return ModelSpec(str(model), device=device, precision=precision, tta=tta or TTAConfig(), threads=threads)
     if callable(model):
         return InProcessSource(model)
     raise TypeError(f"expected a checkpoint name/path, a ModelSpec or a predictor, got {type(model).__name__}")
@@ -417,7 +418,7 @@ class _Plan:
     done_dir: str = ""
 
     def grid(self, shape: Sequence[int]) -> TileGrid:
-        return make_grid(int(shape[-2]), int(shape[-1]), self.tile.tile, self.tile.overlap, self.multiple)
+        return make_grid(int(shape[-2]), int(shape[-1]), self.tile.tile, self.tile.context, self.multiple)
 
 
 def _slice_stats_task(plan: _Plan, k: int) -> tuple[float, float]:
@@ -430,7 +431,7 @@ def compute_block(plan: _Plan, block: Block, stats: Sequence[tuple[float, float]
     vol = plan.volume.open()
     predictor = cached_predictor(plan.source)
     grid = plan.grid(vol.shape)
-    window = blend_window(grid.tile, plan.tile.blend)
+    window = blend_window(grid.tile, plan.tile.blend, grid.context)
     out = np.empty((plan.n_out, *block.shape), np.float32)
     for i, k in enumerate(range(block.z0, block.z1)):
         plane = PlaneView(vol, plan.zs[k])
@@ -490,7 +491,7 @@ def _lazy_block(plan: _Plan, stats: _LazyStats, block: Block, channel: int, is2d
 
 def predict_dask(volume: Any, model: Any, *, tile: TileConfig | None = None, norm: NormConfig | None = None,
                  slices: str | slice | None = None, chunks: Sequence[int] | None = None, channel: int = 0,
-                 stats: Sequence[tuple[float, float]] | None = None, device: str = "auto", amp: bool = True,
+                 stats: Sequence[tuple[float, float]] | None = None, device: str = "auto", precision: str = "auto",
                  tta: TTAConfig | None = None) -> Any:
     """A lazy dask array (float32, the output shape of :func:`iter_predict`) of the prediction of ``volume``.
 
@@ -503,7 +504,7 @@ def predict_dask(volume: Any, model: Any, *, tile: TileConfig | None = None, nor
     _require_dask()
     import dask.array as da
 
-    plan, out_shape = _make_plan(volume, model, tile, norm, slices, {"device": device, "amp": amp, "tta": tta})
+    plan, out_shape = _make_plan(volume, model, tile, norm, slices, {"device": device, "precision": precision, "tta": tta})
     if not 0 <= channel < plan.n_out:
         raise ValueError(f"channel {channel} out of range for a predictor with {plan.n_out} output channel(s)")
     chunks = tuple(int(c) for c in chunks) if chunks is not None else \
@@ -551,6 +552,8 @@ def _make_plan(volume: Any, model: Any, tile: TileConfig | None, norm: NormConfi
         raise ValueError(f"batch must be >= 1, got {tile.batch}")
     info = source.describe()
     norm = norm or info.get("norm") or NormConfig()
+    if not tile.context:  # the model's measured receptive context, fixed here so every worker tiles alike
+        tile = replace(tile, context=int(info.get("context") or DEFAULT_CONTEXT))
     zs: tuple[int | None, ...] = (None,) if vol.ndim == 2 else tuple(parse_slices(slices, int(vol.shape[0])))
     out_shape = tuple(int(s) for s in vol.shape) if vol.ndim == 2 else (len(zs), *(int(s) for s in vol.shape[1:]))
     plan = _Plan(ref, source, zs, tile, norm, int(info.get("multiple", 1)), int(info.get("out_channels", 1)))
@@ -667,7 +670,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
                            variance_output: str | Path | None = None, chunks: Sequence[int] | None = None,
                            block: Sequence[int] | None = None, scheduler: Any = "threads",
                            workers: int | None = None, devices: Sequence[str] | None = None,
-                           resume: bool = True, retries: int = 2, device: str = "auto", amp: bool = True,
+                           resume: bool = True, retries: int = 2, device: str = "auto", precision: str = "auto",
                            tta: TTAConfig | None = None, threads: int = 0
                            ) -> Generator[ProgressEvent, None, BlockwiseResult]:
     """Predict ``volume`` blockwise into the zarr array ``output``; yields ProgressEvent(blocks done, total).
@@ -678,7 +681,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     output ((y, x) or (z, y, x)); blocks must be whole chunks. ``scheduler``: "threads" (``workers``
     threads), "sync", "local" (a :func:`local_cluster` of ``workers`` processes or one per entry of
     ``devices``), a scheduler address or a ``distributed.Client``. ``variance_output`` receives channel 1
-    (TTA variance) when the predictor gives it. ``device``/``amp``/``tta``/``threads`` configure a model given
+    (TTA variance) when the predictor gives it. ``device``/``precision``/``tta``/``threads`` configure a model given
     by checkpoint name or path (``device="auto"``: each worker's assigned or best device).
 
     The output appears under its name only when every block is done; until then it lives in
@@ -704,7 +707,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
         stack: EMStack = open_stack(volume)
         voxel = stack.voxel_size
     plan, out_shape = _make_plan(volume, model, tile, norm, slices,
-                                 {"device": device, "amp": amp, "tta": tta, "threads": threads})
+                                 {"device": device, "precision": precision, "tta": tta, "threads": threads})
     vol = plan.volume.open()
     if len(outputs) > plan.n_out:
         raise ValueError("variance_output needs a predictor with a variance channel (TTA with variance)")

@@ -44,3 +44,25 @@ def instances_from_probability(prob: np.ndarray, seed_threshold: float = SEED_TH
     # ties in flat regions are broken towards cell centres
     elevation = prob - 1e-3 * dist / (dist.max() + 1e-6)
     return watershed(elevation, seeds).astype(np.uint32)
+
+
+def instance_dtype(volume_shape: tuple[int, ...]) -> np.dtype:
+    """uint32 where :func:`stack_instance_ids` fits in it for a (z, y, x) or (y, x) volume, else uint64."""
+    z = int(volume_shape[0]) if len(volume_shape) == 3 else 1
+    plane = int(volume_shape[-2]) * int(volume_shape[-1])
+    return np.dtype(np.uint32) if z * plane < 2**32 else np.dtype(np.uint64)
+
+
+def stack_instance_ids(cells: np.ndarray, z: int, volume_shape: tuple[int, ...]) -> np.ndarray:
+    """Ids unique across a whole stack: cell ``c`` (1..n) of slice ``z`` becomes ``z * H * W + c``; 0 stays 0.
+
+    A slice has fewer cells than pixels, so no two slices' ids can collide at any cell count, whichever
+    slices are predicted and in which order (the CLI's whole stack and the GUI's slice at a time give the same
+    ids). The dtype is :func:`instance_dtype` of the volume (uint64 only where uint32 cannot hold the ids).
+    """
+    dtype = instance_dtype(volume_shape)
+    plane = int(volume_shape[-2]) * int(volume_shape[-1])
+    cells = np.asarray(cells)
+    if cells.size and int(cells.max()) >= plane + 1:
+        raise ValueError(f"slice has {int(cells.max())} cells, more than its {plane} pixels")
+    return np.where(cells > 0, cells.astype(dtype) + dtype.type(int(z) * plane), 0).astype(dtype)

@@ -9,7 +9,6 @@ rows, so besides the model only O(tile x width) floats are held, whatever the im
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 from ..config import NormConfig, TileConfig, TTAConfig
 from ..progress import ProgressEvent, Progress, drive
 from .normalize import apply_stats, slice_stats
-from .tiling import PlaneView, TileGrid, blend_window, make_grid, read_window
+from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid, read_window
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 
@@ -26,31 +25,55 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 class TorchPredictor:
     """Numpy (B, 1, t, t) -> numpy (B, C, t, t) probabilities from a torch model returning logits.
 
-    Runs under ``torch.inference_mode`` on ``device``, with float16 autocast on CUDA when ``amp``; TTA (if
-    ``tta.n > 1``) runs on the device, its n*B transformed tiles batched into forward passes of at most
-    ``max_batch`` tiles (default: 4 on the CPU, where big batches only thrash the cache; 32 on accelerators).
-    C is 1, or 2 with the TTA variance.
+    Runs under ``torch.inference_mode`` on ``device`` in ``precision`` ("auto": fp16 autocast on CUDA, bf16 on
+    CPUs with native bf16, else fp32; see :mod:`.precision`), in channels_last layout on the CPU. ``amp=False``
+    is the same as ``precision="fp32"``. TTA (if ``tta.n > 1``) runs on the device, its n*B transformed tiles
+    batched into forward passes of at most ``max_batch`` tiles (default: 4 on the CPU, where big batches only
+    thrash the cache; 32 on accelerators). C is 1, or 2 with the TTA variance.
     """
 
     def __init__(self, model: Any, device: Any = "cpu", amp: bool = True, tta: TTAConfig | None = None,
-                 max_batch: int | None = None) -> None:
+                 max_batch: int | None = None, precision: str | None = None) -> None:
         import torch
+
+        from .precision import resolve_precision, uses_channels_last
 
         self.torch = torch
         self.device = torch.device(device)
+        self.precision = resolve_precision(precision or ("auto" if amp else "fp32"), self.device)
+        self.channels_last = uses_channels_last(self.device)
         self.model = model.to(self.device).eval()
-        self.amp = bool(amp) and self.device.type == "cuda"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.tta = tta or TTAConfig()
         self.multiple = int(getattr(model, "multiple", 1))
+        self.context = int(getattr(model, "context_px", 0))  # measured receptive context (px); 0 = unknown
         self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
-        self.max_batch = max_batch or (4 if self.device.type == "cpu" else 32)
+        self._max_batch = max_batch
+
+    def batch_limit(self, tile: int) -> int:
+        """Tiles per forward pass: ``max_batch`` if given, else 1 Mpx per pass on the CPU (4 tiles of 512^2,
+        where bigger batches only thrash the cache) and 8 Mpx on accelerators."""
+        if self._max_batch:
+            return self._max_batch
+        pixels = 2**20 if self.device.type == "cpu" else 2**23
+        return max(1, pixels // (tile * tile))
+
+    def describe(self) -> str:
+        """Device, precision and layout in one line, e.g. ``"cpu, fp32, channels_last"``."""
+        from .precision import summary
+
+        return summary(self.precision, self.device)
 
     def _probs(self, x: Any) -> Any:
+        from .precision import autocast
+
         torch = self.torch
-        ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
-        with ctx:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.precision, self.device):
             logits = self.model(x)
-        return torch.sigmoid(logits.float())
+        return torch.sigmoid(logits.float()).contiguous()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from .tta import tta_predict
@@ -59,7 +82,8 @@ class TorchPredictor:
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
             if self.tta.n > 1:
-                y = tta_predict(self._probs, x, self.tta.n, self.tta.variance, max_batch=self.max_batch)
+                y = tta_predict(self._probs, x, self.tta.n, self.tta.variance,
+                                max_batch=self.batch_limit(int(x.shape[-1])))
             else:
                 y = self._probs(x)
             return y.float().cpu().numpy()
@@ -96,9 +120,21 @@ def parse_slices(spec: str | slice | None, depth: int) -> range:
     return r
 
 
-def count_tiles(volume_shape: Sequence[int], tile: TileConfig, multiple: int = 1, n_slices: int | None = None) -> int:
-    """Total number of tiles :func:`iter_predict` will run (for progress totals)."""
-    grid = make_grid(int(volume_shape[-2]), int(volume_shape[-1]), tile.tile, tile.overlap, multiple)
+def resolve_context(tile: TileConfig, predictor: Any) -> int:
+    """Context (px) for tiling: the config's if set, else the predictor's measured one, else the default's."""
+    return int(tile.context or getattr(predictor, "context", 0) or DEFAULT_CONTEXT)
+
+
+def plan_grid(shape: Sequence[int], tile: TileConfig, predictor: Any) -> TileGrid:
+    """The tile grid :func:`iter_predict` uses for slices of ``shape`` (..., y, x) with ``predictor``."""
+    return make_grid(int(shape[-2]), int(shape[-1]), tile.tile, resolve_context(tile, predictor),
+                     int(getattr(predictor, "multiple", 1)))
+
+
+def count_tiles(volume_shape: Sequence[int], tile: TileConfig, predictor: Any = None,
+                n_slices: int | None = None) -> int:
+    """Total number of tiles :func:`iter_predict` will run with ``predictor`` (for progress totals)."""
+    grid = plan_grid(volume_shape, tile, predictor)
     depth = n_slices if n_slices is not None else (int(volume_shape[0]) if len(volume_shape) == 3 else 1)
     return grid.n_tiles * depth
 
@@ -162,10 +198,8 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
         raise ValueError(f"expected a 2D image or 3D stack, got shape {tuple(volume.shape)}")
     if tile.batch < 1:
         raise ValueError(f"batch must be >= 1, got {tile.batch}")
-    multiple = int(getattr(predictor, "multiple", 1))
-    H, W = int(volume.shape[-2]), int(volume.shape[-1])
-    grid = make_grid(H, W, tile.tile, tile.overlap, multiple)
-    window = blend_window(grid.tile, tile.blend)
+    grid = plan_grid(volume.shape, tile, predictor)
+    window = blend_window(grid.tile, tile.blend, grid.context)
     zs: Sequence[int | None] = [None] if volume.ndim == 2 else list(parse_slices(slices, int(volume.shape[0])))
     total = grid.n_tiles * len(zs)
     done = [0]

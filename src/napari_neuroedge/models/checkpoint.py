@@ -41,6 +41,7 @@ class Checkpoint:
     step: int = 0
     optimizer: dict[str, Any] | None = None  # for resuming
     threshold: float = 0.5  # membrane threshold on the probability, calibrated by `neuroedge calibrate`
+    context: int = 0  # px: measured receptive context (inference.context.measure_context); 0 = not measured
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
@@ -56,6 +57,7 @@ class Checkpoint:
         if result.missing_keys or result.unexpected_keys:
             raise CheckpointError(f"weights do not fit architecture {self.arch!r}: missing "
                                   f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        model.context_px = int(self.context)  # read by TorchPredictor to plan tile overlaps
         return model.eval()
 
 
@@ -83,7 +85,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
         "format": FORMAT, "format_version": FORMAT_VERSION, "arch": ckpt.arch, "arch_kwargs": ckpt.arch_kwargs,
         "state_dict": ckpt.state_dict, "norm": to_dict(ckpt.norm), "train_config": ckpt.train_config,
         "provenance": json.loads(json.dumps(ckpt.provenance, default=str)), "step": int(ckpt.step),
-        "threshold": float(ckpt.threshold),
+        "threshold": float(ckpt.threshold), "context": int(ckpt.context),
     }
     if ckpt.optimizer is not None:
         payload["optimizer"] = ckpt.optimizer
@@ -91,7 +93,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
         torch.save(payload, tmp)
     if write_json:
         meta = {k: payload[k] for k in ("format", "format_version", "arch", "arch_kwargs", "norm", "train_config",
-                                         "provenance", "step", "threshold")}
+                                         "provenance", "step", "threshold", "context")}
         json_path = path.with_suffix(".json")
         if not json_path.exists():
             atomic_write_bytes(json_path, json.dumps(meta, indent=2).encode())
@@ -131,7 +133,7 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
                               "strictly between 0 and 1")
     return Checkpoint(payload["arch"], dict(payload["arch_kwargs"]), payload["state_dict"], norm,
                       payload.get("train_config"), dict(payload.get("provenance") or {}), int(payload.get("step", 0)),
-                      payload.get("optimizer"), threshold)
+                      payload.get("optimizer"), threshold, max(0, int(payload.get("context", 0) or 0)))
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:

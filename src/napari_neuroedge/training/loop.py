@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import TileConfig, TrainConfig, TTAConfig, to_dict
+from ..config import SEED_THRESHOLD, TileConfig, TrainConfig, TTAConfig, to_dict
 from ..inference.device import resolve_device
+from ..inference.precision import autocast, resolve_precision
 from ..inference.postprocess import instances_from_probability
 from ..inference.predict import TorchPredictor, predict_array
 from ..metrics import boundary_prf, instances_from_membrane, pixel_error, rand_error
@@ -47,24 +48,25 @@ class FitResult:
 
 
 def validate(model: torch.nn.Module, val: Sequence[LabelledSlice], device: torch.device, tile: int = 256,
-             threshold: float = 0.5, tta: int = 1) -> dict[str, float]:
+             threshold: float = 0.5, tta: int = 1, precision: str = "auto",
+             seed_threshold: float = SEED_THRESHOLD) -> dict[str, float]:
     """Mean pixel error, boundary P/R/F1 (2 px) and adapted Rand error over the validation slices.
 
     ``tta`` > 1 validates the prediction averaged over that many flips/rotations (``TTAConfig.n``), as it will
     be used; it costs ``tta`` times the forward passes.
     """
-    predictor = TorchPredictor(model, device, amp=True, tta=TTAConfig(n=tta))
+    predictor = TorchPredictor(model, device, tta=TTAConfig(n=tta), precision=precision)
     was_training = model.training
     model.eval()
     rows = []
     for sl in val:
-        prob = predict_array(sl.image, predictor, tile=TileConfig(tile=tile, overlap=0.25, batch=4),
+        prob = predict_array(sl.image, predictor, tile=TileConfig(tile=tile, batch=4),
                              norm=_IDENTITY_NORM)
         pred = (prob >= threshold).astype(np.uint8)
         prf = boundary_prf(pred, sl.label, tolerance=2.0)
         rows.append({"pixel_error": pixel_error(pred, sl.label, sl.mask), "precision": prf["precision"],
                      "recall": prf["recall"], "f1": prf["f1"],
-                     "rand_error": rand_error(instances_from_probability(prob),
+                     "rand_error": rand_error(instances_from_probability(prob, seed_threshold),
                                               instances_from_membrane(sl.label))})
     model.train(was_training)
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
@@ -185,13 +187,13 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             opt.load_state_dict(resume.optimizer)
     base_lrs = [g["lr"] if resume is None else lrs[g["name"]] for g in opt.param_groups]
     loss_fn = CombinedLoss(cfg.loss)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    precision = resolve_precision(cfg.precision if cfg.amp else "fp32", device)
+    scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     sampler = CropSampler(train, cfg, replay)
     cfg_dict = to_dict(cfg)
     (run_dir / "config.json").write_text(json.dumps(cfg_dict, indent=2))
     prov = {"train_slices": [s.meta for s in train][:200], "val_slices": [s.meta for s in val][:200],
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(device), "precision": precision,
             "init": (init.provenance.get("name") if init is not None else None), **(provenance or {})}
     history: list[dict[str, Any]] = []
     best_score, best_metrics = -math.inf, None
@@ -221,7 +223,7 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * factor
             batch = sampler.batch(device)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+            with autocast(precision, device):
                 if hasattr(model, "forward_train"):
                     outs = model.forward_train(batch["image"])
                     loss, terms = loss_fn(outs["fused"], batch)
@@ -245,7 +247,7 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             info: dict[str, Any] = {"step": step, "loss": float(loss.item()), "terms": terms,
                                     "lr": opt.param_groups[-1]["lr"], "elapsed_s": time.perf_counter() - t0}
             if val and (step % cfg.val_every == 0 or frac >= 1.0):
-                metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta)
+                metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta, precision=precision)
                 info["val"] = metrics
                 validated = checkpoint({"val": metrics})  # one copy of the weights for every file below
                 if cfg.keep_validated:

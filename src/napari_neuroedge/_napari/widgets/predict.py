@@ -67,7 +67,7 @@ def _is_input_image(layer: Any) -> bool:
 
 
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
-                device_name: str, tile: int, overlap: float, tta: int, uncertainty: bool, threshold: float,
+                device_name: str, tile: int, context: int, tta: int, uncertainty: bool, threshold: float,
                 instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD):
     """Generator (runs in the worker): load the model, predict the slices, post-process; returns PredictResult.
 
@@ -76,7 +76,8 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     """
     from ...config import TileConfig, TTAConfig
     from ...inference.device import resolve_device
-    from ...inference.postprocess import instances_from_probability, membrane_from_probability
+    from ...inference.postprocess import (instance_dtype, instances_from_probability, membrane_from_probability,
+                                          stack_instance_ids)
     from ...inference.predict import TorchPredictor, iter_predict
     from ...progress import ProgressEvent
 
@@ -90,8 +91,8 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
         torch.set_num_threads(gui_threads())
     model = ckpt.build()
     variance = uncertainty and tta > 1
-    predictor = TorchPredictor(model, device, amp=True, tta=TTAConfig(n=tta, variance=variance))
-    tiles = TileConfig(tile=tile, overlap=overlap, batch=4 if device.type == "cuda" else 1)
+    predictor = TorchPredictor(model, device, tta=TTAConfig(n=tta, variance=variance))
+    tiles = TileConfig(tile=tile, context=context, batch=4 if device.type == "cuda" else 1)
     data = lazy_outputs.readable(data)  # a folder of slices: read each file once, not once per tile
     if store is not None:
         staged = yield from lazy_outputs.predict_staged(data, slices, is_2d, predictor, store, tile=tiles,
@@ -113,11 +114,11 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     membranes = membrane_from_probability(prob, threshold)
     inst = None
     if instances:
-        inst = np.zeros((k, h, w), np.uint32)
+        inst = np.zeros((k, h, w), instance_dtype(tuple(data.shape)))
         for i in range(k):
             z = 0 if is_2d else slices[i]
             cells = instances_from_probability(prob[i], seed_threshold)
-            inst[i] = np.where(cells > 0, cells + (z << 16), 0)  # ids unique across slices
+            inst[i] = stack_instance_ids(cells, z, tuple(data.shape))  # the CLI's ids: unique across the stack
             yield ProgressEvent(i + 1, k, "instances")
     return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), prob, membranes,
                          var, inst, threshold, meta)
@@ -135,8 +136,11 @@ class PredictWidget(JobWidget):
         self.model_combo = QComboBox()
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
-        self.tile_spin = int_spin(32, 4096, 512, step=32, suffix=" px")
-        self.overlap_spin = float_spin(0.0, 0.75, 0.25, step=0.05)
+        self.tile_spin = int_spin(32, 4096, 1024, step=32, suffix=" px",
+                                  tooltip="largest tile; an image that fits is predicted in one pass")
+        self.context_spin = int_spin(0, 512, 0, step=8, suffix=" px",
+                                     tooltip="tile overlap on each side; 0 = the model's measured receptive context")
+        self.context_spin.setSpecialValueText("model's")
         self.tta_combo = QComboBox()
         self.tta_combo.addItems(list(TTA_CHOICES))
         self.device_combo = QComboBox()
@@ -162,7 +166,7 @@ class PredictWidget(JobWidget):
         form.addRow("model", self.model_combo)
         form.addRow("", self.model_info)
         form.addRow("tile size", self.tile_spin)
-        form.addRow("overlap", self.overlap_spin)
+        form.addRow("tile context", self.context_spin)
         form.addRow("TTA", self.tta_combo)
         dev = QHBoxLayout()
         dev.addWidget(self.device_combo)
@@ -332,7 +336,7 @@ class PredictWidget(JobWidget):
             f"Predict {layer.name}", {f"layer:{layer.name}"},
             lambda _job: predict_job(data, slices, is_2d, layer.name, self.session, self.session.selected_model,
                                 self.device_combo.currentText(), int(self.tile_spin.value()),
-                                float(self.overlap_spin.value()), self.tta(),
+                                int(self.context_spin.value()), self.tta(),
                                 self.uncertainty_check.isChecked(), threshold, self.instances_check.isChecked(),
                                 store, float(self.seed_spin.value())))
 
