@@ -323,31 +323,52 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_fit(cfg, train, val, Path(args.output), None, [], prov, args.quiet, resume=resume)
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
+def finetune_options(args: argparse.Namespace) -> Any:
+    """The CLI's flags as :class:`FinetuneOptions`: no flag leaves the one-click default the widget uses."""
     from dataclasses import replace
 
-    from .config import TrainConfig
+    from .config import parse_loss
+    from .training.finetune import FinetuneOptions
+
+    opts = FinetuneOptions()
+    changes: dict[str, Any] = {}
+    for name in ("steps", "time_limit_s", "batch", "crop", "val_every", "seed", "device", "threads", "precision",
+                 "replay_fraction", "corrected_weight", "holdout", "ema_decay", "val_tta", "keep_validated"):
+        val = getattr(args, name, None)
+        if val is not None:
+            changes[name] = val
+    head = args.lr_head if args.lr_head is not None else args.lr
+    if head is not None:
+        changes["lr"] = head
+        changes["backbone_lr_factor"] = (args.lr / head) if args.lr is not None else opts.backbone_lr_factor
+    if args.loss:
+        changes["loss"] = parse_loss(args.loss)
+    return replace(opts, **changes)
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_checkpoint
+    from .progress import drive
+    from .training.finetune import iter_finetune
 
     init = load_checkpoint(args.init)
-    base = TrainConfig(steps=200, val_every=50, lr_backbone=2e-4, lr_head=2e-4, corrected_weight=3.0)
-    if init.train_config:
-        from .config import from_dict
-
-        try:
-            prev = from_dict(TrainConfig, init.train_config)
-            base = replace(base, loss=prev.loss, augment=prev.augment)
-        except (TypeError, ValueError):
-            pass
-    cfg = replace(_train_config(args, base), norm=init.norm)
-    train = _load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, cfg.seed)
-    val = _load_data(args.val_data, args.val_slices, init.norm) if args.val_data else []
+    opts = finetune_options(args)
+    output = _refuse_existing(Path(args.output))
+    train = _load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, opts.seed)
+    val = _load_data(args.val_data, args.val_slices, init.norm) if args.val_data else None
     replay = _load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
-    if replay and cfg.replay_fraction == 0:
-        cfg = replace(cfg, replay_fraction=0.3)
-    prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem,
-            "finetuned_from": str(args.init)}
-    return _run_fit(cfg, train, val, Path(args.output), init, replay, prov, args.quiet)
+    prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "finetuned_from": str(args.init),
+            "finetuned_by": "neuroedge finetune", "replay": args.replay_data}
+    progress = _TqdmProgress("finetune", "step", args.quiet)
+    try:
+        outcome = drive(iter_finetune(init, train, output.with_name(output.stem + ".run"), output, options=opts,
+                                      replay=replay, val=val, provenance=prov), progress)
+    finally:
+        progress.close()
+    print(json.dumps({"checkpoint": str(outcome.path), "steps": outcome.steps, "best_val": outcome.best_metrics,
+                      "threshold": outcome.threshold, "threshold_source": outcome.threshold_source,
+                      "notes": outcome.notes}, indent=2))
+    return 0
 
 
 # ------------------------------------------------------------------------------------------ evaluate / export
@@ -503,7 +524,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--val-slices", help="slices used for validation, e.g. 20:25 (default: none)")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt; never overwritten); the run "
                    "folder NAME.run/ beside it keeps last.pt, best.pt, log.jsonl and config.json")
-    p.add_argument("--config", help="TrainConfig JSON (e.g. a run's config.json); flags override it")
+    if not finetune:
+        p.add_argument("--config", help="TrainConfig JSON (e.g. a run's config.json); flags override it")
     if not finetune:
         p.add_argument("--model", help="unet | unet-large | casenet | dff (default unet)")
         p.add_argument("--model-kwargs", help='JSON, e.g. \'{"base": 32}\'')
@@ -520,7 +542,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--val-every", type=int, dest="val_every")
     p.add_argument("--ema", type=float, dest="ema_decay", metavar="DECAY",
                    help="keep, validate and save a moving average of the weights (e.g. 0.999; default off)")
-    p.add_argument("--select", choices=["f1", "rand", "f1-rand"], help="checkpoint selection score")
+    if not finetune:  # a fine-tune always chooses on F1 and Rand error together
+        p.add_argument("--select", choices=["f1", "rand", "f1-rand"], help="checkpoint selection score")
     p.add_argument("--val-tta", type=int, choices=[1, 6, 8], dest="val_tta",
                    help="validate with this many flips/rotations averaged, as prediction will run (default 1)")
     p.add_argument("--keep-validated", action="store_true", default=None, dest="keep_validated",
@@ -535,6 +558,9 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--replay-fraction", type=float, dest="replay_fraction")
         p.add_argument("--corrected-weight", type=float, dest="corrected_weight",
                        help="loss weight on pixels the user corrected (default 3)")
+        p.add_argument("--holdout", type=float, help="fraction of each slice's rows held out for validation when "
+                       "no --val-data is given (default 0.25)")
+        p.add_argument("--precision", choices=list(PRECISIONS), help="auto (default), fp32, bf16, fp16")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -146,6 +146,31 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneOptions:
+    """What a user may set for a fine-tune; the defaults are the one-click recipe (button and CLI alike)."""
+
+    time_limit_s: float = 100.0  # wall-clock budget of the training loop; the poly schedule follows it
+    steps: int = 1000  # upper bound on steps (the time limit usually ends the run first)
+    lr: float = 2e-4  # decoder/head learning rate; the encoder gets ``lr * backbone_lr_factor``
+    backbone_lr_factor: float = 1.0
+    batch: int = 4
+    crop: int = 256
+    corrected_weight: float = 3.0  # loss weight of pixels the user changed relative to the others
+    replay_fraction: float = 0.3  # of training crops from the replay data, when replay data is given
+    holdout: float = 0.25  # fraction of each corrected slice's rows held out for validation
+    val_every: int = 25
+    loss: LossConfig | None = None  # None: the parent's loss
+    precision: str = "auto"
+    device: str = "auto"
+    threads: int = 0
+    seed: int = 0
+    recalibrate_threshold: bool = True
+    ema_decay: float = 0.0
+    val_tta: int = 1
+    keep_validated: bool = False
+
+
+@dataclass(frozen=True)
 class ExportConfig:
     """Export of corrected slices as a training set."""
 

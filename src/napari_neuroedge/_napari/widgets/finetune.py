@@ -24,23 +24,9 @@ from .common import JobPanel, JobWidget, float_spin, format_seconds, int_spin
 from .correct import _is_membrane_layer, prediction_of
 from .plot import LinePlot
 from .predict import gui_threads
+from ...config import FinetuneOptions
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")
-VAL_CROP = 256
-
-
-def _center_crop(sl: Any, size: int) -> Any:
-    """A LabelledSlice cut to at most ``size`` x ``size`` around its centre (keeps validation quick)."""
-    from ...training.dataset import LabelledSlice
-
-    h, w = sl.image.shape
-    y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
-    cut = (slice(y0, y0 + size), slice(x0, x0 + size))
-
-    def c(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.ascontiguousarray(a[cut])
-
-    return LabelledSlice(c(sl.image), c(sl.label), c(sl.mask), c(sl.corrected), dict(sl.meta))
 
 
 def viewer_training_slices(viewer: Any, membranes: Any) -> list[dict[str, Any]]:
@@ -65,58 +51,29 @@ def viewer_training_slices(viewer: Any, membranes: Any) -> list[dict[str, Any]]:
 
 
 def finetune_job(job: Job, session: Any, model_name: str, raw: list[dict[str, Any]] | None, folder: str | None,
-                 replay_folder: str | None, params: dict[str, Any], run_dir: Path, dest: Path):
-    """Generator (runs in the worker): data -> iter_fit -> the final checkpoint saved at ``dest``."""
-    from ...config import AugmentConfig, TrainConfig
+                 replay_folder: str | None, options: Any, run_dir: Path, dest: Path):
+    """Generator (runs in the worker): data -> the core's fine-tune service (:func:`iter_finetune`, the same one
+    ``neuroedge finetune`` runs) -> the finished model at ``dest``; ``job.extra["outcome"]`` says what was kept."""
     from ...inference.normalize import normalize_slice
-    from ...models.checkpoint import load_checkpoint, save_checkpoint
     from ...progress import ProgressEvent
     from ...training.dataset import LabelledSlice, load_training_folder
-    from ...training.loop import iter_fit
+    from ...training.finetune import FinetuneOutcome, iter_finetune
 
-    steps = int(params["steps"])
-    yield ProgressEvent(0, steps, "preparing")
+    yield ProgressEvent(0, 0, "preparing the corrected slices")
     init = session.checkpoint(model_name)
-    parent = session.model_meta(model_name)
     norm = init.norm
     if folder:
         train = load_training_folder(folder, norm)
     else:
         train = [LabelledSlice(normalize_slice(r["image"], norm), r["label"], r["mask"], r["corrected"], r["meta"])
                  for r in raw or []]
-    if not train:
-        raise ValueError("no training slices")
     replay = load_training_folder(replay_folder, norm) if replay_folder else []
-    val = [_center_crop(s, VAL_CROP) for s in train[:2]]
-    lr = float(params["lr"])
-    cfg = TrainConfig(model=init.arch, model_kwargs=dict(init.arch_kwargs), lr_backbone=lr * 0.1, lr_head=lr,
-                      batch=int(params["batch"]), steps=steps, val_every=max(1, steps // 10),
-                      device=str(params["device"]), threads=gui_threads(), norm=norm,
-                      augment=AugmentConfig(crop=int(params["crop"])),
-                      replay_fraction=float(params["replay"]) if replay else 0.0,
-                      corrected_weight=float(params["corrected_weight"]), val_tile=VAL_CROP)
-    prov = {"name": dest.stem, "parent": parent, "data": folder or f"viewer: {len(train)} corrected slice(s)",
-            "replay": replay_folder, "finetuned_by": "napari-neuroedge one-click fine-tune"}
-    fit = iter_fit(cfg, train, val, run_dir, init=init, replay=replay, provenance=prov)
-    try:
-        result = yield from fit
-    except GeneratorExit:  # cancelled: iter_fit has saved last.pt; keep the best (or last) as a model
-        src = run_dir / "best.pt" if (run_dir / "best.pt").exists() else run_dir / "last.pt"
-        if src.exists():
-            from ...atomic import unique_path
-
-            kept = unique_path(dest.with_name(f"{dest.stem}-cancelled.pt"))
-            ckpt = load_checkpoint(src)
-            ckpt.provenance = {**ckpt.provenance, "name": kept.stem, "cancelled": True}
-            save_checkpoint(ckpt, kept)
-            job.extra["kept"] = str(kept)
-        raise
-    src = result.best or result.last
-    ckpt = load_checkpoint(src)
-    ckpt.provenance = {**ckpt.provenance, "name": dest.stem, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       "best_metrics": result.best_metrics, "steps_done": result.steps}
-    save_checkpoint(ckpt, dest)
-    return {"path": str(dest), "steps": result.steps, "best_metrics": result.best_metrics, "run_dir": str(run_dir)}
+    outcome = job.extra.setdefault("outcome", FinetuneOutcome())
+    prov = {"parent": session.model_meta(model_name),
+            "data": folder or f"viewer: {len(train)} corrected slice(s)", "replay": replay_folder,
+            "finetuned_by": "napari-neuroedge one-click fine-tune"}
+    return (yield from iter_finetune(init, train, run_dir, dest, options=options, replay=replay, provenance=prov,
+                                     outcome=outcome))
 
 
 class FinetuneWidget(JobWidget):
@@ -138,23 +95,30 @@ class FinetuneWidget(JobWidget):
         self.loss_plot = LinePlot("loss", log_y=True)
         self.val_plot = LinePlot("validation", y_range=(0.0, 1.0))
 
-        self.steps_spin = int_spin(1, 1_000_000, 200)
-        self.crop_spin = int_spin(32, 2048, 256, step=32, suffix=" px")
-        self.lr_spin = float_spin(1e-6, 1.0, 1e-3, step=1e-4, decimals=6,
-                                  tooltip="learning rate of the decoder/head; the encoder uses a tenth of it")
-        self.batch_spin = int_spin(1, 64, 4)
-        self.replay_spin = float_spin(0.0, 1.0, 0.25, step=0.05,
-                                      tooltip="fraction of training crops drawn from the original data (if a folder "
-                                      "is set)")
+        d = FinetuneOptions()  # the one-click recipe: the same defaults as `neuroedge finetune`
+        self.time_spin = int_spin(10, 100_000, int(d.time_limit_s), step=10, suffix=" s",
+                                  tooltip="training time; the learning-rate schedule follows it")
+        self.steps_spin = int_spin(1, 1_000_000, d.steps, tooltip="at most this many steps")
+        self.crop_spin = int_spin(32, 2048, d.crop, step=32, suffix=" px")
+        self.lr_spin = float_spin(1e-6, 1.0, d.lr, step=1e-4, decimals=6, tooltip="learning rate")
+        self.batch_spin = int_spin(1, 64, d.batch)
+        self.holdout_spin = float_spin(0.0, 0.5, d.holdout, step=0.05,
+                                       tooltip="fraction of each corrected slice (its bottom rows) held out: never "
+                                       "trained on, validated on")
+        self.replay_spin = float_spin(0.0, 1.0, d.replay_fraction, step=0.05,
+                                      tooltip="fraction of training crops drawn from the original data; used only "
+                                      "when a replay folder is set")
         self.replay_edit = QLineEdit()
         self.replay_edit.setPlaceholderText("original training-set folder (optional)")
-        self.corrected_weight_spin = float_spin(1.0, 50.0, 2.0,
+        self.corrected_weight_spin = float_spin(1.0, 50.0, d.corrected_weight,
                                                 tooltip="loss weight of the pixels you changed relative to the others")
         self.save_edit = QLineEdit(str(self.session.models_dir))
         self.advanced = QCollapsible("Advanced")
         adv = QWidget()
         adv_form = QFormLayout(adv)
-        adv_form.addRow("steps", self.steps_spin)
+        adv_form.addRow("time", self.time_spin)
+        adv_form.addRow("steps (at most)", self.steps_spin)
+        adv_form.addRow("held out for validation", self.holdout_spin)
         adv_form.addRow("crop size", self.crop_spin)
         adv_form.addRow("learning rate", self.lr_spin)
         adv_form.addRow("batch", self.batch_spin)
@@ -213,10 +177,15 @@ class FinetuneWidget(JobWidget):
         self.folder_edit.setEnabled(from_folder)
         self.membranes_combo.setEnabled(not from_folder)
 
-    def params(self) -> dict[str, Any]:
-        return {"steps": self.steps_spin.value(), "crop": self.crop_spin.value(), "lr": self.lr_spin.value(),
-                "batch": self.batch_spin.value(), "replay": self.replay_spin.value(),
-                "corrected_weight": self.corrected_weight_spin.value(), "device": self.session.device}
+    def options(self) -> Any:
+        """The form as the core's FinetuneOptions (untouched form = the CLI's defaults)."""
+        from dataclasses import replace
+
+        return replace(FinetuneOptions(), time_limit_s=float(self.time_spin.value()), steps=self.steps_spin.value(),
+                       crop=self.crop_spin.value(), lr=float(self.lr_spin.value()), batch=self.batch_spin.value(),
+                       holdout=float(self.holdout_spin.value()), replay_fraction=float(self.replay_spin.value()),
+                       corrected_weight=float(self.corrected_weight_spin.value()), device=self.session.device,
+                       threads=gui_threads())
 
     def finetune(self) -> Job | None:
         """Start fine-tuning the selected model; returns the job or None (after a notification saying why)."""
@@ -266,14 +235,14 @@ class FinetuneWidget(JobWidget):
         stamp = time.strftime("%Y%m%d-%H%M%S")
         dest = unique_path(models_dir / f"{stamp}.pt")
         run_dir = unique_path(models_dir / "runs" / dest.stem)
-        params = self.params()
+        options = self.options()
         self._image_name = image_name
         self.loss_plot.clear()
         self.val_plot.clear()
         return self.start_job(
             f"Fine-tune {model}", {"finetune"},
-            lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, params, run_dir, dest),
-            total=params["steps"])
+            lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, options, run_dir, dest),
+            total=options.steps)
 
     # ------------------------------------------------------------------ handlers
     def _on_event(self, job: Job, event: Any) -> None:
@@ -289,29 +258,55 @@ class FinetuneWidget(JobWidget):
             extra += f", val F1 {val.get('f1', float('nan')):.3f}"
         self.jobs.update_event(event, extra)
 
-    def _on_done(self, job: Job, result: dict[str, Any]) -> None:
-        self.last_result = result
-        name = self.session.add_model(result["path"], select=True)
-        msg = f"Fine-tuned model saved as {result['path']} and selected in Predict"
+    def _on_done(self, job: Job, outcome: Any) -> None:
+        self.last_result = outcome
+        name = self.session.add_model(str(outcome.path), select=True)
+        msg = f"Fine-tuned model saved as {outcome.path} and selected in Predict"
         job.extra["model_name"] = name
         pw = self.session.predict_widget_ref()
         repredict = None
         if pw is not None and self._image_name and self._image_name in self.viewer.layers:
+            z = self._uncorrected_slice()
             repredict = pw.predict(scope="current slice", image_name=self._image_name)
             job.extra["repredict"] = repredict
+            job.extra["repredicted_slice"] = z
             if repredict is not None:
-                msg += "; re-predicting the current slice"
+                msg += f"; re-predicting slice {z}, which you did not correct" if z is not None else \
+                    "; re-predicting the current slice"
         elapsed = format_seconds(time.perf_counter() - job.started_at)
-        self.jobs.finish(f"{msg} ({result['steps']} steps in {elapsed}).")
+        val = outcome.best_metrics
+        quality = (f" Held-out corrected pixels: boundary F1 {val['f1']:.3f}, Rand error {val['rand_error']:.3f}."
+                   if val else " Not validated: no pixels were held out.")
+        notes = "".join(f" Note: {n}." for n in outcome.notes)
+        self.jobs.finish(f"{msg} ({outcome.steps} steps in {elapsed}).{quality} Threshold {outcome.threshold:g} "
+                         f"({outcome.threshold_source}).{notes}")
         notify(msg + ".", "info")
 
+    def _uncorrected_slice(self) -> int | None:
+        """Go to the current slice if it is not corrected, else to the nearest one that is not (the new model is
+        seen where it was not trained); None for a 2D image or when every slice is corrected."""
+        image = self.viewer.layers[self._image_name]
+        if image.data.ndim != 3:
+            return None
+        membranes = tracking.companion(self.viewer, image.name, "membranes")
+        corrected = set(tracking.info(membranes)["corrected"]) if membranes is not None else set()
+        z = tracking.current_slice(self.viewer, image)
+        free = [k for k in range(int(image.data.shape[0])) if k not in corrected]
+        if not free:
+            return None
+        best = min(free, key=lambda k: (abs(k - z), k))
+        if best != z:
+            tracking.go_to_slice(self.viewer, image, best)
+        return best
+
     def _on_cancelled(self, job: Job) -> None:
-        kept = job.extra.get("kept")
-        if kept:
-            name = self.session.add_model(kept, select=False)
-            msg = f"Fine-tuning cancelled; the last good checkpoint is kept as {kept} ('{name}' in Predict's list)."
+        outcome = job.extra.get("outcome")
+        if outcome is not None and outcome.path is not None:
+            name = self.session.add_model(str(outcome.path), select=False)
+            msg = (f"Fine-tuning cancelled; the last validated checkpoint is kept as {outcome.path} ('{name}' in "
+                   "Predict's list).")
         else:
-            msg = "Fine-tuning cancelled before the first step; nothing was saved."
+            msg = "Fine-tuning cancelled before the first validation; no model was kept."
         self.jobs.finish(msg)
         notify(msg, "info")
 

@@ -1,0 +1,212 @@
+"""The one fine-tune service: the recipe, the held-out validation, the checkpoint choice and the finished model.
+
+The napari Fine-tune button and ``neuroedge finetune`` both build a :class:`FinetuneOptions` (the button's form
+and the CLI's flags map onto the same fields of :class:`~napari_neuroedge.config.FinetuneOptions`, with the
+same defaults) and run :func:`iter_finetune`:
+
+1. **Recipe** (:func:`finetune_config`): the parent's loss and augmentation, the parent's normalisation, a
+   short schedule that follows the clock (``time_limit_s``), corrected pixels up-weighted, replay of the
+   parent's data when given. bf16/fp16 autocast where the hardware has it (``precision="auto"``).
+2. **Honest validation** (:func:`split_holdout`): a band of ``holdout`` of each corrected slice's rows (the
+   bottom rows) is cut off before training and never trained on; validation measures boundary F1 and the Rand
+   error of the instances there, and the checkpoint is chosen on both (``select="f1-rand"``). Corrected slices
+   smaller than ``MIN_VAL_ROWS`` rows of validation are flagged as weak validation.
+3. **The finished model** (:func:`finalise`): no optimiser state (resume files stay in the run folder), the
+   parent's context, and a membrane threshold recalibrated on the held-out pixels (or the parent's, labelled
+   as carried over, where the held-out pixels are too few). A cancel keeps the last *validated* checkpoint, or
+   says there is none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import AugmentConfig, FinetuneOptions, LossConfig, TrainConfig, from_dict, to_dict
+from ..models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..progress import ProgressEvent
+from .dataset import LabelledSlice
+
+#: Validation bands with fewer rows than this (per slice) make validation weak: the widget says so.
+MIN_VAL_ROWS = 64
+#: Held-out labelled pixels below which the threshold is carried over from the parent, not recalibrated.
+MIN_CALIBRATION_PIXELS = 50_000
+
+
+@dataclass
+class FinetuneOutcome:
+    """Filled in as the run goes, so a caller learns what was kept even when the run was cancelled."""
+
+    path: Path | None = None
+    cancelled: bool = False
+    validated: bool = False
+    best_metrics: dict[str, float] | None = None
+    steps: int = 0
+    threshold: float | None = None
+    threshold_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def parent_recipe(parent: Checkpoint) -> tuple[LossConfig, AugmentConfig]:
+    """The loss and augmentation the parent was trained with (the defaults where it does not say)."""
+    if parent.train_config:
+        try:
+            prev = from_dict(TrainConfig, parent.train_config)
+            return prev.loss, prev.augment
+        except (TypeError, ValueError):
+            pass
+    return LossConfig(), AugmentConfig()
+
+
+def finetune_config(parent: Checkpoint, options: FinetuneOptions, has_replay: bool) -> TrainConfig:
+    """The TrainConfig of a fine-tune of ``parent``: the same for the button and the CLI given the same options."""
+    loss, augment = parent_recipe(parent)
+    return TrainConfig(
+        model=parent.arch, model_kwargs=dict(parent.arch_kwargs), lr_backbone=options.lr * options.backbone_lr_factor,
+        lr_head=options.lr, batch=options.batch, steps=options.steps, val_every=options.val_every,
+        seed=options.seed, device=options.device, threads=options.threads, precision=options.precision,
+        loss=options.loss or loss, augment=dataclasses.replace(augment, crop=options.crop), norm=parent.norm,
+        replay_fraction=options.replay_fraction if has_replay else 0.0, corrected_weight=options.corrected_weight,
+        select="f1-rand", time_limit_s=options.time_limit_s, val_tile=1024, ema_decay=options.ema_decay,
+        val_tta=options.val_tta, keep_validated=options.keep_validated)
+
+
+def _cut(sl: LabelledSlice, rows: slice, part: str) -> LabelledSlice:
+    def c(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.ascontiguousarray(a[rows])
+
+    return LabelledSlice(c(sl.image), c(sl.label), c(sl.mask), c(sl.corrected), {**sl.meta, "part": part,
+                                                                                   "rows": [rows.start, rows.stop]})
+
+
+def split_holdout(slices: Sequence[LabelledSlice], fraction: float) -> tuple[list[LabelledSlice], list[LabelledSlice]]:
+    """(train, val): the top ``1 - fraction`` of each slice's rows to train on, the bottom rows to validate on.
+
+    The two parts share no pixel (the training part's crops cannot reach the held-out rows); ``fraction`` 0
+    gives no validation.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout must be in [0, 1), got {fraction}")
+    train, val = [], []
+    for sl in slices:
+        h = sl.image.shape[0]
+        n_val = int(round(h * fraction))
+        if n_val == 0:
+            train.append(sl)
+            continue
+        if h - n_val < 32:
+            raise ValueError(f"slice {sl.meta.get('slice', '?')} is {h} px high: too small to hold out "
+                             f"{fraction:.0%} of it for validation")
+        train.append(_cut(sl, slice(0, h - n_val), "train"))
+        val.append(_cut(sl, slice(h - n_val, h), "validation"))
+    return train, val
+
+
+def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
+    """What a fine-tune will train on: slices, labelled pixels, membrane fraction and warnings."""
+    warnings = []
+    rows = []
+    for sl in slices:
+        labelled = int(sl.mask.sum()) if sl.mask is not None else int(sl.label.size)
+        membrane = float(sl.label[sl.mask > 0].mean()) if sl.mask is not None and labelled else float(sl.label.mean())
+        rows.append({"slice": sl.meta.get("slice"), "source": sl.meta.get("source"), "pixels": labelled,
+                     "membrane_fraction": round(membrane, 4)})
+        if membrane < 0.01:
+            warnings.append(f"slice {sl.meta.get('slice', '?')}: almost no membrane labelled "
+                            f"({membrane:.1%}); is it really corrected?")
+    return {"slices": rows, "warnings": warnings}
+
+
+def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions,
+             provenance: dict[str, Any], outcome: FinetuneOutcome) -> Path:
+    """Write the user's model: ``src``'s weights without optimiser state, the parent's context, the threshold
+    recalibrated on the held-out ``val`` pixels (or carried over from the parent, and labelled so)."""
+    ckpt = load_checkpoint(src)
+    ckpt.optimizer = None
+    ckpt.context = parent.context
+    threshold, how = parent.threshold, f"carried over from the parent ({parent.threshold:g})"
+    labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
+    if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
+        from ..calibration import choose_threshold, pixel_error_by_threshold
+        from ..inference.predict import TorchPredictor, predict_array
+        from .loop import _IDENTITY_NORM
+
+        predictor = TorchPredictor(ckpt.build(), "cpu" if options.device == "auto" else options.device,
+                                   precision=options.precision)
+        probs = [predict_array(s.image, predictor, norm=_IDENTITY_NORM) for s in val]
+        errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
+                                          np.concatenate([s.label.ravel() for s in val]),
+                                          mask=np.concatenate([(s.mask if s.mask is not None
+                                                                else np.ones_like(s.label)).ravel() for s in val]))
+        threshold = choose_threshold(errors)
+        how = f"recalibrated on {labelled} held-out corrected pixels"
+        provenance = {**provenance, "threshold_sweep": errors}
+    elif options.recalibrate_threshold:
+        outcome.notes.append(f"threshold carried over from the parent: only {labelled} held-out pixels")
+    ckpt.threshold = threshold
+    ckpt.provenance = {**ckpt.provenance, **provenance, "threshold_source": how}
+    outcome.threshold, outcome.threshold_source = threshold, how
+    save_checkpoint(ckpt, dest)
+    outcome.path = dest
+    return dest
+
+
+def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: str | Path, dest: str | Path, *,
+                  options: FinetuneOptions | None = None, replay: Sequence[LabelledSlice] = (),
+                  val: Sequence[LabelledSlice] | None = None, provenance: dict[str, Any] | None = None,
+                  outcome: FinetuneOutcome | None = None) -> Generator[ProgressEvent, None, FinetuneOutcome]:
+    """Fine-tune ``parent`` on labelled ``slices``; yields the training loop's events; returns the outcome.
+
+    ``val`` replaces the held-out bands with slices of the caller's (the CLI's ``--val-data``). On a cancel
+    (the generator is closed) the last validated checkpoint is kept as ``DEST-cancelled.pt`` and ``outcome``
+    says so (or that there was none).
+    """
+    from ..atomic import unique_path
+    from .loop import iter_fit
+
+    options = options or FinetuneOptions()
+    outcome = outcome if outcome is not None else FinetuneOutcome()
+    run_dir, dest = Path(run_dir), Path(dest)
+    if not slices:
+        raise ValueError("no corrected slices to fine-tune on")
+    info = describe_data(slices)
+    outcome.notes.extend(info["warnings"])
+    if val is None:
+        train, val = split_holdout(slices, options.holdout)
+        if val and min(s.image.shape[0] for s in val) < MIN_VAL_ROWS:
+            outcome.notes.append(f"validation is weak: the held-out bands are under {MIN_VAL_ROWS} rows")
+    else:
+        train = list(slices)
+    if not val:
+        outcome.notes.append("no validation: the model is the last step's, chosen on nothing")
+    cfg = finetune_config(parent, options, bool(replay))
+    prov = {"parent": parent.provenance.get("name"), "parent_threshold": parent.threshold,
+            "validation": ("held-out bottom %d%% of each corrected slice" % round(100 * options.holdout)
+                           if val and options.holdout else "caller's validation slices" if val else "none"),
+            "data_summary": info, "finetune_options": to_dict(options), **(provenance or {})}
+    fit = iter_fit(cfg, train, val, run_dir, init=parent, replay=replay, provenance=prov)
+    try:
+        result = yield from fit
+    except GeneratorExit:
+        outcome.cancelled = True
+        best = run_dir / "best.pt"
+        if best.exists():
+            kept = unique_path(dest.with_name(f"{dest.stem}-cancelled.pt"))
+            outcome.validated = True
+            finalise(best, kept, parent, val, options, {**prov, "name": kept.stem, "cancelled": True}, outcome)
+        else:
+            outcome.notes.append("cancelled before the first validation: no model was kept")
+        raise
+    outcome.steps, outcome.best_metrics = result.steps, result.best_metrics
+    outcome.validated = result.best is not None
+    src = result.best or result.last
+    finalise(src, dest, parent, val, options, {**prov, "name": dest.stem, "steps_done": result.steps,
+                                               "best_metrics": result.best_metrics, "selected_from": src.name,
+                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, outcome)
+    return outcome
