@@ -228,7 +228,7 @@ def ratio_line(key: str, value: float, note: str = "") -> str:
 
 def target_note(value: float, op: str, target: float, what: str = "") -> str:
     """"target <= 1.10: met" style note for :func:`ratio_line`."""
-    ok = value <= target if op == "<=" else value >= target
+    ok = {"<=": value <= target, ">=": value >= target, "<": value < target, ">": value > target}[op]
     return f"{what}target {op} {target:g}: {'met' if ok else 'NOT met'}"
 
 

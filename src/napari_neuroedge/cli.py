@@ -154,6 +154,8 @@ def _resolve_threshold(args: argparse.Namespace, ckpt: Any) -> None:
         args.threshold = float(ckpt.threshold)
         if not args.quiet and args.threshold != 0.5:
             print(f"membrane threshold {args.threshold:g} (calibrated, from the model)", file=sys.stderr)
+    if getattr(args, "seed_threshold", 0) is None:
+        args.seed_threshold = float(ckpt.seed_threshold)
 
 
 def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
@@ -389,12 +391,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     gt = (gt_raw == args.gt_membrane_value).astype(np.uint8)
     if pred.dtype.kind != "f" and args.pred_membrane_value is not None:
         pred = (pred == args.pred_membrane_value).astype(np.uint8)
-    threshold = args.threshold
-    if threshold is None:
+    threshold, seed = args.threshold, args.seed_threshold
+    if args.model:
         from .models.checkpoint import load_checkpoint
 
-        threshold = load_checkpoint(args.model).threshold if args.model else 0.5
-    fn = (lambda p: instances_from_probability(p, args.seed_threshold)) if pred.dtype.kind == "f" else None
+        ckpt = load_checkpoint(args.model)
+        threshold = ckpt.threshold if threshold is None else threshold
+        seed = ckpt.seed_threshold if seed is None else seed
+    threshold = 0.5 if threshold is None else threshold
+    seed = SEED_THRESHOLD if seed is None else seed
+    fn = (lambda p: instances_from_probability(p, seed)) if pred.dtype.kind == "f" else None
     result = evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=args.tolerance)
     print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
     return 0
@@ -584,8 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "0.5 unless calibrated with `neuroedge calibrate`)")
     p.add_argument("--prob", help="also write the float32 boundary probability here")
     p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
-    p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
-                   help=f"instances grow from pixels with boundary probability below this ({SEED_THRESHOLD})")
+    p.add_argument("--seed-threshold", type=float, dest="seed_threshold",
+                   help="instances grow from pixels with boundary probability below this (default: the model's; "
+                   f"{SEED_THRESHOLD} unless a fine-tune recalibrated it)")
     p.add_argument("--uncertainty", help="also write the per-pixel TTA variance here (needs --tta 6 or 8)")
     p.add_argument("--overlay", help="also write a PNG of the middle slice with membranes overlaid")
     p.add_argument("--slices", help="slices of a stack to predict, e.g. 0:10 (default: all)")
@@ -619,8 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="membrane threshold on a probability (default: --model's, "
                    "else 0.5)")
     p.add_argument("--model", help="take the membrane threshold from this model (bundled name or checkpoint)")
-    p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
-                   help=f"instances (for Rand error / VI) grow from probabilities below this ({SEED_THRESHOLD})")
+    p.add_argument("--seed-threshold", type=float, dest="seed_threshold",
+                   help="instances (for Rand error / VI) grow from probabilities below this (default: --model's, "
+                   f"else {SEED_THRESHOLD})")
     p.add_argument("--tolerance", type=float, default=2.0, help="boundary match tolerance in px (2)")
     p.set_defaults(func=cmd_evaluate)
 

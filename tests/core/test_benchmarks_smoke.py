@@ -92,3 +92,11 @@ def test_bench_scale_quick() -> None:
         assert 0 < int(anon) <= int(peak) and int(base) <= int(peak)
     if _has("distributed"):
         assert "max |difference| vs single-process output: 0.00e+00" in proc.stdout
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "vnc" / "stack1-raw.tif").exists(),
+                    reason="../shared/data/vnc not found")
+def test_bench_correction_loop_quick() -> None:
+    out, ratios = run_quick("bench_correction_loop.py", "--shifts", "vnc-hard")
+    assert {"finetune_wall_s_vnc-hard", "rand_after_over_before_vnc-hard"} <= set(ratios)
+    assert "| vnc-hard | fine-tuned |" in out

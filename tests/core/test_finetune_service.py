@@ -89,6 +89,9 @@ def test_threshold_recalibrated_on_enough_held_out_pixels(parent, tmp_path, monk
     assert ckpt.provenance["threshold_source"].startswith("recalibrated on 2688 held-out")
     sweep = ckpt.provenance["threshold_sweep"]
     assert len(sweep) == 9 and ckpt.threshold == float(min(sweep, key=lambda t: (sweep[t], abs(float(t) - 0.5))))
+    seeds = ckpt.provenance["seed_threshold_sweep"]  # the instance seed threshold: lowest held-out Rand error
+    assert len(seeds) == 7 and ckpt.seed_threshold == float(min(seeds, key=lambda t: (seeds[t], abs(float(t) - 0.3))))
+    assert outcome.seed_threshold == ckpt.seed_threshold
 
 
 def _cancel_after(gen, steps):

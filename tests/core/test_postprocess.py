@@ -91,3 +91,32 @@ def test_cli_instances_use_the_stack_id_scheme(tmp_path):
     inst, prob = tifffile.imread(tmp_path / "i.tif"), tifffile.imread(tmp_path / "p.tif")
     for k, z in enumerate((1, 2)):  # output slice k is input slice z: ids z * 64 * 64 + cell, as the GUI's
         np.testing.assert_array_equal(inst[k], np.where(inst[k] > 0, instances_from_probability(prob[k]) + z * 4096, 0))
+
+
+def test_predict_uses_the_model_seed_threshold(tmp_path, monkeypatch):
+    """A model's own seed threshold (set by a fine-tune) is the default of predict --instances; --seed-threshold
+    still wins."""
+    import torch
+
+    import napari_neuroedge.inference.postprocess as post
+    from napari_neuroedge.config import NormConfig
+    from napari_neuroedge.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+    from napari_neuroedge.models.registry import build_model
+
+    torch.manual_seed(0)
+    ckpt = make_checkpoint(build_model("unet", base=4, depth=2), "unet", {"base": 4, "depth": 2}, NormConfig())
+    ckpt.seed_threshold = 0.42
+    save_checkpoint(ckpt, tmp_path / "m.pt")
+    assert load_checkpoint(tmp_path / "m.pt").seed_threshold == 0.42
+    tifffile.imwrite(tmp_path / "s.tif", (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    used: list[float] = []
+    real = post.instances_from_probability
+    monkeypatch.setattr(post, "instances_from_probability", lambda p, t=SEED_THRESHOLD: used.append(t) or real(p, t))
+    for extra in ([], ["--seed-threshold", "0.3"]):
+        assert main(["predict", str(tmp_path / "s.tif"), "-o", str(tmp_path / f"m{len(extra)}.tif"), "--model",
+                     str(tmp_path / "m.pt"), "--instances", str(tmp_path / f"i{len(extra)}.tif"), "--quiet",
+                     *extra]) == 0
+    assert used == [0.42, 0.3]
+    with pytest.raises(Exception, match="seed threshold"):
+        torch.save({**torch.load(tmp_path / "m.pt", weights_only=True), "seed_threshold": 1.5}, tmp_path / "bad.pt")
+        load_checkpoint(tmp_path / "bad.pt")

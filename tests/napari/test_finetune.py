@@ -73,7 +73,7 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     viewer, panel, mem = corrected_viewer
     ft = panel.finetune
     # the defaults behind "Advanced" are the core's one-click recipe, the same as `neuroedge finetune`'s
-    assert ft.time_spin.value() == 100 and ft.steps_spin.value() == 1000 and ft.crop_spin.value() == 256
+    assert ft.time_spin.value() == 90 and ft.steps_spin.value() == 1000 and ft.crop_spin.value() == 256
     assert ft.holdout_spin.value() == pytest.approx(0.25)
     assert ft.model_label.text() == panel.predict.session.selected_model
     first_model = panel.predict.session.selected_model

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, atomic_write_bytes
-from ..config import NormConfig, from_dict, to_dict
+from ..config import SEED_THRESHOLD, NormConfig, from_dict, to_dict
 from .registry import build_model, resolve_checkpoint
 
 FORMAT = "napari-neuroedge-checkpoint"
@@ -42,6 +42,7 @@ class Checkpoint:
     optimizer: dict[str, Any] | None = None  # for resuming
     threshold: float = 0.5  # membrane threshold on the probability, calibrated by `neuroedge calibrate`
     context: int = 0  # px: measured receptive context (inference.context.measure_context); 0 = not measured
+    seed_threshold: float = SEED_THRESHOLD  # instances grow from pixels below this (recalibrated by fine-tuning)
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
@@ -86,6 +87,7 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
         "state_dict": ckpt.state_dict, "norm": to_dict(ckpt.norm), "train_config": ckpt.train_config,
         "provenance": json.loads(json.dumps(ckpt.provenance, default=str)), "step": int(ckpt.step),
         "threshold": float(ckpt.threshold), "context": int(ckpt.context),
+        "seed_threshold": float(ckpt.seed_threshold),
     }
     if ckpt.optimizer is not None:
         payload["optimizer"] = ckpt.optimizer
@@ -93,7 +95,8 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
         torch.save(payload, tmp)
     if write_json:
         meta = {k: payload[k] for k in ("format", "format_version", "arch", "arch_kwargs", "norm", "train_config",
-                                         "provenance", "step", "threshold", "context")}
+                                         "provenance", "step", "threshold", "context",
+                                         "seed_threshold")}
         json_path = path.with_suffix(".json")
         if not json_path.exists():
             atomic_write_bytes(json_path, json.dumps(meta, indent=2).encode())
@@ -131,9 +134,16 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
     if not 0.0 < threshold < 1.0:
         raise CheckpointError(f"{path}: membrane threshold {payload.get('threshold')!r} is not a probability "
                               "strictly between 0 and 1")
+    try:
+        seed = float(payload.get("seed_threshold", SEED_THRESHOLD))
+    except (TypeError, ValueError):
+        seed = float("nan")
+    if not 0.0 < seed < 1.0:
+        raise CheckpointError(f"{path}: instance seed threshold {payload.get('seed_threshold')!r} is not a "
+                              "probability strictly between 0 and 1")
     return Checkpoint(payload["arch"], dict(payload["arch_kwargs"]), payload["state_dict"], norm,
                       payload.get("train_config"), dict(payload.get("provenance") or {}), int(payload.get("step", 0)),
-                      payload.get("optimizer"), threshold, max(0, int(payload.get("context", 0) or 0)))
+                      payload.get("optimizer"), threshold, max(0, int(payload.get("context", 0) or 0)), seed)
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:

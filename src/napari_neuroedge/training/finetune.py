@@ -35,8 +35,10 @@ from .dataset import LabelledSlice
 
 #: Validation bands with fewer rows than this (per slice) make validation weak: the widget says so.
 MIN_VAL_ROWS = 64
-#: Held-out labelled pixels below which the threshold is carried over from the parent, not recalibrated.
+#: Held-out labelled pixels below which the thresholds are carried over from the parent, not recalibrated.
 MIN_CALIBRATION_PIXELS = 50_000
+#: Instance seed thresholds tried on the held-out pixels (lowest mean adapted Rand error wins).
+SEED_THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class FinetuneOutcome:
     steps: int = 0
     threshold: float | None = None
     threshold_source: str = ""
+    seed_threshold: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -123,10 +126,22 @@ def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
     return {"slices": rows, "warnings": warnings}
 
 
+def seed_threshold_sweep(probs: Sequence[np.ndarray], val: Sequence[LabelledSlice],
+                         thresholds: Sequence[float] = SEED_THRESHOLDS) -> dict[float, float]:
+    """{seed threshold: mean adapted Rand error of the watershed instances on the held-out ``val`` slices}."""
+    from ..inference.postprocess import instances_from_probability
+    from ..metrics import instances_from_membrane, rand_error
+
+    gts = [instances_from_membrane(s.label) for s in val]
+    return {float(t): float(np.mean([rand_error(instances_from_probability(p, t), g) for p, g in zip(probs, gts)]))
+            for t in thresholds}
+
+
 def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions,
              provenance: dict[str, Any], outcome: FinetuneOutcome) -> Path:
-    """Write the user's model: ``src``'s weights without optimiser state, the parent's context, the threshold
-    recalibrated on the held-out ``val`` pixels (or carried over from the parent, and labelled so)."""
+    """Write the user's model: ``src``'s weights without optimiser state, the parent's context, the membrane
+    threshold (lowest pixel error) and the instance seed threshold (lowest Rand error) recalibrated on the
+    held-out ``val`` pixels, or both carried over from the parent, and labelled so."""
     ckpt = load_checkpoint(src)
     ckpt.optimizer = None
     ckpt.context = parent.context
@@ -146,10 +161,15 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
                                                                 else np.ones_like(s.label)).ravel() for s in val]))
         threshold = choose_threshold(errors)
         how = f"recalibrated on {labelled} held-out corrected pixels"
-        provenance = {**provenance, "threshold_sweep": errors}
-    elif options.recalibrate_threshold:
-        outcome.notes.append(f"threshold carried over from the parent: only {labelled} held-out pixels")
+        seeds = seed_threshold_sweep(probs, val)
+        ckpt.seed_threshold = min(seeds, key=lambda t: (seeds[t], abs(t - parent.seed_threshold)))
+        provenance = {**provenance, "threshold_sweep": errors, "seed_threshold_sweep": seeds}
+    else:
+        ckpt.seed_threshold = parent.seed_threshold
+        if options.recalibrate_threshold:
+            outcome.notes.append(f"thresholds carried over from the parent: only {labelled} held-out pixels")
     ckpt.threshold = threshold
+    outcome.seed_threshold = ckpt.seed_threshold
     ckpt.provenance = {**ckpt.provenance, **provenance, "threshold_source": how}
     outcome.threshold, outcome.threshold_source = threshold, how
     save_checkpoint(ckpt, dest)

@@ -281,6 +281,7 @@ class PredictWidget(JobWidget):
         if name != self._threshold_model:  # a different model: use its threshold (the user may change it after)
             self._threshold_model = name
             self.threshold_spin.setValue(ckpt.threshold)
+            self.seed_spin.setValue(ckpt.seed_threshold)
         note = str(ckpt.provenance.get("note", "")) if isinstance(ckpt.provenance, dict) else ""
         text = f"{ckpt.arch} {ckpt.arch_kwargs}, step {ckpt.step}, threshold {ckpt.threshold:g}"
         if note:
