@@ -20,7 +20,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[napari,qt,dask,test]'
+	$(PY) -m pip install -q -e '.[napari,qt,dask,ngff,bioimageio,test]'
 	touch $(STAMP)
 
 system-deps:

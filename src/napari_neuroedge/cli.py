@@ -111,23 +111,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tile = TileConfig(tile=args.tile, overlap=args.overlap, batch=args.batch)
     progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
     with contextlib.ExitStack() as stack_ctx:
-        labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size))
+        labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size,
+                                                     label=True))
         prob = None
         if args.prob is not None:
-            prob = stack_ctx.enter_context(open_output(args.prob, shape, np.float32, voxel_size=stack.voxel_size))
+            prob = stack_ctx.enter_context(open_output(args.prob, shape, np.float32, voxel_size=stack.voxel_size,
+                                                       downsample="mean"))
         elif args.instances is not None or args.overlay is not None:
             tmpdir = stack_ctx.enter_context(tempfile.TemporaryDirectory())
             prob = np.lib.format.open_memmap(Path(tmpdir) / "prob.npy", "w+", np.float32, shape)
         sinks: list[Any] = [_ThresholdSink(labels, args.threshold) if prob is None
                             else _Tee(prob, _ThresholdSink(labels, args.threshold))]
         if args.uncertainty is not None:
-            sinks.append(stack_ctx.enter_context(open_output(args.uncertainty, shape, np.float32)))
+            sinks.append(stack_ctx.enter_context(open_output(args.uncertainty, shape, np.float32,
+                                                             voxel_size=stack.voxel_size, downsample="mean")))
         try:
             drive(iter_predict(vol, predictor, sinks, tile=tile, norm=ckpt.norm, slices=args.slices), progress)
         finally:
             progress.close()
         if args.instances is not None:
-            inst = stack_ctx.enter_context(open_output(args.instances, shape, np.uint32))
+            inst = stack_ctx.enter_context(open_output(args.instances, shape, np.uint32, voxel_size=stack.voxel_size,
+                                                       label=True))
             planes = range(shape[0]) if len(shape) == 3 else [None]
             offset = 0
             for z in planes:
@@ -164,9 +168,11 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     from .inference.blockwise import predict_blockwise
     from .io import is_zarr_path, open_output, open_stack
 
-    if args.prob is None or not is_zarr_path(args.prob):
-        raise ValueError("--scheduler needs --prob PATH.zarr: the blockwise job writes the probability there "
-                         "(restartable), and OUT is thresholded from it")
+    from .ngff import is_ome_zarr_path
+
+    if args.prob is None or not is_zarr_path(args.prob) or is_ome_zarr_path(args.prob):
+        raise ValueError("--scheduler needs --prob PATH.zarr (plain zarr, not .ome.zarr): the blockwise job writes "
+                         "the probability there (restartable), and OUT (which may be .ome.zarr) is thresholded from it")
     if args.instances or args.overlay:
         raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
     if args.uncertainty is not None and not is_zarr_path(args.uncertainty):
@@ -191,7 +197,7 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     finally:
         progress.close()
     prob = open_stack(args.prob).data
-    with open_output(args.output, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size) as out:
+    with open_output(args.output, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size, label=True) as out:
         band = 1024
         planes = range(prob.shape[0]) if prob.ndim == 3 else [None]
         for z in planes:
@@ -547,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="membrane prediction of an EM image or stack",
                        description="Tiled (optionally TTA) membrane prediction. OUT: uint8 labels, 1 = membrane.")
     p.add_argument("input", help="TIFF/OME-TIFF/BigTIFF, .zarr, .png, .npy or a folder of slices")
-    p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif or .zarr")
+    p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif, .zarr or "
+                   ".ome.zarr (NGFF multiscale, nearest-neighbour pyramid)")
     p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
     p.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap as a fraction of the tile (default 0.25)")
@@ -556,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--threshold", type=float, help="membrane threshold on the probability (default: the model's, "
                    "0.5 unless calibrated with `neuroedge calibrate`)")
-    p.add_argument("--prob", help="also write the float32 boundary probability here")
+    p.add_argument("--prob", help="also write the float32 boundary probability here (.ome.zarr: mean pyramid)")
     p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
     p.add_argument("--seed-threshold", type=float, default=SEED_THRESHOLD, dest="seed_threshold",
                    help=f"instances grow from pixels with boundary probability below this ({SEED_THRESHOLD})")
