@@ -486,6 +486,17 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from .bioimageio_export import package_model
+
+    out = _refuse_existing(Path(args.output))
+    if out.suffix.lower() != ".zip":
+        raise ValueError(f"{out}: a bioimage.io package is a .zip file")
+    package_model(args.model, out, name=args.name)
+    print(json.dumps({"package": str(out)}))
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .io import write_array
     from .sample import synthetic_em
@@ -555,7 +566,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="TIFF/OME-TIFF/BigTIFF, .zarr, .png, .npy or a folder of slices")
     p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif, .zarr or "
                    ".ome.zarr (NGFF multiscale, nearest-neighbour pyramid)")
-    p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
+    p.add_argument("--model", default="default", help="bundled model name, checkpoint path, or a bioimage.io "
+                   "package (.zip or rdf.yaml) of a 2D one-channel boundary model (default: default)")
     p.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap as a fraction of the tile (default 0.25)")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -625,6 +637,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one architecture, e.g. a run's step-*.pt")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt; never overwritten)")
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("package", help="write a bioimage.io model package (zip) of a model",
+                       description="bioimage.io model spec 0.5: pytorch_state_dict + TorchScript weights, "
+                       "percentile preprocessing, test tensors from the bundled sample, cover, citations and the "
+                       "training data's terms. TTA and the threshold are not in the spec: the package documents "
+                       "ours. Check it with `bioimageio test OUT.zip`.")
+    p.add_argument("model", help="bundled model name (default), a fine-tuned model's checkpoint path")
+    p.add_argument("-o", "--output", required=True, help="package to write (.zip; never overwritten)")
+    p.add_argument("--name", help="model name in the package (default: the checkpoint's)")
+    p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("export", help="add slices + corrected labels to a training-set folder")
     p.add_argument("image")

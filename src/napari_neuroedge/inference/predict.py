@@ -24,7 +24,8 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 class TorchPredictor:
-    """Numpy (B, 1, t, t) -> numpy (B, C, t, t) probabilities from a torch model returning logits.
+    """Numpy (B, 1, t, t) -> numpy (B, C, t, t) probabilities from a torch model returning logits (or
+    probabilities, when the model has ``returns_probability = True``, as bioimage.io packages may).
 
     Runs under ``torch.inference_mode`` on ``device``, with float16 autocast on CUDA when ``amp``; TTA (if
     ``tta.n > 1``) runs on the device, its n*B transformed tiles batched into forward passes of at most
@@ -42,6 +43,7 @@ class TorchPredictor:
         self.amp = bool(amp) and self.device.type == "cuda"
         self.tta = tta or TTAConfig()
         self.multiple = int(getattr(model, "multiple", 1))
+        self.returns_probability = bool(getattr(model, "returns_probability", False))  # else logits
         self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
         self.max_batch = max_batch or (4 if self.device.type == "cpu" else 32)
 
@@ -49,8 +51,8 @@ class TorchPredictor:
         torch = self.torch
         ctx = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
         with ctx:
-            logits = self.model(x)
-        return torch.sigmoid(logits.float())
+            out = self.model(x)
+        return out.float() if self.returns_probability else torch.sigmoid(out.float())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from .tta import tta_predict
