@@ -119,6 +119,20 @@ def test_imported_package_predicts_like_the_checkpoint(package, tmp_path):
     assert 0.05 < mem.mean() < 0.95
 
 
+def test_package_by_fine_tuned_name(package, tmp_path, monkeypatch):
+    import shutil
+
+    from bioimageio.spec import load_model_description
+
+    ckpt_path, _ = package
+    monkeypatch.setenv("NEUROEDGE_MODELS_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    shutil.copy(ckpt_path, tmp_path / "models" / "my-finetune.pt")
+    out = tmp_path / "named.zip"
+    assert main(["package", "my-finetune", "-o", str(out), "--name", "my-finetune"]) == 0
+    assert load_model_description(str(out)).name == "my-finetune"
+
+
 def test_package_errors_are_one_line(package, tmp_path, capsys):
     ckpt_path, zip_path = package
     assert main(["package", str(ckpt_path), "-o", str(zip_path)]) == 2  # exists: never overwritten
