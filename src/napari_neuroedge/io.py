@@ -10,9 +10,6 @@ their final name at the end; an existing output is never overwritten.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import OutputExistsError, atomic_path
+from .atomic import OutputExistsError, atomic_dir, atomic_path
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32", "float64")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -248,7 +245,7 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
     path = Path(path)
     if path.exists():
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-    from .ngff import is_ome_zarr_path, open_ngff_output
+    from .ngff import is_ome_zarr_path, open_ngff_output, slice_chunks
 
     if is_ome_zarr_path(path):
         with open_ngff_output(path, shape, dtype, chunks, voxel_size, downsample, label) as arr:
@@ -257,22 +254,11 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
     if is_zarr_path(path):
         import zarr
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-        shutil.rmtree(tmp)
-        if chunks is None:
-            chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-        try:
-            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
+        with atomic_dir(path) as tmp:
+            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks or slice_chunks(shape), dtype=dtype)
             if voxel_size is not None:
                 arr.attrs["voxel_size"] = list(voxel_size)
             yield arr
-            if path.exists():
-                raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-            os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return
     import tifffile
 

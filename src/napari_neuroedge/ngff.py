@@ -12,16 +12,13 @@ output is never overwritten.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .atomic import OutputExistsError
+from .atomic import OutputExistsError, atomic_dir
 
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
 _BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
@@ -31,6 +28,11 @@ _UNIT_NM = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "angstrom": 
 def is_ome_zarr_path(path: str | Path) -> bool:
     """True for a path ending in ``.ome.zarr``."""
     return str(path).rstrip("/").lower().endswith(".ome.zarr")
+
+
+def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Default zarr chunks: one slice deep, up to 1024 x 1024 px."""
+    return (1,) * (len(shape) - 2) + tuple(min(int(s), 1024) for s in shape[-2:])
 
 
 def _axes(ndim: int) -> list[str]:
@@ -103,12 +105,8 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
     if downsample not in ("nearest", "mean"):
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
     axes = _axes(len(shape))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-    shutil.rmtree(tmp)
-    if chunks is None:
-        chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-    try:
+    chunks = chunks or slice_chunks(shape)
+    with atomic_dir(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w-")
         yield group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
         shapes = _level_shapes(tuple(shape), min_size)
@@ -122,12 +120,6 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
             meta = dict(group.attrs.get("ome", {}))
             meta["image-label"] = {"version": meta.get("version", "0.5")}
             group.attrs["ome"] = meta
-        if path.exists():
-            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-        os.rename(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ngff_multiscales(attrs: Any) -> list[dict[str, Any]] | None:
