@@ -117,6 +117,13 @@ def test_imported_package_predicts_like_the_checkpoint(package, tmp_path):
     prob, mem = tifffile.imread(tmp_path / "p.tif"), tifffile.imread(tmp_path / "m.tif")
     np.testing.assert_array_equal(mem, (prob >= 0.55).astype(np.uint8))
     assert 0.05 < mem.mean() < 0.95
+    if __import__("importlib").util.find_spec("dask") is not None:  # blockwise workers load the package too
+        rc = main(["predict", str(src), "-o", str(tmp_path / "mb.tif"), "--prob", str(tmp_path / "pb.zarr"),
+                   "--model", str(zip_path), "--tile", "128", "--tta", "6", "--scheduler", "sync", "--quiet"])
+        assert rc == 0
+        from napari_neuroedge.io import open_stack
+
+        assert np.abs(np.asarray(open_stack(tmp_path / "pb.zarr").data[...]) - prob).max() < 1e-5
 
 
 def test_package_by_fine_tuned_name(package, tmp_path, monkeypatch):
