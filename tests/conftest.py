@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# qtpy prefers PyQt5 when both bindings are installed; the project targets PyQt6 (the `qt` extra)
+os.environ.setdefault("QT_API", "pyqt6")
 
 ISBI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 

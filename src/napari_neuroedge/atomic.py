@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -60,6 +61,26 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
         if tmp.exists():
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | Path) -> Iterator[Path]:
+    """Yield a not-yet-existing temporary folder path beside ``dest`` (a zarr store, say); on success it is
+    renamed to ``dest``, on error deleted. ``dest`` must not exist (checked first and again before the rename)."""
+    dest = Path(dest)
+    if dest.exists():
+        raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    shutil.rmtree(tmp)
+    try:
+        yield tmp
+        if dest.exists():
+            raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)")
+        os.rename(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(dest: str | Path, write: Callable[[Path], None]) -> Path:

@@ -114,23 +114,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     tile = TileConfig(tile=args.tile, context=args.context, batch=args.batch)
     progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
     with contextlib.ExitStack() as stack_ctx:
-        labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size))
+        labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size,
+                                                     label=True))
         prob = None
         if args.prob is not None:
-            prob = stack_ctx.enter_context(open_output(args.prob, shape, np.float32, voxel_size=stack.voxel_size))
+            prob = stack_ctx.enter_context(open_output(args.prob, shape, np.float32, voxel_size=stack.voxel_size,
+                                                       downsample="mean"))
         elif args.instances is not None or args.overlay is not None:
             tmpdir = stack_ctx.enter_context(tempfile.TemporaryDirectory())
             prob = np.lib.format.open_memmap(Path(tmpdir) / "prob.npy", "w+", np.float32, shape)
         sinks: list[Any] = [_ThresholdSink(labels, args.threshold) if prob is None
                             else _Tee(prob, _ThresholdSink(labels, args.threshold))]
         if args.uncertainty is not None:
-            sinks.append(stack_ctx.enter_context(open_output(args.uncertainty, shape, np.float32)))
+            sinks.append(stack_ctx.enter_context(open_output(args.uncertainty, shape, np.float32,
+                                                             voxel_size=stack.voxel_size, downsample="mean")))
         try:
             drive(iter_predict(vol, predictor, sinks, tile=tile, norm=ckpt.norm, slices=args.slices), progress)
         finally:
             progress.close()
         if args.instances is not None:
-            inst = stack_ctx.enter_context(open_output(args.instances, shape, instance_dtype(tuple(vol.shape))))
+            inst = stack_ctx.enter_context(open_output(args.instances, shape, instance_dtype(tuple(vol.shape)),
+                                                       voxel_size=stack.voxel_size, label=True))
             if len(shape) == 3:
                 for k, z in enumerate(parse_slices(args.slices, vol.shape[0])):
                     inst[k] = stack_instance_ids(instances_from_probability(np.asarray(prob[k]), args.seed_threshold),
@@ -164,9 +168,11 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     from .inference.blockwise import predict_blockwise
     from .io import is_zarr_path, open_output, open_stack
 
-    if args.prob is None or not is_zarr_path(args.prob):
-        raise ValueError("--scheduler needs --prob PATH.zarr: the blockwise job writes the probability there "
-                         "(restartable), and OUT is thresholded from it")
+    from .ngff import is_ome_zarr_path
+
+    if args.prob is None or not is_zarr_path(args.prob) or is_ome_zarr_path(args.prob):
+        raise ValueError("--scheduler needs --prob PATH.zarr (plain zarr, not .ome.zarr): the blockwise job writes "
+                         "the probability there (restartable), and OUT (which may be .ome.zarr) is thresholded from it")
     if args.instances or args.overlay:
         raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
     if args.uncertainty is not None and not is_zarr_path(args.uncertainty):
@@ -191,7 +197,7 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     finally:
         progress.close()
     prob = open_stack(args.prob).data
-    with open_output(args.output, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size) as out:
+    with open_output(args.output, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size, label=True) as out:
         band = 1024
         planes = range(prob.shape[0]) if prob.ndim == 3 else [None]
         for z in planes:
@@ -505,6 +511,17 @@ def cmd_average(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from .bioimageio_export import package_model
+
+    out = _refuse_existing(Path(args.output))
+    if out.suffix.lower() != ".zip":
+        raise ValueError(f"{out}: a bioimage.io package is a .zip file")
+    package_model(args.model, out, name=args.name)
+    print(json.dumps({"package": str(out)}))
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from .io import write_array
     from .sample import synthetic_em
@@ -577,8 +594,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="membrane prediction of an EM image or stack",
                        description="Tiled (optionally TTA) membrane prediction. OUT: uint8 labels, 1 = membrane.")
     p.add_argument("input", help="TIFF/OME-TIFF/BigTIFF, .zarr, .png, .npy or a folder of slices")
-    p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif or .zarr")
-    p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
+    p.add_argument("-o", "--output", required=True, help="membrane labels (uint8, 1 = membrane); .tif, .zarr or "
+                   ".ome.zarr (NGFF multiscale, nearest-neighbour pyramid)")
+    p.add_argument("--model", default="default", help="bundled model name, checkpoint path, or a bioimage.io "
+                   "package (.zip or rdf.yaml) of a 2D one-channel boundary model (default: default)")
     p.add_argument("--tile", type=int, default=1024, help="largest tile in px (default 1024); an image that fits is "
                    "predicted in one pass, larger ones with the fewest tiles")
     p.add_argument("--context", type=int, default=0, help="tile overlap context in px on each side (default 0: the "
@@ -588,7 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--threshold", type=float, help="membrane threshold on the probability (default: the model's, "
                    "0.5 unless calibrated with `neuroedge calibrate`)")
-    p.add_argument("--prob", help="also write the float32 boundary probability here")
+    p.add_argument("--prob", help="also write the float32 boundary probability here (.ome.zarr: mean pyramid)")
     p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
     p.add_argument("--seed-threshold", type=float, dest="seed_threshold",
                    help="instances grow from pixels with boundary probability below this (default: the model's; "
@@ -653,6 +672,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", nargs="+", help="checkpoints of one architecture, e.g. a run's step-*.pt")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt; never overwritten)")
     p.set_defaults(func=cmd_average)
+
+    p = sub.add_parser("package", help="write a bioimage.io model package (zip) of a model",
+                       description="bioimage.io model spec 0.5: pytorch_state_dict + TorchScript weights, "
+                       "percentile preprocessing, test tensors from the bundled sample, cover, citations and the "
+                       "training data's terms. TTA and the threshold are not in the spec: the package documents "
+                       "ours. Check it with `bioimageio test OUT.zip`.")
+    p.add_argument("model", help="bundled model name (default), a fine-tuned model's checkpoint path")
+    p.add_argument("-o", "--output", required=True, help="package to write (.zip; never overwritten)")
+    p.add_argument("--name", help="model name in the package (default: the checkpoint's)")
+    p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("export", help="add slices + corrected labels to a training-set folder")
     p.add_argument("image")

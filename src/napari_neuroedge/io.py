@@ -10,9 +10,6 @@ their final name at the end; an existing output is never overwritten.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import OutputExistsError, atomic_path
+from .atomic import OutputExistsError, atomic_dir, atomic_path
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32", "float64")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
@@ -213,7 +210,12 @@ def _open_zarr(path: Path) -> EMStack:
         data = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise InputError(f"{path}: cannot open as zarr ({type(exc).__name__}: {exc})") from exc
-    if not hasattr(data, "shape"):  # a group: take its first array
+    if not hasattr(data, "shape"):  # a group: an NGFF image at full resolution, else its first array
+        from .ngff import open_ngff_level0
+
+        ngff = open_ngff_level0(data)
+        if ngff is not None:
+            return EMStack(_squeeze_leading(ngff[0]), ngff[1], str(path))
         arrays = list(data.arrays()) if hasattr(data, "arrays") else []
         if not arrays:
             raise InputError(f"{path}: zarr group holds no array")
@@ -230,35 +232,33 @@ def is_zarr_path(path: str | Path) -> bool:
 
 @contextlib.contextmanager
 def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None,
-                voxel_size: tuple[float, ...] | None = None) -> Iterator[Any]:
+                voxel_size: tuple[float, ...] | None = None, downsample: str = "nearest",
+                label: bool = False) -> Iterator[Any]:
     """Yield a writable array-like of ``shape``/``dtype`` that becomes ``path`` only when the block exits cleanly.
 
-    ``.zarr`` paths give a chunked zarr array, anything else a memory-mapped (uncompressed, BigTIFF when large)
-    TIFF; memory stays bounded by what the caller writes at a time. On an exception (including a cancel) the
+    ``.ome.zarr`` paths give the full-resolution level of an NGFF multiscale image (pyramid built with
+    ``downsample``, "nearest" or "mean", at the end; ``label`` marks it an NGFF label image; see
+    :mod:`napari_neuroedge.ngff`), ``.zarr`` paths a chunked zarr array, anything else a memory-mapped
+    (uncompressed, BigTIFF when large) TIFF; memory stays bounded by what the caller writes at a time. On an exception (including a cancel) the
     temporary output is deleted. Raises :class:`OutputExistsError` if ``path`` exists.
     """
     path = Path(path)
     if path.exists():
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+    from .ngff import is_ome_zarr_path, open_ngff_output, slice_chunks
+
+    if is_ome_zarr_path(path):
+        with open_ngff_output(path, shape, dtype, chunks, voxel_size, downsample, label) as arr:
+            yield arr
+        return
     if is_zarr_path(path):
         import zarr
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
-        shutil.rmtree(tmp)
-        if chunks is None:
-            chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-        try:
-            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks, dtype=dtype)
+        with atomic_dir(path) as tmp:
+            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks or slice_chunks(shape), dtype=dtype)
             if voxel_size is not None:
                 arr.attrs["voxel_size"] = list(voxel_size)
             yield arr
-            if path.exists():
-                raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-            os.rename(tmp, path)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
         return
     import tifffile
 
@@ -274,7 +274,12 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
 
 
 def write_array(path: str | Path, data: np.ndarray, voxel_size: tuple[float, ...] | None = None) -> Path:
-    """Write a whole in-memory array to TIFF or zarr (atomic, never overwriting)."""
-    with open_output(path, data.shape, data.dtype, voxel_size=voxel_size) as out:
+    """Write a whole in-memory array to TIFF, zarr or OME-Zarr (atomic, never overwriting).
+
+    OME-Zarr pyramids of float data are downsampled by the mean, of integer (label) data by nearest neighbour.
+    """
+    integer = np.issubdtype(data.dtype, np.integer)
+    with open_output(path, data.shape, data.dtype, voxel_size=voxel_size,
+                     downsample="nearest" if integer else "mean") as out:
         out[...] = data
     return Path(path)

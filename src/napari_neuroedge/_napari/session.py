@@ -28,8 +28,9 @@ CACHE_SIZE = 3  # checkpoints kept in memory
 
 def default_models_dir() -> Path:
     """Where fine-tuned checkpoints go: $NEUROEDGE_MODELS_DIR or ~/.neuroedge/models."""
-    env = os.environ.get(ENV_MODELS_DIR, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".neuroedge" / "models"
+    from ..models.registry import models_dir
+
+    return models_dir()
 
 
 class Session(QObject):

@@ -23,7 +23,8 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 class TorchPredictor:
-    """Numpy (B, 1, t, t) -> numpy (B, C, t, t) probabilities from a torch model returning logits.
+    """Numpy (B, 1, t, t) -> numpy (B, C, t, t) probabilities from a torch model returning logits (or
+    probabilities, when the model has ``returns_probability = True``, as bioimage.io packages may).
 
     Runs under ``torch.inference_mode`` on ``device`` in ``precision`` ("auto": fp16 autocast on CUDA, bf16 on
     CPUs with native bf16, else fp32; see :mod:`.precision`), in channels_last layout on the CPU. ``amp=False``
@@ -48,6 +49,7 @@ class TorchPredictor:
         self.tta = tta or TTAConfig()
         self.multiple = int(getattr(model, "multiple", 1))
         self.context = int(getattr(model, "context_px", 0))  # measured receptive context (px); 0 = unknown
+        self.returns_probability = bool(getattr(model, "returns_probability", False))  # else logits
         self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
         self._max_batch = max_batch
 
@@ -72,8 +74,8 @@ class TorchPredictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.precision, self.device):
-            logits = self.model(x)
-        return torch.sigmoid(logits.float()).contiguous()
+            out = self.model(x)
+        return (out.float() if self.returns_probability else torch.sigmoid(out.float())).contiguous()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         from .tta import tta_predict

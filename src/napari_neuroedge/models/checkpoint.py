@@ -46,6 +46,10 @@ class Checkpoint:
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
+        if self.arch == "bioimageio":  # a bioimage.io package: its own weights and architecture
+            from ..bioimageio_import import load_package
+
+            return load_package(self.arch_kwargs["source"])[0]
         try:
             model = build_model(self.arch, **self.arch_kwargs)
         except (TypeError, ValueError) as exc:
@@ -106,6 +110,10 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
 def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint by bundled name ("default") or path; errors say what is wrong."""
     path = resolve_checkpoint(name_or_path)
+    from ..bioimageio_import import is_package_path
+
+    if is_package_path(path):
+        return _package_checkpoint(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     try:
@@ -144,6 +152,24 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
     return Checkpoint(payload["arch"], dict(payload["arch_kwargs"]), payload["state_dict"], norm,
                       payload.get("train_config"), dict(payload.get("provenance") or {}), int(payload.get("step", 0)),
                       payload.get("optimizer"), threshold, max(0, int(payload.get("context", 0) or 0)), seed)
+
+
+def _package_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint standing for a bioimage.io package (weights stay in the package; :meth:`build` loads them)."""
+    try:
+        from ..bioimageio_import import load_package
+    except ImportError as exc:
+        raise CheckpointError(f"{path}: bioimage.io packages need the 'bioimageio' extra "
+                              "(pip install 'napari-neuroedge[bioimageio]')") from exc
+    try:
+        _, meta = load_package(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # bioimageio raises many types on broken packages
+        raise CheckpointError(f"{path}: cannot read as a bioimage.io package ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]})") from exc
+    return Checkpoint("bioimageio", {"source": str(path)}, {}, meta["norm"],
+                      provenance={"name": meta["name"], "bioimageio_package": str(path)}, threshold=meta["threshold"])
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:

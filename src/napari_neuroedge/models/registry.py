@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,12 +72,21 @@ def bundled_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
 
 
+def models_dir() -> Path:
+    """Where fine-tuned checkpoints go: $NEUROEDGE_MODELS_DIR or ~/.neuroedge/models."""
+    env = os.environ.get("NEUROEDGE_MODELS_DIR", "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".neuroedge" / "models"
+
+
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
-    """A bundled model name ("default") or a path to a checkpoint file."""
+    """A bundled model name ("default"), a fine-tuned model's name (in :func:`models_dir`) or a checkpoint path."""
     bundled = bundled_models()
     if str(name_or_path) in bundled:
         return bundled[str(name_or_path)]
     path = Path(name_or_path)
+    finetuned = models_dir() / f"{name_or_path}.pt"
+    if path.suffix == "" and not path.exists() and finetuned.is_file():
+        return finetuned
     if path.suffix == "" and not path.exists():
         raise FileNotFoundError(f"no bundled model called {str(name_or_path)!r} (have: {', '.join(bundled) or 'none'}) "
                                 "and no such file")

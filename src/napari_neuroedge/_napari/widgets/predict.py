@@ -26,6 +26,7 @@ from ...config import SEED_THRESHOLD
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, notify
 from ..session import LOAD_CHECKPOINT
+from ..package_export import add_export_button, ask_package_path
 from ..workers import Job
 from .common import JobPanel, JobWidget, float_spin, int_spin
 
@@ -181,6 +182,7 @@ class PredictWidget(JobWidget):
         lay = QVBoxLayout(self)
         lay.addLayout(form)
         lay.addWidget(self.run_button)
+        lay.addWidget(add_export_button(self))
         lay.addWidget(self.jobs)
         lay.addWidget(self.jobs.status)
         lay.addStretch(1)
@@ -246,8 +248,11 @@ class PredictWidget(JobWidget):
     def _ask_checkpoint_path(self) -> str:
         """Ask the user for a checkpoint file (tests replace this)."""
         path, _ = QFileDialog.getOpenFileName(self, "Load a napari-neuroedge checkpoint", str(Path.home()),
-                                              "Checkpoints (*.pt *.pth);;All files (*)")
+                                              "Checkpoints or bioimage.io packages (*.pt *.pth *.zip *.yaml);;"
+                                              "All files (*)")
         return path
+
+    ask_package_path = ask_package_path  # "Export model (bioimage.io)" asks through this (tests replace it)
 
     def load_checkpoint(self, path: str | None = None) -> str | None:
         """Validate a checkpoint file, add it to the list and select it; errors become notifications."""
@@ -261,7 +266,8 @@ class PredictWidget(JobWidget):
             load_checkpoint(path).build()
         except Exception as exc:  # CheckpointError, FileNotFoundError, OSError, ...
             notify(f"Cannot use {path} as a model: {exc}. Choose a .pt file saved by napari-neuroedge "
-                   "(training, fine-tuning or the bundled models).", "error")
+                   "(training, fine-tuning or the bundled models) or a bioimage.io package of a 2D boundary model.",
+                   "error")
             self._refresh_models()
             return None
         name = self.session.add_model(path, select=True)
