@@ -56,15 +56,16 @@ def test_predict_all_slices_fills_layers(qtbot, panel_viewer, synth_stack, waite
     acc = float(((prob >= 0.5) == gt).mean())
     assert acc > 0.85, acc
     assert 0.05 < float(membranes.data.mean()) < 0.5
-    # instances: ids unique per slice (z << 16 offset), membranes included in cells, seeded below the widget's
-    # seed threshold
+    # instances: ids unique across the stack (slice z's cells are z * H * W + 1..n, as the CLI numbers them),
+    # membranes included in cells, seeded below the widget's seed threshold
     from napari_neuroedge.inference.postprocess import instances_from_probability
 
     for z in range(3):
         ids = np.unique(inst.data[z])
-        assert ids.min() >= (z << 16) + 1 and ids.max() < ((z + 1) << 16)
+        plane = 96 * 112
+        assert ids.min() >= z * plane + 1 and ids.max() < (z + 1) * plane
         assert len(ids) > 3
-        np.testing.assert_array_equal(inst.data[z] - (z << 16), instances_from_probability(prob[z], 0.2))
+        np.testing.assert_array_equal(inst.data[z] - z * plane, instances_from_probability(prob[z], 0.2))
     assert any(not np.array_equal(instances_from_probability(prob[z], 0.2), instances_from_probability(prob[z]))
                for z in range(3))  # so the check above sees the widget's setting, not the default
     assert float(unc.data.max()) > 0 and float(unc.data.min()) >= 0
