@@ -353,7 +353,7 @@ def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any
                 else:
                     staged.instances[i] = ids
                 del prob, cells, ids
-                yield ProgressEvent(i + 1, n, "instances")
+                yield ProgressEvent(i + 1, n, "instances", unit="slices")
     except BaseException:  # failed or cancelled (GeneratorExit): nothing half-done is left on disk
         discard(store, staged.arrays())
         raise
