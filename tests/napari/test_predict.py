@@ -148,7 +148,7 @@ def test_rgb_layer_is_refused_with_a_notification(qtbot, make_napari_viewer, not
     w.image_combo.set_layer("4d")
     assert w.predict() is None
     errors = notes("error")
-    assert len(errors) == 1 and "4D" in errors[0]
+    assert errors == ["'4d' cannot be predicted."] and "4D" in w.jobs.status.text()
     assert len(viewer.layers) == 2
 
 
@@ -170,7 +170,8 @@ def test_corrupt_checkpoint_shows_error_and_keeps_selection(qtbot, make_napari_v
         w.model_combo.setCurrentIndex(idx)
         w.model_combo.activated.emit(idx)  # what a user's click in the list emits
         errors = notes("error")
-        assert len(errors) == 1 and str(path) in errors[0], errors
+        assert errors == [f"{path.name} is not a NeuroEdge model."], errors
+        assert str(path) in w.jobs.status.text()
         assert w.session.selected_model == before and w.model_combo.currentText() == before
     assert "broken" not in w.session.models and "plain" not in w.session.models
 

@@ -86,7 +86,7 @@ def test_errors_become_notifications(qtbot, notes):
     qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
     assert job.state == "failed" and "disk full" in str(job.error)
     errors = notes("error")
-    assert errors == ["failing failed: disk full"]
+    assert errors == ["failing failed: disk full."]
 
 
 def test_cancelled_sentinel_repr():

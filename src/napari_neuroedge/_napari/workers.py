@@ -21,7 +21,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._qt_utils import alive, log, notify
+from ._qt_utils import alive, log, notify, reason, report
 
 Handler = Callable[..., None] | None
 
@@ -200,7 +200,7 @@ class JobRunner:
             handler(job, *args)
         except Exception as exc:  # a handler bug must not take napari down
             log.error("handler of %s failed:\n%s", job.name, traceback.format_exc())
-            notify(f"{job.name}: internal error while updating the viewer ({type(exc).__name__}: {exc})", "error")
+            report(f"{job.name}: internal error (see the log).", f"{type(exc).__name__}: {reason(exc)}", exc=exc)
 
     def _set_running(self, job: Job) -> None:
         job.state = "running" if job.state == "pending" else job.state
@@ -232,7 +232,7 @@ class JobRunner:
         if handlers["error"] is not None:
             self._call(job, handlers["error"], exc)
         elif not job.detached:
-            notify(f"{job.name} failed: {exc}", "error")
+            report(f"{job.name} failed: {reason(exc, 60)}.", exc=exc)
 
     def _on_finished(self, job: Job, handlers: dict[str, Handler]) -> None:
         if job.running:  # finished without a return value reaching us (should not happen)
