@@ -147,6 +147,10 @@ class NeuroEdgeWidget(QWidget):
             return hint
         return QSize(hint.width(), max(hint.height(), min(self._body.sizeHint().height(), self.STANDALONE_MIN_HEIGHT)))
 
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        self.session.watch_window(self)  # docked and shown: stop the jobs and clean up when that window goes
+
     def body_layout(self) -> QVBoxLayout:
         """The layout to put the widget's controls in.
 
@@ -180,6 +184,7 @@ class JobWidget(NeuroEdgeWidget):
 
     def start_job(self, title: str, resources: set[str], fn: Callable[[Job], Any], **kwargs: Any) -> Job | None:
         """Start ``fn`` in the session's job runner with this widget's handlers; None if it was refused."""
+        self.session.watch_window(self)
         job = self.session.jobs.start(
             title, resources, fn, on_event=self._on_event, on_done=self._on_done,
             on_cancelled=self._on_cancelled, on_error=self._on_error, on_finally=self._on_finally, **kwargs)
