@@ -427,6 +427,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     pred = open_stack(args.prediction).data if args.prediction else None
     mask = open_stack(args.mask).data if args.mask else None
     zs = list(parse_slices(args.slices, img.shape[0])) if len(img.shape) == 3 else [None]
+    voxel = img.voxel_size
+    pixel_size = [float(v) for v in voxel[-2:]] if voxel and all(v == v and v > 0 for v in voxel[-2:]) else None
     items = []
     for z in zs:
         get = (lambda a: np.asarray(a[z])) if z is not None else (lambda a: np.asarray(a[...]))
@@ -434,7 +436,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 else get(lab.data) > 0, None if mask is None else get(mask),
                                 None if pred is None else get(pred),
                                 {"source": str(args.image), "slice": int(z or 0), "model": args.model_name,
-                                 "pixel_size": img.voxel_size}))
+                                 "pixel_size": pixel_size, "pixel_size_unit": "nm" if pixel_size else "unknown"}))
     entries = export_slices(args.output, items)
     print(json.dumps([e["name"] for e in entries]))
     return 0

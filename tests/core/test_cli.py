@@ -126,6 +126,14 @@ def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt
     assert main(["export", str(stack_path), str(lab), "-o", str(ds), "--slices", "2:3"]) == 0  # adds, new names
     manifest = json.loads((ds / "manifest.json").read_text())
     assert len(manifest["items"]) == 3 and len({i["name"] for i in manifest["items"]}) == 3
+    # the synthetic TIFF states no pixel size: the manifest says the unit is unknown rather than guessing
+    assert all(i["pixel_size"] is None and i["pixel_size_unit"] == "unknown" for i in manifest["items"])
+    sized = tmp_path / "sized.tif"
+    tifffile.imwrite(sized, synth.image, imagej=True, resolution=(1 / 4.0, 1 / 4.0), metadata={"spacing": 40.0,
+                                                                                                "unit": "nm"})
+    assert main(["export", str(sized), str(lab), "-o", str(tmp_path / "set2"), "--slices", "0:1"]) == 0
+    [item] = json.loads((tmp_path / "set2" / "manifest.json").read_text())["items"]
+    assert item["pixel_size"] == pytest.approx([4.0, 4.0]) and item["pixel_size_unit"] == "nm"
     capsys.readouterr()
     out = tmp_path / "ft.pt"
     rc = main(["finetune", "--from", str(tiny_ckpt), "--data", str(ds), "--val-data", str(ds), "--val-slices", "2:3",
