@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -147,7 +148,8 @@ def test_progress_names_its_units_shows_what_loads_and_marks_a_cancel(panel_view
     p.jobs.update_event = record
     job = start_cancellable_prediction(p)
     name = p.session.selected_model
-    assert texts[0].startswith(f"loading PyTorch and model '{name}' (") and texts[0].endswith(".pt)"), texts[0]
+    size = os.path.getsize(p.session.models[name]) / 1e6
+    assert texts[0] == f"loading PyTorch and model '{name}' ({name}.pt, {size:.1f} MB)", texts[0]
     assert any(t.startswith("building U-Net on cpu") for t in texts), texts
     assert p.jobs.bar.value() > 0
     predicting = [t for t in texts if t.startswith("predict:")]

@@ -85,6 +85,17 @@ def _rgb_advice() -> str:
             "(or open the stack as grayscale).")
 
 
+def _model_file(session: Any, model_name: str) -> str:
+    """ "default.pt, 7.9 MB": the file a model is loaded from, for the progress line."""
+    try:
+        from ...models.registry import resolve_checkpoint
+
+        path = resolve_checkpoint(session.models.get(model_name, model_name))
+        return f"{short_name(path.name, 32)}, {path.stat().st_size / 1e6:.1f} MB"
+    except Exception:  # the load itself reports a missing or broken file
+        return short_name(str(session.models.get(model_name, model_name)), 32)
+
+
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
                 device_name: str, tile: int, overlap: float, tta: int, uncertainty: bool, threshold: float,
                 instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD):
@@ -99,8 +110,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     from ...inference.predict import TorchPredictor, iter_predict
     from ...progress import ProgressEvent
 
-    source = str(session.models.get(model_name, model_name))
-    yield ProgressEvent(0, 0, f"loading PyTorch and model '{model_name}' ({short_name(source, 32)})")
+    yield ProgressEvent(0, 0, f"loading PyTorch and model '{model_name}' ({_model_file(session, model_name)})")
     import torch
 
     ckpt = session.checkpoint(model_name)
