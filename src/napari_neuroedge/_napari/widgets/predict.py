@@ -87,13 +87,14 @@ def _rgb_advice() -> str:
 
 def _model_file(session: Any, model_name: str) -> str:
     """ "default.pt, 7.9 MB": the file a model is loaded from, for the progress line."""
+    source = (getattr(session, "models", None) or {}).get(model_name, model_name)
     try:
         from ...models.registry import resolve_checkpoint
 
-        path = resolve_checkpoint(session.models.get(model_name, model_name))
+        path = resolve_checkpoint(source)
         return f"{short_name(path.name, 32)}, {path.stat().st_size / 1e6:.1f} MB"
     except Exception:  # the load itself reports a missing or broken file
-        return short_name(str(session.models.get(model_name, model_name)), 32)
+        return short_name(str(source), 32)
 
 
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
@@ -118,7 +119,8 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     device = resolve_device(device_name)
     if device.type == "cpu":
         torch.set_num_threads(gui_threads())
-    yield ProgressEvent(0, 0, f"building {ARCH_NAMES.get(str(ckpt.arch), ckpt.arch)} on {device.type}")
+    arch = str(getattr(ckpt, "arch", "model"))
+    yield ProgressEvent(0, 0, f"building {ARCH_NAMES.get(arch, arch)} on {device.type}")
     model = ckpt.build()
     variance = uncertainty and tta > 1
     predictor = TorchPredictor(model, device, amp=True, tta=TTAConfig(n=tta, variance=variance))
