@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -142,10 +141,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else:
                 inst[...] = instances_from_probability(np.asarray(prob[...]), args.seed_threshold)
         if args.overlay is not None:
-            z = shape[0] // 2 if len(shape) == 3 else None
-            src_z = (list(parse_slices(args.slices, vol.shape[0]))[z] if z is not None else None)
-            raw = np.asarray(vol[src_z] if src_z is not None else vol[...])
-            _write_overlay(args.overlay, raw, np.asarray(prob[z] if z is not None else prob[...]), args.threshold)
+            if len(shape) == 3:
+                src = list(parse_slices(args.slices, vol.shape[0]))
+                rows = _overlay_rows(len(src))
+                panels = [(np.asarray(vol[src[i]]), np.asarray(prob[i]), f"slice {src[i]}") for i in rows]
+                title = (f"{Path(args.input).name}: slices {', '.join(str(src[i]) for i in rows)}"
+                         + (f" ({len(rows)} of {len(src)} predicted, evenly spaced)" if len(rows) < len(src) else ""))
+            else:
+                panels = [(np.asarray(vol[...]), np.asarray(prob[...]), "2D image")]
+                title = Path(args.input).name
+            _write_overlay(args.overlay, panels, args.threshold, title)
     if not args.quiet:
         print(f"wrote {args.output}" + "".join(f", {p}" for p in (args.prob, args.instances, args.uncertainty,
                                                                    args.overlay) if p), file=sys.stderr)
@@ -209,20 +214,48 @@ def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
     return 0
 
 
-def _write_overlay(path: str | Path, raw: np.ndarray, prob: np.ndarray, threshold: float) -> None:
-    """PNG of a raw slice (grey) with predicted membranes in magenta, beside the probability map."""
+OVERLAY_MAX_SLICES = 16
+
+
+def _overlay_rows(n: int, most: int = OVERLAY_MAX_SLICES) -> list[int]:
+    """Which of ``n`` predicted slices the overlay shows: all of them, or ``most`` evenly spaced."""
+    if n <= most:
+        return list(range(n))
+    return sorted({int(round(i * (n - 1) / (most - 1))) for i in range(most)})
+
+
+def _write_overlay(path: str | Path, panels: list[tuple[np.ndarray, np.ndarray, str]], threshold: float,
+                   title: str = "") -> None:
+    """PNG with one row per (raw slice, probability, caption): the raw slice (grey) with predicted membranes in
+    magenta beside the probability map, each row captioned (e.g. "slice 3"), under a title line."""
     import imageio.v3 as iio
+    from PIL import Image, ImageDraw
 
     from .atomic import atomic_write
 
-    lo, hi = np.percentile(raw, [0.5, 99.5])
-    grey = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
-    rgb = np.stack([grey] * 3, -1)
-    mem = prob >= threshold
-    rgb[mem] = 0.45 * rgb[mem] + 0.55 * np.array([1.0, 0.0, 1.0])
-    probrgb = np.stack([np.clip(prob, 0, 1)] * 3, -1)
-    panel = (np.concatenate([rgb, np.ones((raw.shape[0], 8, 3)), probrgb], 1) * 255).astype(np.uint8)
-    atomic_write(path, lambda p: iio.imwrite(p, panel, extension=".png"))
+    caption_h, gap = 14, 8
+    rows = []
+    for raw, prob, caption in panels:
+        lo, hi = np.percentile(raw, [0.5, 99.5])
+        grey = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
+        rgb = np.stack([grey] * 3, -1)
+        mem = prob >= threshold
+        rgb[mem] = 0.45 * rgb[mem] + 0.55 * np.array([1.0, 0.0, 1.0])
+        probrgb = np.stack([np.clip(prob, 0, 1)] * 3, -1)
+        row = (np.concatenate([rgb, np.ones((raw.shape[0], gap, 3)), probrgb], 1) * 255).astype(np.uint8)
+        rows.append((row, f"{caption}: membranes (magenta, threshold {threshold:g}) | boundary probability"))
+    width = max(r.shape[1] for r, _ in rows)
+    height = caption_h + sum(r.shape[0] + caption_h + gap for r, _ in rows)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((2, 1), title, fill=(0, 0, 0))
+    y = caption_h
+    for row, caption in rows:
+        draw.text((2, y + 1), caption, fill=(0, 0, 0))
+        canvas.paste(Image.fromarray(row), (0, y + caption_h))
+        y += caption_h + row.shape[0] + gap
+    picture = np.asarray(canvas)
+    atomic_write(path, lambda p: iio.imwrite(p, picture, extension=".png"))
 
 
 # -------------------------------------------------------------------------------------------- train / finetune
@@ -424,6 +457,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     pred = open_stack(args.prediction).data if args.prediction else None
     mask = open_stack(args.mask).data if args.mask else None
     zs = list(parse_slices(args.slices, img.shape[0])) if len(img.shape) == 3 else [None]
+    voxel = img.voxel_size
+    pixel_size = [float(v) for v in voxel[-2:]] if voxel and all(v == v and v > 0 for v in voxel[-2:]) else None
     items = []
     for z in zs:
         get = (lambda a: np.asarray(a[z])) if z is not None else (lambda a: np.asarray(a[...]))
@@ -431,7 +466,7 @@ def cmd_export(args: argparse.Namespace) -> int:
                                 else get(lab.data) > 0, None if mask is None else get(mask),
                                 None if pred is None else get(pred),
                                 {"source": str(args.image), "slice": int(z or 0), "model": args.model_name,
-                                 "pixel_size": img.voxel_size}))
+                                 "pixel_size": pixel_size, "pixel_size_unit": "nm" if pixel_size else "unknown"}))
     entries = export_slices(args.output, items)
     print(json.dumps([e["name"] for e in entries]))
     return 0
@@ -613,7 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instances grow from pixels with boundary probability below this (default: the model's; "
                    f"{SEED_THRESHOLD} unless a fine-tune recalibrated it)")
     p.add_argument("--uncertainty", help="also write the per-pixel TTA variance here (needs --tta 6 or 8)")
-    p.add_argument("--overlay", help="also write a PNG of the middle slice with membranes overlaid")
+    p.add_argument("--overlay", help="also write a PNG of every predicted slice (at most 16, evenly spaced), each "
+                   "captioned with its slice number, membranes overlaid beside the probability")
     p.add_argument("--slices", help="slices of a stack to predict, e.g. 0:10 (default: all)")
     p.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="auto (default): fp16 autocast on CUDA, bf16 on CPUs with AMX/AVX512-bf16, else fp32")

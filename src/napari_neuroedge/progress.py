@@ -21,12 +21,14 @@ class Cancelled(Exception):
 
 @dataclass
 class ProgressEvent:
-    """``done`` of ``total`` units finished; ``info`` carries job-specific numbers (loss, metric, ...)."""
+    """``done`` of ``total`` units finished; ``unit`` names them ("tiles", "steps", "slices", "blocks"); ``info``
+    carries job-specific numbers (loss, metric, ...)."""
 
     done: int
     total: int
     stage: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    unit: str = ""
 
 
 class Progress(Protocol):

@@ -49,6 +49,34 @@ def test_predict_writes_every_output(tmp_path, stack_path, tiny_ckpt, synth):
     assert (tmp_path / "o.png").stat().st_size > 1000
 
 
+def test_overlay_shows_every_predicted_slice_and_names_it(tmp_path, stack_path, tiny_ckpt, synth):
+    """--overlay has one captioned row per predicted slice (here slices 1 and 2), not just the middle one."""
+    import imageio.v3 as iio
+
+    from napari_neuroedge.cli import _overlay_rows
+
+    png = tmp_path / "o.png"
+    assert main(["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt), "--tile",
+                 "64", "--slices", "1:3", "--overlay", str(png), "--quiet"]) == 0
+    pic = iio.imread(png)[..., :3].astype(int)
+    h, w = synth.image.shape[1:]
+    cap, gap = 14, 8
+    assert pic.shape == (cap + 2 * (cap + h + gap), 2 * w + gap, 3)
+    for row in range(2):
+        top = cap + row * (cap + h + gap)
+        caption = pic[top:top + cap, :120]
+        assert (caption.sum(-1) < 200).sum() > 30  # dark caption text ("slice 1", "slice 2") above each row
+        grey = pic[top + cap:top + cap + h, :w]
+        plain = grey[..., 0] == grey[..., 1]  # pixels not coloured as membrane show the raw slice
+        z = row + 1
+        raw = synth.image[z].astype(float)
+        corr = np.corrcoef(grey[..., 0][plain], raw[plain])[0, 1]
+        assert corr > 0.9, (z, corr)  # row `row` shows slice z (captions are in order)
+    title = pic[:cap, :400]
+    assert (title.sum(-1) < 200).sum() > 30
+    assert _overlay_rows(3) == [0, 1, 2] and _overlay_rows(100)[:2] == [0, 7] and len(_overlay_rows(100)) == 16
+
+
 def test_predict_default_model_and_slices(tmp_path, stack_path):
     out = tmp_path / "mem.zarr"
     assert main(["predict", str(stack_path), "-o", str(out), "--slices", "1:3", "--tile", "64", "--quiet"]) == 0
@@ -98,6 +126,14 @@ def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt
     assert main(["export", str(stack_path), str(lab), "-o", str(ds), "--slices", "2:3"]) == 0  # adds, new names
     manifest = json.loads((ds / "manifest.json").read_text())
     assert len(manifest["items"]) == 3 and len({i["name"] for i in manifest["items"]}) == 3
+    # the synthetic TIFF states no pixel size: the manifest says the unit is unknown rather than guessing
+    assert all(i["pixel_size"] is None and i["pixel_size_unit"] == "unknown" for i in manifest["items"])
+    sized = tmp_path / "sized.tif"
+    tifffile.imwrite(sized, synth.image, imagej=True, resolution=(1 / 4.0, 1 / 4.0), metadata={"spacing": 40.0,
+                                                                                                "unit": "nm"})
+    assert main(["export", str(sized), str(lab), "-o", str(tmp_path / "set2"), "--slices", "0:1"]) == 0
+    [item] = json.loads((tmp_path / "set2" / "manifest.json").read_text())["items"]
+    assert item["pixel_size"] == pytest.approx([4.0, 4.0]) and item["pixel_size_unit"] == "nm"
     capsys.readouterr()
     out = tmp_path / "ft.pt"
     rc = main(["finetune", "--from", str(tiny_ckpt), "--data", str(ds), "--val-data", str(ds), "--val-slices", "2:3",

@@ -110,7 +110,7 @@ def test_predict_2d_image_and_defaults(qtbot, make_napari_viewer, waiter, tiny_c
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)
     assert w.model_combo.currentText() == "default"  # the bundled model is preselected
-    assert w.tile_spin.value() == 512 and w.overlap_spin.value() == pytest.approx(0.25)
+    assert w.tile_spin.value() == 1024 and w.context_spin.value() == 0  # 0 = the model's context
     assert list(TTA_CHOICES.values()) == [1, 6, 8]
     assert not w.uncertainty_check.isEnabled()  # needs TTA
     assert w.device_combo.itemText(0) == "auto" and "cpu" in w.device_found.text()
@@ -149,7 +149,7 @@ def test_rgb_layer_is_refused_with_a_notification(qtbot, make_napari_viewer, not
     w.image_combo.set_layer("4d")
     assert w.predict() is None
     errors = notes("error")
-    assert len(errors) == 1 and "4D" in errors[0]
+    assert errors == ["'4d' cannot be predicted."] and "4D" in w.jobs.status.text()
     assert len(viewer.layers) == 2
 
 
@@ -171,7 +171,8 @@ def test_corrupt_checkpoint_shows_error_and_keeps_selection(qtbot, make_napari_v
         w.model_combo.setCurrentIndex(idx)
         w.model_combo.activated.emit(idx)  # what a user's click in the list emits
         errors = notes("error")
-        assert len(errors) == 1 and str(path) in errors[0], errors
+        assert errors == [f"{path.name} is not a NeuroEdge model."], errors
+        assert str(path) in w.jobs.status.text()
         assert w.session.selected_model == before and w.model_combo.currentText() == before
     assert "broken" not in w.session.models and "plain" not in w.session.models
 

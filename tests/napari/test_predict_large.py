@@ -57,14 +57,14 @@ def _zarr_input(tmp_path: Path, image: np.ndarray) -> zarr.Array:
 
 
 def _reference(ckpt_path: Path, data, slices=None, tta: int = 1, variance: bool = False) -> np.ndarray:
-    """The core's in-memory prediction with the widget's settings (tile 64, overlap 0.25, batch 1)."""
+    """The core's in-memory prediction with the widget's settings (tile 64, the model's context, batch 1)."""
     from napari_neuroedge.config import TileConfig, TTAConfig
     from napari_neuroedge.inference.predict import TorchPredictor, predict_array
     from napari_neuroedge.models.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
     predictor = TorchPredictor(ckpt.build(), "cpu", tta=TTAConfig(n=tta, variance=variance))
-    return predict_array(np.asarray(data), predictor, tile=TileConfig(tile=TILE, overlap=0.25, batch=1),
+    return predict_array(np.asarray(data), predictor, tile=TileConfig(tile=TILE, batch=1),
                          norm=ckpt.norm, slices=slices)
 
 
@@ -279,7 +279,7 @@ def _reference_conv(stack: np.ndarray) -> np.ndarray:
     from napari_neuroedge.inference.predict import TorchPredictor, predict_array
 
     predictor = TorchPredictor(_ConvCheckpoint().build(), "cpu")
-    return predict_array(stack, predictor, tile=TileConfig(tile=32, overlap=0.25, batch=1), norm=NormConfig())
+    return predict_array(stack, predictor, tile=TileConfig(tile=32, batch=1), norm=NormConfig())
 
 
 # ---------------------------------------------------------------------------------------------- the widget

@@ -86,8 +86,29 @@ def test_errors_become_notifications(qtbot, notes):
     qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
     assert job.state == "failed" and "disk full" in str(job.error)
     errors = notes("error")
-    assert errors == ["failing failed: disk full"]
+    assert errors == ["failing failed: disk full."]
 
 
 def test_cancelled_sentinel_repr():
     assert repr(CANCELLED) == "CANCELLED"
+
+
+def test_jobs_are_napari_tasks_and_a_window_cancel_is_cooperative(qtbot, make_napari_viewer):
+    """Jobs run in workers from napari's public create_worker, so the window lists them as tasks (closing asks
+    first); napari cancelling its tasks (worker.quit()) stops the job at its next yield with its clean-up run in
+    the worker thread, like our Cancel button."""
+    from napari.qt.threading import GeneratorWorker
+
+    viewer = make_napari_viewer()
+    runner = JobRunner(viewer, background=True)
+    calls, log = [], {}
+    job = runner.start("slow", {"r"}, counting_job(1000, log, delay=0.01), **_record(calls))
+    assert isinstance(job.worker, GeneratorWorker)
+    qtbot.waitUntil(lambda: any(c[0] == "event" for c in calls), timeout=10_000)
+    tasks = viewer.window._task_status_manager  # napari's own bookkeeping (test-side check only)
+    assert tasks.is_busy() and tasks.get_status()
+    tasks.cancel_all()  # what closing the window does
+    qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
+    assert job.state == "cancelled" and ("cancelled",) in calls
+    assert log["closed_in"] == log["thread"] != threading.get_ident()
+    assert len([c for c in calls if c[0] == "event"]) < 1000

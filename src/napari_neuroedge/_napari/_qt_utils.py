@@ -16,16 +16,50 @@ log = logging.getLogger("napari_neuroedge")
 HISTORY: deque[tuple[str, str]] = deque(maxlen=200)
 
 
-def notify(message: str, level: str = "info") -> None:
+def notify(message: str, level: str = "info", _log: bool = True) -> None:
     """Show a napari notification (info / warning / error) and keep it in :data:`HISTORY`."""
     HISTORY.append((level, message))
-    log.log({"info": logging.INFO, "warning": logging.WARNING}.get(level, logging.ERROR), message)
+    if _log:
+        log.log({"info": logging.INFO, "warning": logging.WARNING}.get(level, logging.ERROR), message)
     try:
         from napari.utils.notifications import show_error, show_info, show_warning
 
         {"info": show_info, "warning": show_warning}.get(level, show_error)(message)
     except Exception:  # a notification must never be what crashes the viewer
         log.exception("could not show notification")
+
+
+def short_name(path: Any, limit: int = 24) -> str:
+    """A file or layer name short enough for a one-line notification (the middle elided)."""
+    name = str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or str(path)
+    return name if len(name) <= limit else name[: limit // 2 - 1] + "\u2026" + name[-(limit // 2):]
+
+
+def reason(exc: BaseException, limit: int = 160) -> str:
+    """One readable line saying what went wrong in ``exc`` (its first line, shortened; no traceback text)."""
+    text = str(exc).strip()
+    if "out of memory" in text.lower():
+        return "the device ran out of memory"
+    if isinstance(exc, FileNotFoundError):
+        return f"{short_name(exc.filename or text, 40)} does not exist"
+    if isinstance(exc, PermissionError):
+        return f"permission denied for {short_name(exc.filename or text, 40)}"
+    first = text.splitlines()[0].strip().rstrip(".") if text else type(exc).__name__
+    return first if len(first) <= limit else first[: limit - 1] + "\u2026"
+
+
+def report(headline: str, advice: str = "", *, level: str = "error", status: Any = None,
+           exc: BaseException | None = None) -> str:
+    """Tell the user about a problem: ``headline`` (one short sentence, sized to fit napari's one-line toast)
+    as the notification; ``headline advice`` in the widget's ``status`` label (word-wrapped, never cut); the
+    advice and the exception with its traceback in the log. Returns the full sentence."""
+    full = f"{headline} {advice}".strip()
+    log.log({"info": logging.INFO, "warning": logging.WARNING}.get(level, logging.ERROR), "%s", full,
+            exc_info=(type(exc), exc, exc.__traceback__) if exc is not None else None)
+    notify(headline, level, _log=False)
+    if status is not None and alive(status):
+        status.setText(full)
+    return full
 
 
 def alive(obj: Any) -> bool:

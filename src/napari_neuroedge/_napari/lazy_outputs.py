@@ -14,7 +14,6 @@ staged slice into the layer chunk by chunk (:func:`copy_slices`). This module im
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import tempfile
@@ -158,24 +157,15 @@ class OutputStore:
 _STORES: weakref.WeakKeyDictionary[Any, OutputStore] = weakref.WeakKeyDictionary()
 
 
-def _close_store(store: OutputStore, *_: Any) -> None:
-    store.close()
-
-
 def store_for(session: Any) -> OutputStore:
     """The :class:`OutputStore` of a widget session (one per viewer), closed when the viewer's window goes."""
     store = _STORES.get(session)
     if store is None:
         store = OutputStore()
         _STORES[session] = store
-        viewer = getattr(session, "viewer", None)
-        try:
-            qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-            if qt_window is not None:
-                # connected after the session's own handler, which stops the jobs first
-                qt_window.destroyed.connect(functools.partial(_close_store, store))
-        except RuntimeError:  # the window is already gone
-            store.close()
+        on_close = getattr(session, "on_close", None)
+        if on_close is not None:
+            on_close(store.close)  # runs after the session stopped its jobs, when the window goes
         weakref.finalize(session, store.close)
     return store
 
@@ -353,7 +343,7 @@ def predict_staged(data: Any, slices: Sequence[int], is_2d: bool, predictor: Any
                 else:
                     staged.instances[i] = ids
                 del prob, cells, ids
-                yield ProgressEvent(i + 1, n, "instances")
+                yield ProgressEvent(i + 1, n, "instances", unit="slices")
     except BaseException:  # failed or cancelled (GeneratorExit): nothing half-done is left on disk
         discard(store, staged.arrays())
         raise

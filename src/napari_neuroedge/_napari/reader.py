@@ -48,6 +48,15 @@ def napari_get_reader(path: Any) -> Callable[[Any], list[LayerData]] | None:
     return read
 
 
+def _layers_have_units() -> bool:
+    """Whether this napari's layers take ``units`` (napari 0.6 and later)."""
+    import inspect
+
+    from napari.layers import Image
+
+    return "units" in inspect.signature(Image.__init__).parameters
+
+
 def stack_layer_data(stack: Any) -> LayerData:
     """napari layer data (image) for an :class:`napari_neuroedge.io.EMStack`, with its voxel size as scale."""
     ndim = len(stack.shape)
@@ -57,4 +66,6 @@ def stack_layer_data(stack: Any) -> LayerData:
         scale = [float(v) if v == v and v > 0 else 1.0 for v in stack.voxel_size][-ndim:]  # NaN -> 1
         if len(scale) == ndim:
             meta["scale"] = scale
+            if _layers_have_units():  # so the layer itself says what its scale means (export reads it)
+                meta["units"] = ["nm"] * ndim
     return stack.data, meta, "image"

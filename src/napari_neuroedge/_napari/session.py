@@ -17,7 +17,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-from ._qt_utils import notify
+from ._qt_utils import log, notify
 from .workers import JobRunner
 
 ENV_MODELS_DIR = "NEUROEDGE_MODELS_DIR"
@@ -54,6 +54,8 @@ class Session(QObject):
         self.predict_widget_ref: Any = lambda: None
         self._cache: dict[tuple[str, float], Any] = {}
         self._cache_lock = threading.Lock()
+        self._watched: set[int] = set()  # ids of the windows whose closing shuts this session down
+        self._on_close: list[Any] = []  # called after the jobs stopped when the window goes (e.g. temp stores)
         self._refresh_bundled()
 
     @property
@@ -131,8 +133,36 @@ class Session(QObject):
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
-        """Stop all jobs (the viewer is closing)."""
+        """Stop all jobs (the viewer is closing), then run the close callbacks."""
         self.jobs.shutdown(wait=10.0)
+        callbacks, self._on_close = self._on_close, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("clean-up after closing the viewer failed")
+
+    def on_close(self, callback: Any) -> None:
+        """Call ``callback()`` when the viewer's window goes, after the jobs stopped."""
+        self._on_close.append(callback)
+
+    def watch_window(self, widget: Any) -> None:
+        """Shut this session down when the main window holding ``widget`` (a docked plugin widget) is destroyed.
+
+        Found with Qt's own ``QWidget.window()``, so no private napari attribute is needed; a widget that is not
+        docked in a main window is skipped (its jobs still stop: napari cancels its tasks on close, and a job
+        stops when the widget that started it is destroyed).
+        """
+        from qtpy.QtWidgets import QMainWindow
+
+        try:
+            window = widget.window()
+        except RuntimeError:  # the widget is already gone
+            return
+        if not isinstance(window, QMainWindow) or id(window) in self._watched:
+            return
+        self._watched.add(id(window))
+        window.destroyed.connect(functools.partial(_on_window_destroyed, weakref.ref(self)))
 
 
 @functools.lru_cache(maxsize=32)
@@ -169,7 +199,4 @@ def get_session(viewer: Any) -> Session:
     if session is None:
         session = Session(viewer)
         _SESSIONS[viewer] = session
-        qt_window = getattr(getattr(viewer, "window", None), "_qt_window", None)
-        if qt_window is not None:
-            qt_window.destroyed.connect(functools.partial(_on_window_destroyed, weakref.ref(session)))
     return session

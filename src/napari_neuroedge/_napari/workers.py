@@ -1,8 +1,9 @@
 """Running the core's generator jobs (prediction, fine-tuning) off the GUI thread, one job per resource.
 
 A job is a callable taking its :class:`Job` and returning a core generator (it yields
-:class:`~napari_neuroedge.progress.ProgressEvent` and returns a result). :class:`JobRunner` drives it in a napari
-``GeneratorWorker`` (stardist-napari style) or, with ``background=False``, synchronously in the caller's thread
+:class:`~napari_neuroedge.progress.ProgressEvent` and returns a result). :class:`JobRunner` drives it in a worker
+made by napari's public ``napari.qt.threading.create_worker`` (which also lists it in the window's tasks, so closing
+the window asks first and then cancels it) or, with ``background=False``, synchronously in the caller's thread
 (tests, scripts). Cancel sets a flag checked between yields; the core generator is then closed *in the worker
 thread*, so its clean-up (temp files, the fine-tuner's last checkpoint) runs before the job reports back.
 Handlers always run in the GUI thread. Jobs holding a resource (e.g. ``"layer:stack"``) block other jobs
@@ -21,7 +22,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._qt_utils import alive, log, notify
+from ._qt_utils import alive, log, notify, reason, report
 
 Handler = Callable[..., None] | None
 
@@ -64,7 +65,6 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)  # job-specific data the worker shares with handlers
     worker: Any = None
     pbar: Any = None
-    status_id: Any = None
 
     @property
     def running(self) -> bool:
@@ -160,9 +160,11 @@ class JobRunner:
 
     def _start_worker(self, job: Job, make: Callable[[Job], Generator[Any, None, Any]],
                       handlers: dict[str, Handler]) -> None:
-        from napari.qt.threading import GeneratorWorker
+        from napari.qt.threading import create_worker
 
-        worker = GeneratorWorker(drive_cancellable, job, make)
+        worker = create_worker(drive_cancellable, job, make, _start_thread=False,
+                               _worker_class=_cooperative_worker_class())
+        worker.job = job
         job.worker = worker
         worker.started.connect(lambda: self._set_running(job))
         worker.yielded.connect(lambda ev: self._on_event(job, ev, handlers))
@@ -170,7 +172,6 @@ class JobRunner:
         worker.errored.connect(lambda exc: self._on_error(job, exc, handlers))
         worker.aborted.connect(lambda: self._on_return(job, CANCELLED, handlers))
         worker.finished.connect(lambda: self._on_finished(job, handlers))
-        self._register_status(job)
         worker.start()
 
     def _run_sync(self, job: Job, make: Callable[[Job], Generator[Any, None, Any]], handlers: dict[str, Handler]) -> None:
@@ -200,11 +201,10 @@ class JobRunner:
             handler(job, *args)
         except Exception as exc:  # a handler bug must not take napari down
             log.error("handler of %s failed:\n%s", job.name, traceback.format_exc())
-            notify(f"{job.name}: internal error while updating the viewer ({type(exc).__name__}: {exc})", "error")
+            report(f"{job.name}: internal error (see the log).", f"{type(exc).__name__}: {reason(exc)}", exc=exc)
 
     def _set_running(self, job: Job) -> None:
         job.state = "running" if job.state == "pending" else job.state
-        self._update_status(job, "BUSY")
 
     def _on_event(self, job: Job, event: Any, handlers: dict[str, Handler]) -> None:
         job.last_event = event
@@ -219,20 +219,17 @@ class JobRunner:
             self._on_error(job, value.error, handlers)
         elif value is CANCELLED:
             job.state = "cancelled"
-            self._update_status(job, "CANCELLED")
             self._call(job, handlers["cancelled"])
         else:
             job.state, job.result = "done", value
-            self._update_status(job, "COMPLETED")
             self._call(job, handlers["done"], value)
 
     def _on_error(self, job: Job, exc: BaseException, handlers: dict[str, Handler]) -> None:
         job.state, job.error = "failed", exc
-        self._update_status(job, "FAILED")
         if handlers["error"] is not None:
             self._call(job, handlers["error"], exc)
         elif not job.detached:
-            notify(f"{job.name} failed: {exc}", "error")
+            report(f"{job.name} failed: {reason(exc, 60)}.", exc=exc)
 
     def _on_finished(self, job: Job, handlers: dict[str, Handler]) -> None:
         if job.running:  # finished without a return value reaching us (should not happen)
@@ -304,38 +301,26 @@ class JobRunner:
                 pass
             job.pbar = None
 
-    def _window(self) -> Any:
-        viewer = self._viewer_ref()
-        return getattr(viewer, "window", None) if viewer is not None else None
 
-    def _register_status(self, job: Job) -> None:
-        """Tell napari's window about the job, so closing the window asks first and then cancels it."""
-        window = self._window()
-        register = getattr(window, "_register_task_status", None)
-        if register is None:
-            return
-        try:
-            from napari.utils.task_status import Status
+_WORKER_CLASS: Any = None
 
-            ref = weakref.ref(self)
 
-            job_ref = weakref.ref(job)  # napari keeps task entries forever: do not keep the job (and its result)
+def _cooperative_worker_class() -> type:
+    """A napari ``GeneratorWorker`` whose ``quit()`` (what napari's window calls on its tasks when it closes) asks
+    the job to stop at its next yield, so :func:`drive_cancellable` closes the core generator in the worker thread
+    and its clean-up runs (temp files, the fine-tuner's last checkpoint), instead of abandoning it mid-way."""
+    global _WORKER_CLASS
+    if _WORKER_CLASS is None:
+        from napari.qt.threading import GeneratorWorker
 
-            def cancel_callback() -> bool:
-                runner, j = ref(), job_ref()
-                return runner.cancel(j, wait=10.0) if runner is not None and j is not None else True
+        class CooperativeWorker(GeneratorWorker):
+            job: Job | None = None
 
-            job.status_id = register("napari-neuroedge", Status.PENDING, job.name, cancel_callback=cancel_callback)
-        except Exception:
-            job.status_id = None
+            def quit(self) -> None:  # noqa: D102
+                if self.job is not None:
+                    self.job.cancel()
+                else:
+                    super().quit()
 
-    def _update_status(self, job: Job, status: str) -> None:
-        window = self._window()
-        if job.status_id is None or window is None:
-            return
-        try:
-            from napari.utils.task_status import Status
-
-            window._update_task_status(job.status_id, getattr(Status, status), job.name)
-        except Exception:
-            pass
+        _WORKER_CLASS = CooperativeWorker
+    return _WORKER_CLASS

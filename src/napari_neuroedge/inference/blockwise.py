@@ -748,12 +748,12 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     todo = [b for b in blocks if b.name not in finished]
     total, skipped = len(blocks), len(blocks) - len(todo)
     tiles = 0
-    yield ProgressEvent(skipped, total, "predict", {"resumed": skipped})
+    yield ProgressEvent(skipped, total, "predict", {"resumed": skipped}, unit="blocks")
     done = skipped
     for info in _run_blocks(plan, todo, scheduler, workers, devices, retries):
         tiles += int(info["tiles"])
         done += 1
-        yield ProgressEvent(done, total, "predict", info)
+        yield ProgressEvent(done, total, "predict", info, unit="blocks")
     missing = [b.name for b in blocks if not (done_dir / b.name).exists()]
     if missing:
         raise RuntimeError(f"{len(missing)} block(s) have no done-marker after the run (e.g. {missing[0]}); "

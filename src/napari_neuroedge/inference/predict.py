@@ -170,7 +170,7 @@ def _predict_plane(plane: PlaneView, grid: TileGrid, predictor: Predictor, write
                 acc[:, r0:r1, x0:x1] += res[:n_out, ly:ly + y1 - y0, lx:lx + x1 - x0] * win
                 wsum[r0:r1, x0:x1] += win
             done[0] += len(chunk)
-            yield ProgressEvent(done[0], total, "predict")
+            yield ProgressEvent(done[0], total, "predict", unit="tiles")
         # rows above the next tile row's start are final: write and drop them
         final = H if iy + 1 == len(grid.ys) else min(max(grid.ys[iy + 1], 0), H)
         if final > band_lo:

@@ -262,7 +262,7 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             log.write(json.dumps(info) + "\n")
             log.flush()
             total = cfg.steps if cfg.time_limit_s <= 0 else max(step, int(round(step / max(frac, 1e-9))))
-            yield ProgressEvent(step, total, "train", info)
+            yield ProgressEvent(step, total, "train", info, unit="steps")
         finished = True
     finally:
         # on completion, cancel (GeneratorExit) or error: leave a valid last checkpoint

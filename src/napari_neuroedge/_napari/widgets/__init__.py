@@ -26,10 +26,10 @@ class NeuroEdgePanel(QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.predict = PredictWidget(napari_viewer)
-        self.correct = CorrectWidget(napari_viewer)
-        self.export = ExportWidget(napari_viewer)
-        self.finetune = FinetuneWidget(napari_viewer)
+        self.predict = PredictWidget(napari_viewer, scroll=False)
+        self.correct = CorrectWidget(napari_viewer, scroll=False)
+        self.export = ExportWidget(napari_viewer, scroll=False)
+        self.finetune = FinetuneWidget(napari_viewer, scroll=False)
         self.tabs = QTabWidget()
         for title, widget in (("Predict", self.predict), ("Correct", self.correct), ("Export", self.export),
                               ("Fine-tune", self.finetune)):

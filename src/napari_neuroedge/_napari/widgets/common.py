@@ -6,7 +6,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from qtpy.QtWidgets import QDoubleSpinBox, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox, QWidget
+from qtpy.QtCore import QSize
+from qtpy.QtWidgets import (QDoubleSpinBox, QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea,
+                            QSpinBox, QVBoxLayout, QWidget)
 
 from ..session import get_session, unwrap_viewer
 from ..workers import Job
@@ -83,6 +85,8 @@ class JobPanel(QWidget):
         running = job is not None
         self.cancel_button.setEnabled(running)
         self.bar.setRange(0, 0 if running else 1)  # busy indicator until the first event
+        self.bar.setValue(0)
+        self.bar.setFormat("%p%")
         self._stage, self._stage_started = "", time.perf_counter()
         if running:
             self.status.setText(f"{job.name}: starting...")
@@ -102,28 +106,69 @@ class JobPanel(QWidget):
             self.bar.setRange(0, total)
             self.bar.setValue(min(done, total))
         eta = eta_seconds(self._stage_started, done, total)
-        text = f"{stage} {done}/{total}" if total else stage
+        unit = getattr(event, "unit", "") or ""
+        text = f"{stage}: {done}/{total}{' ' + unit if unit else ''}" if total else stage
         if eta is not None and done < total:
             text += f" - ETA {format_seconds(eta)}"
         if extra:
             text += f" - {extra}"
         self.status.setText(text)
 
-    def finish(self, message: str) -> None:
+    def finish(self, message: str, state: str = "done") -> None:
+        """End the job display: ``state`` done fills the bar; cancelled / failed empty it and say so on it."""
         self.job = None
         self.cancel_button.setEnabled(False)
         if self.bar.maximum() == 0:
             self.bar.setRange(0, 1)
+        if state == "done":
+            self.bar.setValue(self.bar.maximum())
+            self.bar.setFormat("%p%")
+        else:
+            self.bar.setValue(0)
+            self.bar.setFormat(state)
         self.status.setText(message)
 
 
 class NeuroEdgeWidget(QWidget):
     """Base class: keeps the viewer and its shared :class:`~napari_neuroedge._napari.session.Session`."""
 
-    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None, scroll: bool = True) -> None:
         super().__init__(parent)
         self.viewer = unwrap_viewer(napari_viewer)
         self.session = get_session(self.viewer)
+        self.scroll = scroll
+        self._body: QWidget | None = None
+
+    STANDALONE_MIN_HEIGHT = 280  # docked on its own: at least this much of the form shows (the rest scrolls)
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        hint = super().minimumSizeHint()
+        if self._body is None:
+            return hint
+        return QSize(hint.width(), max(hint.height(), min(self._body.sizeHint().height(), self.STANDALONE_MIN_HEIGHT)))
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        self.session.watch_window(self)  # docked and shown: stop the jobs and clean up when that window goes
+
+    def body_layout(self) -> QVBoxLayout:
+        """The layout to put the widget's controls in.
+
+        With ``scroll`` (a widget docked on its own) the controls sit in a scroll area, so docking the widget
+        beside another one does not squeeze that one to the controls' full height; the NeuroEdge panel scrolls its
+        tabs itself and passes ``scroll=False``.
+        """
+        if not self.scroll:
+            return QVBoxLayout(self)
+        area = QScrollArea()
+        area.setWidgetResizable(True)
+        area.setFrameShape(QFrame.NoFrame)
+        inner = self._body = QWidget()
+        area.setWidget(inner)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(area)
+        return QVBoxLayout(inner)
 
 
 class JobWidget(NeuroEdgeWidget):
@@ -139,6 +184,7 @@ class JobWidget(NeuroEdgeWidget):
 
     def start_job(self, title: str, resources: set[str], fn: Callable[[Job], Any], **kwargs: Any) -> Job | None:
         """Start ``fn`` in the session's job runner with this widget's handlers; None if it was refused."""
+        self.session.watch_window(self)
         job = self.session.jobs.start(
             title, resources, fn, on_event=self._on_event, on_done=self._on_done,
             on_cancelled=self._on_cancelled, on_error=self._on_error, on_finally=self._on_finally, **kwargs)

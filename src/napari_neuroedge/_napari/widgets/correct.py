@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
-                            QPushButton, QVBoxLayout, QWidget)
+                            QPushButton, QWidget)
 
 from .. import tracking
 from .._qt_utils import LayerCombo, notify
@@ -118,8 +118,8 @@ def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
 class CorrectWidget(NeuroEdgeWidget):
     """Brush presets, edited-slice list, difference view, next uncertain slice, ignore layer."""
 
-    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(napari_viewer, parent)
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None, scroll: bool = True) -> None:
+        super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
 
         self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
@@ -155,7 +155,7 @@ class CorrectWidget(NeuroEdgeWidget):
         grid.addWidget(self.unmark_button, 0, 1)
         grid.addWidget(self.next_button, 1, 0)
         grid.addWidget(self.ignore_button, 1, 1)
-        lay = QVBoxLayout(self)
+        lay = self.body_layout()
         lay.addLayout(form)
         lay.addWidget(self.toggle_button)
         lay.addWidget(self.diff_check)

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
 
 from .. import tracking
-from .._qt_utils import LayerCombo, notify
+from .._qt_utils import LayerCombo, notify, reason, report
 from .common import NeuroEdgeWidget
 from .correct import _is_membrane_layer, prediction_of
 
@@ -35,13 +35,23 @@ def source_of(image: Any) -> str:
     return str(src) if src else f"napari layer '{image.name}'"
 
 
-def pixel_size_of(image: Any) -> list[float]:
-    """Pixel size (y, x) in nm when the file stated it, else the layer's scale (units unknown)."""
+UNKNOWN_UNIT = "unknown"
+
+
+def pixel_size_of(image: Any) -> tuple[list[float], str]:
+    """Pixel size (y, x) and its unit, read from the layer: its scale, in its units when napari knows them
+    (the NeuroEdge reader sets nm from the file), else from a voxel size the reader stored; the unit is
+    :data:`UNKNOWN_UNIT` when nothing states it (e.g. a TIFF opened with napari's own reader: scale 1 pixel)."""
+    scale = [float(s) for s in list(image.scale)[-2:]]
+    units = [str(u) for u in (getattr(image, "units", None) or ())][-2:]
+    if units and all(u and u not in ("pixel", "px", "dimensionless") for u in units):
+        unit = units[0] if len(set(units)) == 1 else "/".join(units)
+        return scale, {"nanometer": "nm", "micrometer": "um"}.get(unit, unit)
     meta = image.metadata if isinstance(image.metadata, dict) else {}
     voxel = meta.get("voxel_size")
-    if voxel:
-        return [float(v) for v in list(voxel)[-2:]]
-    return [float(s) for s in list(image.scale)[-2:]]
+    if voxel and all(float(v) == float(v) and float(v) > 0 for v in list(voxel)[-2:]):
+        return [float(v) for v in list(voxel)[-2:]], "nm"
+    return scale, UNKNOWN_UNIT
 
 
 def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
@@ -54,7 +64,7 @@ def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
     data = tracking.image_array(image)
     meta = tracking.info(membranes)
     ignore = tracking.companion(viewer, image.name, "ignore")
-    has_voxel = bool((image.metadata or {}).get("voxel_size")) if isinstance(image.metadata, dict) else False
+    pixel_size, unit = pixel_size_of(image)
     items = []
     for z in slices:
         img = tracking.slice_of(data, z)
@@ -66,8 +76,7 @@ def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
                 mask = (ign == 0).astype(np.uint8)
         pred = prediction_of(viewer, membranes, z)
         item_meta: dict[str, Any] = {"source": source_of(image), "slice": int(z), "image_layer": image.name,
-                                     "pixel_size": pixel_size_of(image),
-                                     "pixel_size_unit": "nm" if has_voxel else "layer scale",
+                                     "pixel_size": pixel_size, "pixel_size_unit": unit,
                                      "threshold": float(meta["threshold"]), "edited": z in meta["edited"]}
         item_meta.update(meta["slice_model"].get(z, {"model": None, "model_version": None}))
         items.append(ExportItem(img, label, mask, pred, item_meta))
@@ -77,8 +86,8 @@ def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
 class ExportWidget(NeuroEdgeWidget):
     """Export the corrected slices of a membrane layer to a training-set folder."""
 
-    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(napari_viewer, parent)
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None, scroll: bool = True) -> None:
+        super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
 
         self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
@@ -95,7 +104,7 @@ class ExportWidget(NeuroEdgeWidget):
         form = QFormLayout()
         form.addRow("membranes", self.membranes_combo)
         form.addRow("folder", row)
-        lay = QVBoxLayout(self)
+        lay = self.body_layout()
         lay.addLayout(form)
         lay.addWidget(self.export_button)
         lay.addWidget(self.info)
@@ -117,7 +126,16 @@ class ExportWidget(NeuroEdgeWidget):
             self.info.setText("Nothing to export yet: predict, correct, and mark slices corrected.")
             return
         corrected = sorted(tracking.info(layer)["corrected"])
-        self.info.setText(f"{len(corrected)} slice(s) marked corrected: {', '.join(map(str, corrected)) or '-'}")
+        text = f"{len(corrected)} slice(s) marked corrected: {', '.join(map(str, corrected)) or '-'}"
+        image = tracking.image_of(self.viewer, layer)
+        if image is not None:
+            size, unit = pixel_size_of(image)
+            if unit == UNKNOWN_UNIT:
+                text += (f"\nPixel size unknown: '{image.name}' has scale {size[0]:g} x {size[1]:g} without a unit "
+                         "(opened without the NeuroEdge reader?); it is exported as unknown.")
+            else:
+                text += f"\nPixel size {size[0]:g} x {size[1]:g} {unit}."
+        self.info.setText(text)
 
     def export(self, folder: str | None = None) -> list[dict[str, Any]]:
         """Export the corrected slices; returns the new manifest entries (errors become notifications)."""
@@ -148,7 +166,8 @@ class ExportWidget(NeuroEdgeWidget):
 
             entries = export_slices(target, fresh, prefix=_safe_prefix(layer.name))
         except Exception as exc:  # shape mismatch, permissions, full disk...
-            notify(f"Export failed, nothing was overwritten: {exc}", "error")
+            report("Export failed; nothing was overwritten.", f"Cause: {reason(exc)} (details in the log).",
+                   status=self.info, exc=exc)
             return []
         for it in fresh:
             done[(str(target.resolve()), it.meta["slice"])] = _digest(it.label, it.mask)
@@ -157,8 +176,14 @@ class ExportWidget(NeuroEdgeWidget):
         self.session.exported.emit(str(target))
         self.session.corrections_changed.emit(layer.name)
         notify(f"Exported {len(entries)} slice(s) to {target}.", "info")
-        self.info.setText(f"Exported {len(entries)} slice(s) to {target}: "
-                          f"{', '.join(e['name'] for e in entries)}")
+        text = f"Exported {len(entries)} slice(s) to {target}: {', '.join(e['name'] for e in entries)}"
+        if any(it.meta["pixel_size_unit"] == UNKNOWN_UNIT for it in fresh):
+            image = tracking.image_of(self.viewer, layer)
+            text += (f". The pixel size of '{image.name if image is not None else layer.name}' is unknown and was "
+                     "recorded as such: open the stack with the NeuroEdge reader (File > Open with Plugin > NeuroEdge) "
+                     "or give the layer a scale with units to record it.")
+            notify("Pixel size unknown; exported as 'unknown'.", "warning")
+        self.info.setText(text)
         return entries
 
 

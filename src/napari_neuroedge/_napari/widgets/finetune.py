@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QVBoxLayout, QWidget)
+                            QWidget)
 
 from .. import tracking
-from .._qt_utils import LayerCombo, notify
+from .._qt_utils import LayerCombo, notify, reason, report
 from ..workers import Job
 from .common import JobPanel, JobWidget, float_spin, format_seconds, int_spin
 from .correct import _is_membrane_layer, prediction_of
@@ -79,8 +79,8 @@ def finetune_job(job: Job, session: Any, model_name: str, raw: list[dict[str, An
 class FinetuneWidget(JobWidget):
     """Fine-tune button, advanced settings, progress with ETA, live loss / validation plots."""
 
-    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(napari_viewer, parent)
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None, scroll: bool = True) -> None:
+        super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
         from superqt import QCollapsible
 
@@ -139,7 +139,7 @@ class FinetuneWidget(JobWidget):
         form.addRow("membranes", self.membranes_combo)
         form.addRow("folder", row)
         form.addRow("starts from", self.model_label)
-        lay = QVBoxLayout(self)
+        lay = self.body_layout()
         lay.addLayout(form)
         lay.addWidget(self.advanced)
         lay.addWidget(self.run_button)
@@ -212,7 +212,7 @@ class FinetuneWidget(JobWidget):
             try:
                 raw = viewer_training_slices(self.viewer, membranes)
             except ValueError as exc:
-                notify(str(exc), "error")
+                report("Cannot collect the corrected slices.", f"{reason(exc)}.", status=self.jobs.status, exc=exc)
                 return None
             if not raw:
                 notify("No slice is marked corrected: brush corrections (edited slices are ticked) or mark a "
@@ -230,7 +230,8 @@ class FinetuneWidget(JobWidget):
         try:
             models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            notify(f"Cannot create the models folder {models_dir}: {exc}", "error")
+            report("Cannot create the models folder.", f"{reason(exc)}; choose another folder under Advanced > "
+                   "'save models in'.", status=self.jobs.status, exc=exc)
             return None
         stamp = time.strftime("%Y%m%d-%H%M%S")
         dest = unique_path(models_dir / f"{stamp}.pt")
@@ -307,9 +308,14 @@ class FinetuneWidget(JobWidget):
                    "Predict's list).")
         else:
             msg = "Fine-tuning cancelled before the first validation; no model was kept."
-        self.jobs.finish(msg)
+        self.jobs.finish(msg, "cancelled")
         notify(msg, "info")
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
-        self.jobs.finish(f"Fine-tuning failed: {exc}")
-        notify(f"Fine-tuning failed: {exc}", "error")
+        self.jobs.finish("", "failed")
+        if "out of memory" in str(exc).lower():
+            report("Fine-tuning ran out of memory.", "Lower the crop size or batch, or use the CPU.",
+                   status=self.jobs.status, exc=exc)
+        else:
+            report("Fine-tuning failed; nothing was saved.", f"Cause: {reason(exc)} (details in the log).",
+                   status=self.jobs.status, exc=exc)

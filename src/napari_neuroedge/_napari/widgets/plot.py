@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from qtpy.QtCore import QPointF, QRectF, Qt
-from qtpy.QtGui import QColor, QPainter, QPainterPath, QPen
+from qtpy.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPen
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
 
@@ -42,21 +42,11 @@ class LinePlot(QWidget):
     def _ty(self, y: float) -> float:
         return math.log10(max(y, 1e-8)) if self.log_y else y
 
-    def paintEvent(self, event: object) -> None:  # noqa: N802 (Qt API)
-        p = QPainter(self)
-        p.setRenderHint(QPainter.Antialiasing, True)
-        fg = self.palette().windowText().color()
-        w, h = self.width(), self.height()
-        left, right, top, bottom = 44, 8, 16, 16
-        plot = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
-        p.setPen(QPen(fg, 1))
-        p.drawText(QRectF(left, 0, plot.width(), top), Qt.AlignLeft | Qt.AlignVCenter, self._legend())
-        p.setPen(QPen(QColor(fg.red(), fg.green(), fg.blue(), 90), 1))
-        p.drawRect(plot)
+    def _ranges(self) -> tuple[float, float, float, float] | None:
+        """(x0, x1, y0, y1) of the data (y in plot units, i.e. log10 with ``log_y``), or None without points."""
         points = [pt for pts in self.series.values() for pt in pts]
         if not points:
-            p.end()
-            return
+            return None
         xs = [x for x, _ in points]
         x0, x1 = min(xs), max(xs)
         if self.y_range is not None:
@@ -68,6 +58,40 @@ class LinePlot(QWidget):
             x0, x1 = x0 - 1, x1 + 1
         if y1 - y0 < 1e-12:
             y0, y1 = y0 - 0.5, y1 + 0.5
+        return x0, x1, y0, y1
+
+    def y_labels(self) -> list[str]:
+        """The y-axis labels drawn (top, bottom)."""
+        ranges = self._ranges()
+        if ranges is None:
+            return []
+        fmt = (lambda v: f"{10 ** v:.3g}") if self.log_y else (lambda v: f"{v:.3g}")
+        return [fmt(ranges[3]), fmt(ranges[2])]
+
+    def left_margin(self) -> int:
+        """Room for the widest y label (plus a gap), so the numbers are never cut at the left edge."""
+        fm = QFontMetrics(self.font())
+        widest = max((fm.horizontalAdvance(t) for t in self.y_labels() or ["0.0"]), default=0)
+        return widest + 6
+
+    def paintEvent(self, event: object) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.setRenderHint(QPainter.Antialiasing, True)
+        fg = self.palette().windowText().color()
+        w, h = self.width(), self.height()
+        fm = QFontMetrics(self.font())
+        left, right, top, bottom = self.left_margin(), 8, fm.height() + 2, fm.height() + 2
+        plot = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
+        p.setPen(QPen(fg, 1))
+        # the title starts at the widget's left edge, in line with the labels of the form above
+        p.drawText(QRectF(0, 0, w, top), Qt.AlignLeft | Qt.AlignVCenter, self._legend())
+        p.setPen(QPen(QColor(fg.red(), fg.green(), fg.blue(), 90), 1))
+        p.drawRect(plot)
+        ranges = self._ranges()
+        if ranges is None:
+            p.end()
+            return
+        x0, x1, y0, y1 = ranges
 
         def to_px(x: float, y: float) -> QPointF:
             return QPointF(plot.left() + (x - x0) / (x1 - x0) * plot.width(),
@@ -84,16 +108,20 @@ class LinePlot(QWidget):
                 path.lineTo(to_px(*pt))
             p.drawPath(path)
         p.setPen(QPen(fg, 1))
-        fmt = (lambda v: f"{10 ** v:.3g}") if self.log_y else (lambda v: f"{v:.3g}")
-        p.drawText(QRectF(0, plot.top() - 6, left - 4, 14), Qt.AlignRight | Qt.AlignVCenter, fmt(y1))
-        p.drawText(QRectF(0, plot.bottom() - 8, left - 4, 14), Qt.AlignRight | Qt.AlignVCenter, fmt(y0))
+        hi, lo = self.y_labels()
+        fh = fm.height()
+        p.drawText(QRectF(0, plot.top() - fh / 2, left - 4, fh), Qt.AlignRight | Qt.AlignVCenter, hi)
+        p.drawText(QRectF(0, plot.bottom() - fh / 2, left - 4, fh), Qt.AlignRight | Qt.AlignVCenter, lo)
         p.drawText(QRectF(left, plot.bottom(), plot.width(), bottom), Qt.AlignLeft | Qt.AlignVCenter, f"{x0:g}")
         p.drawText(QRectF(left, plot.bottom(), plot.width(), bottom), Qt.AlignRight | Qt.AlignVCenter, f"{x1:g}")
         p.end()
 
     def _legend(self) -> str:
-        parts = [self.title] if self.title else []
-        for name, pts in self.series.items():
-            if pts:
-                parts.append(f"{name} {pts[-1][1]:.3g}")
-        return "   ".join(parts)
+        """The title and each curve's latest value: "loss 0.0954", "validation: F1 0.91, Rand err 0.08"."""
+        values = [(name, pts[-1][1]) for name, pts in self.series.items() if pts]
+        if len(values) == 1 and values[0][0] == self.title:  # one curve named like the plot: say it once
+            return f"{self.title} {values[0][1]:.3g}"
+        text = ", ".join(f"{name} {v:.3g}" for name, v in values)
+        if self.title:
+            return f"{self.title}: {text}" if text else self.title
+        return text

@@ -20,11 +20,11 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton,
-                            QVBoxLayout, QWidget)
+                            QWidget)
 
 from ...config import SEED_THRESHOLD
 from .. import lazy_outputs, tracking
-from .._qt_utils import LayerCombo, notify
+from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
 from ..session import LOAD_CHECKPOINT
 from ..package_export import add_export_button, ask_package_path
 from ..workers import Job
@@ -67,6 +67,37 @@ def _is_input_image(layer: Any) -> bool:
     return not getattr(layer, "rgb", False) and tracking.info_role(layer) in ("", "image")
 
 
+ARCH_NAMES = {"unet": "U-Net", "unet-large": "U-Net (large)", "casenet": "CASENet", "dff": "DFF"}
+
+
+def describe_model(ckpt: Any) -> str:
+    """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"."""
+    arch = ARCH_NAMES.get(str(ckpt.arch), str(ckpt.arch))
+    kwargs = ckpt.arch_kwargs if isinstance(ckpt.arch_kwargs, dict) else {}
+    parts = [arch + "".join(f", {str(k).replace('_', ' ')} {v}" for k, v in kwargs.items())]
+    if ckpt.step:
+        parts.append(f"trained {int(ckpt.step):,} steps")
+    parts.append(f"threshold {ckpt.threshold:g}")
+    return " \u00b7 ".join(parts)
+
+
+def _rgb_advice() -> str:
+    return ("Right-click the layer in the layer list > Split RGB, then predict one of the channels "
+            "(or open the stack as grayscale).")
+
+
+def _model_file(session: Any, model_name: str) -> str:
+    """ "default.pt, 7.9 MB": the file a model is loaded from, for the progress line."""
+    source = (getattr(session, "models", None) or {}).get(model_name, model_name)
+    try:
+        from ...models.registry import resolve_checkpoint
+
+        path = resolve_checkpoint(source)
+        return f"{short_name(path.name, 32)}, {path.stat().st_size / 1e6:.1f} MB"
+    except Exception:  # the load itself reports a missing or broken file
+        return short_name(str(source), 32)
+
+
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
                 device_name: str, tile: int, context: int, tta: int, uncertainty: bool, threshold: float,
                 instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD):
@@ -82,7 +113,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     from ...inference.predict import TorchPredictor, iter_predict
     from ...progress import ProgressEvent
 
-    yield ProgressEvent(0, 0, "loading model")
+    yield ProgressEvent(0, 0, f"loading PyTorch and model '{model_name}' ({_model_file(session, model_name)})")
     import torch
 
     ckpt = session.checkpoint(model_name)
@@ -90,6 +121,8 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     device = resolve_device(device_name)
     if device.type == "cpu":
         torch.set_num_threads(gui_threads())
+    arch = str(getattr(ckpt, "arch", "model"))
+    yield ProgressEvent(0, 0, f"building {ARCH_NAMES.get(arch, arch)} on {device.type}")
     model = ckpt.build()
     variance = uncertainty and tta > 1
     predictor = TorchPredictor(model, device, tta=TTAConfig(n=tta, variance=variance))
@@ -120,7 +153,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
             z = 0 if is_2d else slices[i]
             cells = instances_from_probability(prob[i], seed_threshold)
             inst[i] = stack_instance_ids(cells, z, tuple(data.shape))  # the CLI's ids: unique across the stack
-            yield ProgressEvent(i + 1, k, "instances")
+            yield ProgressEvent(i + 1, k, "instances", unit="slices")
     return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), prob, membranes,
                          var, inst, threshold, meta)
 
@@ -128,8 +161,8 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
 class PredictWidget(JobWidget):
     """Image + model + settings -> boundary / membranes / instances / uncertainty layers."""
 
-    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
-        super().__init__(napari_viewer, parent)
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None, scroll: bool = True) -> None:
+        super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Image
 
         self.session.predict_widget_ref = weakref.ref(self)
@@ -179,7 +212,7 @@ class PredictWidget(JobWidget):
         form.addRow("instance seed threshold", self.seed_spin)
         form.addRow("", self.uncertainty_check)
         form.addRow("", self.overwrite_check)
-        lay = QVBoxLayout(self)
+        lay = self.body_layout()
         lay.addLayout(form)
         lay.addWidget(self.run_button)
         lay.addWidget(add_export_button(self))
@@ -195,7 +228,14 @@ class PredictWidget(JobWidget):
         self.tta_combo.currentIndexChanged.connect(self._on_tta_changed)
         self.device_combo.currentTextChanged.connect(self._on_device_changed)
         self.run_button.clicked.connect(lambda: self.predict())
+        connect_weak(self.viewer.layers.selection.events.active, self, "_follow_selection")
         self.job: Job | None = None
+
+    def _follow_selection(self, event: Any = None) -> None:
+        """Selecting an image layer in the layer list chooses it here too (Predict runs on what you look at)."""
+        layer = self.viewer.layers.selection.active
+        if layer is not None and _is_input_image(layer) and type(layer).__name__ == "Image":
+            self.image_combo.set_layer(layer.name)
 
     # ------------------------------------------------------------------ settings
     def _fill_devices(self) -> None:
@@ -265,9 +305,10 @@ class PredictWidget(JobWidget):
 
             load_checkpoint(path).build()
         except Exception as exc:  # CheckpointError, FileNotFoundError, OSError, ...
-            notify(f"Cannot use {path} as a model: {exc}. Choose a .pt file saved by napari-neuroedge "
-                   "(training, fine-tuning or the bundled models) or a bioimage.io package of a 2D boundary model.",
-                   "error")
+            name = short_name(path)
+            what = "does not exist" if not Path(path).exists() else "is not a NeuroEdge model"
+            report(f"{name} {what}.", f"Choose a .pt file saved by napari-neuroedge (training, fine-tuning or the "
+                   f"bundled models) or a bioimage.io package of a 2D boundary model; the details are in the log. ({path})", status=self.jobs.status, exc=exc)
             self._refresh_models()
             return None
         name = self.session.add_model(path, select=True)
@@ -282,14 +323,14 @@ class PredictWidget(JobWidget):
         try:
             ckpt = self.session.checkpoint(name)
         except Exception as exc:
-            self.model_info.setText(f"cannot load: {exc}")
+            self.model_info.setText(f"cannot load: {reason(exc)}")
             return
         if name != self._threshold_model:  # a different model: use its threshold (the user may change it after)
             self._threshold_model = name
             self.threshold_spin.setValue(ckpt.threshold)
             self.seed_spin.setValue(ckpt.seed_threshold)
         note = str(ckpt.provenance.get("note", "")) if isinstance(ckpt.provenance, dict) else ""
-        text = f"{ckpt.arch} {ckpt.arch_kwargs}, step {ckpt.step}, threshold {ckpt.threshold:g}"
+        text = describe_model(ckpt)
         if note:
             text += f"\n{note}"
         self.model_info.setText(text)
@@ -298,15 +339,38 @@ class PredictWidget(JobWidget):
     def current_image(self) -> Any:
         return self.image_combo.layer()
 
+    def _rgb_refusal(self, layer: Any) -> None:
+        report(f"'{short_name(layer.name, 16)}' is RGB; NeuroEdge needs grayscale.", _rgb_advice(),
+               status=self.jobs.status)
+
     def _check_image(self, layer: Any) -> Any:
-        """The layer's array if it can be predicted, else None (after a notification saying why)."""
+        """The layer's array if it can be predicted, else None (after a notification saying why).
+
+        Predict runs on what the user sees: a selected RGB layer, or a hidden chosen layer, is refused with the
+        reason instead of predicting another layer.
+        """
+        from napari.layers import Image
+
+        active = self.viewer.layers.selection.active
+        if (isinstance(active, Image) and getattr(active, "rgb", False) and active.visible
+                and (layer is None or active is not layer)):
+            self._rgb_refusal(active)  # the user selected (and sees) an RGB layer
+            return None
         if layer is None:
-            notify("Choose an image layer to predict (open an EM stack, or File > Open Sample > NeuroEdge).",
-                   "warning")
+            rgb = [ly for ly in self.viewer.layers if isinstance(ly, Image) and getattr(ly, "rgb", False)]
+            if rgb:
+                self._rgb_refusal(rgb[0])
+            else:
+                report("Open an EM image to predict.", "Drag a TIFF, zarr or folder of slices onto napari, or use "
+                       "File > Open Sample > NeuroEdge.", level="warning", status=self.jobs.status)
             return None
         if getattr(layer, "rgb", False):
-            notify(f"'{layer.name}' is an RGB image; NeuroEdge needs grayscale EM. Convert it to one channel "
-                   "first (e.g. Layers > Split RGB) and pick one channel.", "error")
+            self._rgb_refusal(layer)
+            return None
+        if not layer.visible:
+            report(f"'{short_name(layer.name, 18)}' is hidden; show it first.",
+                   "Predict runs on the layer you see: tick its eye in the layer list, or choose a visible "
+                   "image in 'image'.", level="warning", status=self.jobs.status)
             return None
         from ...io import InputError, check_em_array
 
@@ -314,7 +378,8 @@ class PredictWidget(JobWidget):
         try:
             check_em_array(data, f"layer '{layer.name}'")
         except InputError as exc:
-            notify(str(exc), "error")
+            report(f"'{short_name(layer.name, 18)}' cannot be predicted.", f"{reason(exc)}.",
+                   status=self.jobs.status, exc=exc)
             return None
         return data
 
@@ -327,7 +392,8 @@ class PredictWidget(JobWidget):
         if data is None:
             return None
         if not self.session.selected_model:
-            notify("No model is available: load a checkpoint first (model > load checkpoint...).", "error")
+            report("No model is available.", "Load a checkpoint first (model > load checkpoint...).",
+                   status=self.jobs.status)
             return None
         scope = scope or self.scope_combo.currentText()
         is_2d = data.ndim == 2
@@ -351,15 +417,17 @@ class PredictWidget(JobWidget):
         self.jobs.update_event(event)
 
     def _on_cancelled(self, job: Job) -> None:
-        self.jobs.finish("Prediction cancelled; the layers were not changed.")
+        self.jobs.finish("Prediction cancelled; the layers were not changed.", "cancelled")
         notify("Prediction cancelled; the layers were not changed.", "info")
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
-        hint = ""
+        self.jobs.finish("", "failed")
         if "out of memory" in str(exc).lower():
-            hint = " Try a smaller tile size or the CPU."
-        self.jobs.finish(f"Prediction failed: {exc}")
-        notify(f"Prediction failed: {exc}.{hint}", "error")
+            report("Prediction ran out of memory.", "Try a smaller tile size or the CPU.", status=self.jobs.status,
+                   exc=exc)
+        else:
+            report("Prediction failed; layers unchanged.", f"Cause: {reason(exc)} (details in the log).",
+                   status=self.jobs.status, exc=exc)
 
     def _on_done(self, job: Job, result: PredictResult) -> None:
         kept = self.apply_result(result)

@@ -1,0 +1,269 @@
+"""Issue 14: what a new user trips over, driven through the widgets (RGB layers, error text, progress units,
+labels and layout, pixel size of layers opened without the plugin's reader)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_neuroedge._napari import tracking
+
+
+def _toast_fits(qtbot, message: str) -> bool:
+    """Whether napari's collapsed (one-line) toast shows ``message`` whole."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtGui import QFontMetrics
+
+    toast = NapariQtNotification(message, "error")
+    toast.DISMISS_AFTER = 0
+    toast.show()
+    qtbot.wait(50)
+    fits = QFontMetrics(toast.message.font()).horizontalAdvance(message) <= toast.message.width()
+    toast.close()
+    return fits
+
+
+def _one_sentence(msg: str) -> bool:
+    body = msg.rstrip(".")
+    return msg.endswith(".") and ". " not in body and "\n" not in msg
+
+
+# ---------------------------------------------------------------------------------------------- 1. RGB layers
+def test_only_an_rgb_layer_open_says_rgb_and_how_to_convert(qtbot, make_napari_viewer, notes):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
+    w = PredictWidget(viewer)
+    assert w.image_combo.count() == 0
+    assert w.predict() is None
+    errors = notes("error")
+    assert errors == ["'photo' is RGB; NeuroEdge needs grayscale."], errors
+    assert "Split RGB" in w.jobs.status.text()
+    assert [ly.name for ly in viewer.layers] == ["photo"]
+
+
+def test_selected_rgb_layer_is_not_swapped_for_a_hidden_grayscale_one(qtbot, make_napari_viewer, notes):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="em", visible=False)
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
+    w = PredictWidget(viewer)
+    viewer.layers.selection.active = viewer.layers["photo"]
+    assert w.image_combo.currentText() == "em"  # the only grayscale layer, but hidden
+    assert w.predict() is None  # before: predicted the hidden 'em' without a word
+    assert notes("error") == ["'photo' is RGB; NeuroEdge needs grayscale."]
+    assert [ly.name for ly in viewer.layers] == ["em", "photo"]
+    viewer.layers["photo"].visible = False
+    viewer.layers.selection.active = viewer.layers["em"]
+    assert w.predict() is None  # 'em' is still hidden: say so
+    warnings = notes("warning")
+    assert warnings == ["'em' is hidden; show it first."], warnings
+    assert "eye" in w.jobs.status.text()
+
+
+def test_image_choice_follows_the_layer_selected_in_the_layer_list(qtbot, make_napari_viewer):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="a")
+    viewer.add_image(np.zeros((32, 32), np.uint8), name="b")
+    w = PredictWidget(viewer)
+    viewer.layers.selection.active = viewer.layers["a"]
+    assert w.image_combo.currentText() == "a"
+    viewer.layers.selection.active = viewer.layers["b"]
+    assert w.image_combo.currentText() == "b"
+
+
+# ---------------------------------------------------------------------------------------------- 2. error text
+def test_non_checkpoint_file_gives_one_short_sentence_details_in_the_log(qtbot, make_napari_viewer, tmp_path,
+                                                                        notes, caplog):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    plain = tmp_path / "missing.pt"
+    torch.save({"weight": torch.zeros(3)}, plain)
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"obj": logging.getLogger("x")}, pickled)  # an object weights_only=True refuses to unpickle
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    cases = [(plain, "missing.pt is not a NeuroEdge model."), (pickled, "pickled.pt is not a NeuroEdge model."),
+             (tmp_path / "gone.pt", "gone.pt does not exist.")]
+    for path, expected in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="napari_neuroedge"):
+            assert w.load_checkpoint(str(path)) is None
+        errors = notes("error")
+        assert errors == [expected], errors
+        msg = errors[0]
+        assert _one_sentence(msg) and _toast_fits(qtbot, msg), msg
+        for internal in ("Unpickling", "weights_only", "PyTorch", "Traceback", "torch"):
+            assert internal not in msg
+        status = w.jobs.status.text()
+        assert status.startswith(expected) and "Choose a .pt file saved by napari-neuroedge" in status
+        logged = caplog.text
+        assert str(path) in logged and "Traceback" in logged  # the details went to the log
+        if path == pickled:
+            assert "Weights only load failed" in logged  # torch's text: in the log, not on screen
+
+
+def test_prediction_failure_is_one_sentence_with_the_cause_beside_the_button(qtbot, panel_viewer, waiter, notes,
+                                                                            monkeypatch, caplog):
+    viewer, panel = panel_viewer
+    p = panel.predict
+
+    def boom(*_a, **_k):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nCUDA kernel errors might be ...")
+
+    monkeypatch.setattr("napari_neuroedge.inference.predict.TorchPredictor.__init__", boom)
+    with caplog.at_level(logging.ERROR, logger="napari_neuroedge"):
+        job = waiter(p.predict())
+    assert job.state == "failed"
+    errors = notes("error")
+    assert errors == ["Prediction failed; layers unchanged."]
+    assert _toast_fits(qtbot, errors[0])
+    assert "illegal memory access" in p.jobs.status.text() and "kernel errors" not in p.jobs.status.text()
+    assert "kernel errors" in caplog.text
+    assert p.jobs.bar.format() == "failed" and p.jobs.bar.value() == 0
+
+
+# ---------------------------------------------------------------------------------------------- 3. progress
+def test_progress_names_its_units_shows_what_loads_and_marks_a_cancel(panel_viewer, waiter, notes,
+                                                                     start_cancellable_prediction):
+    viewer, panel = panel_viewer
+    p = panel.predict
+    texts = []
+    orig = p.jobs.update_event
+
+    def record(event, extra=""):
+        orig(event, extra)
+        texts.append(p.jobs.status.text())
+
+    p.jobs.update_event = record
+    job = start_cancellable_prediction(p)
+    name = p.session.selected_model
+    size = os.path.getsize(p.session.models[name]) / 1e6
+    assert texts[0] == f"loading PyTorch and model '{name}' ({name}.pt, {size:.1f} MB)", texts[0]
+    assert any(t.startswith("building U-Net on cpu") for t in texts), texts
+    assert p.jobs.bar.value() > 0
+    predicting = [t for t in texts if t.startswith("predict:")]
+    assert predicting and predicting[-1].split(" - ")[0].endswith(" tiles"), predicting[-1]
+    done, total = predicting[-1].split()[1].split("/")
+    assert int(total) % 3 == 0 and int(total) > 3  # every slice's tiles, not slices
+    p.jobs.cancel_button.click()
+    waiter(job)
+    assert job.state == "cancelled"
+    assert p.jobs.bar.value() == 0 and p.jobs.bar.format() == "cancelled"
+    notes("info")
+
+
+# ---------------------------------------------------------------------------------------------- 4. labels, layout
+def test_model_line_is_written_for_people(qtbot, make_napari_viewer):
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    viewer = make_napari_viewer()
+    w = PredictWidget(viewer)
+    ckpt = w.session.checkpoint("default")
+    first = w.model_info.text().splitlines()[0]
+    assert first == f"U-Net, base 16, depth 4 \u00b7 trained {ckpt.step:,} steps \u00b7 threshold {ckpt.threshold:g}"
+    assert "{" not in w.model_info.text()
+
+
+def _text_columns(plot, rows: slice) -> np.ndarray:
+    """Columns of the rendered plot (within ``rows``) holding text-coloured pixels."""
+    img = plot.grab().toImage()
+    w, h = img.width(), img.height()
+    ptr = img.constBits()
+    ptr.setsize(img.sizeInBytes())
+    arr = np.frombuffer(ptr, np.uint8).reshape(h, img.bytesPerLine())[:, : 4 * w].reshape(h, w, 4)[..., :3]
+    bg = np.median(arr.reshape(-1, 3), 0)
+    ink = np.abs(arr.astype(int) - bg).sum(-1) > 150
+    return np.flatnonzero(ink[rows].any(0))
+
+
+def test_loss_plot_title_once_numbers_not_clipped_and_aligned_left(qtbot):
+    from qtpy.QtGui import QFontMetrics
+
+    from napari_neuroedge._napari.widgets.plot import LinePlot
+
+    loss = LinePlot("loss", log_y=True)
+    qtbot.addWidget(loss)
+    loss.resize(320, 120)
+    for i, v in enumerate((0.35, 0.2, 0.0954)):
+        loss.add_point("loss", i * 10, v)
+    assert loss._legend() == "loss 0.0954"  # was "loss   loss 0.0954"
+    val = LinePlot("validation", y_range=(0.0, 1.0))
+    val.add_point("F1", 5, 0.91)
+    val.add_point("Rand err", 5, 0.08)
+    assert val._legend() == "validation: F1 0.91, Rand err 0.08"
+    wide = LinePlot("loss", log_y=True)
+    qtbot.addWidget(wide)
+    wide.resize(320, 120)
+    wide.add_point("loss", 0, 0.000123456)
+    wide.add_point("loss", 1, 123456.0)
+    fm = QFontMetrics(wide.font())
+    labels = wide.y_labels()
+    assert labels == ["1.23e+05", "0.000123"]
+    assert wide.left_margin() >= max(fm.horizontalAdvance(t) for t in labels) + 4
+    for plot in (loss, wide):
+        plot.show()
+        qtbot.waitExposed(plot)
+        top = fm.height() + 2
+        body = _text_columns(plot, slice(top + 2, plot.height() - top - 2))
+        assert body.size and body.min() >= 1, body[:5]  # y numbers start inside the widget: nothing cut
+        title = _text_columns(plot, slice(0, top))
+        assert title.size and title.min() <= 3, title[:5]  # the title starts at the left edge, like the form
+
+
+def test_docking_predict_beside_the_panel_keeps_the_panel_usable(qtbot, make_napari_viewer):
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1920, 1080)
+    _, panel = viewer.window.add_plugin_dock_widget("napari-neuroedge", "NeuroEdge")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-neuroedge", "Predict")
+    qtbot.wait(300)
+    print("heights", panel.height(), predict.height(), panel.sizeHint(), predict.sizeHint(), predict.minimumSizeHint())
+    assert panel.height() >= 350, panel.height()  # was ~100 px: the standalone form claimed its full height
+    assert predict.height() >= 200, predict.height()
+    assert panel.predict.scroll is False and predict.scroll is True
+
+
+# ---------------------------------------------------------------------------------------------- 7. pixel size
+@pytest.mark.parametrize("plugin,unit", [("napari", "unknown"), ("napari-neuroedge", "nm")])
+def test_export_records_the_layer_pixel_size_and_says_when_its_unit_is_unknown(
+        qtbot, make_napari_viewer, tiny_checkpoint, synth_stack, tmp_path, waiter, notes, plugin, unit):
+    from napari_neuroedge._napari.widgets import NeuroEdgePanel
+
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, synth_stack.image, imagej=True, resolution=(1 / 4.0, 1 / 4.0),
+                     metadata={"spacing": 40.0, "unit": "nm"})
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(path), plugin=plugin)
+    panel = NeuroEdgePanel(viewer)
+    panel.predict.load_checkpoint(str(tiny_checkpoint))
+    panel.predict.tile_spin.setValue(64)
+    panel.predict.scope_combo.setCurrentText("current slice")
+    waiter(panel.predict.predict())
+    mem = viewer.layers[tracking.layer_name(image.name, "membranes")]
+    z = tracking.current_slice(viewer, mem)
+    assert panel.correct.mark_current() == z
+    panel.export.refresh()
+    before = panel.export.info.text()
+    entries = panel.export.export(str(tmp_path / "set"))
+    assert len(entries) == 1
+    item = json.loads((tmp_path / "set" / "manifest.json").read_text())["items"][0]
+    assert item["pixel_size_unit"] == unit
+    if unit == "unknown":
+        assert item["pixel_size"] == [float(s) for s in image.scale[-2:]]
+        assert "Pixel size unknown" in before and "without a unit" in before
+        assert "unknown" in panel.export.info.text() and "NeuroEdge reader" in panel.export.info.text()
+        assert notes("warning") == ["Pixel size unknown; exported as 'unknown'."]
+    else:
+        assert item["pixel_size"] == pytest.approx([4.0, 4.0])
+        assert "Pixel size 4 x 4 nm." in before
+    notes("info")
