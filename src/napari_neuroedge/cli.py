@@ -260,17 +260,17 @@ def _write_overlay(path: str | Path, panels: list[tuple[np.ndarray, np.ndarray, 
 
 # -------------------------------------------------------------------------------------------- train / finetune
 
-def _train_config(args: argparse.Namespace, base: Any = None) -> Any:
+def _train_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
     from .config import TrainConfig, load_json, parse_loss
 
-    cfg = base or TrainConfig()
+    cfg = TrainConfig()
     if getattr(args, "config", None):
         cfg = load_json(TrainConfig, args.config)
     changes: dict[str, Any] = {}
-    for name in ("steps", "batch", "val_every", "seed", "device", "threads", "replay_fraction", "corrected_weight",
-                 "select", "time_limit_s", "ema_decay", "val_tta", "keep_validated"):
+    for name in ("steps", "batch", "val_every", "seed", "device", "threads", "select", "time_limit_s", "ema_decay",
+                 "val_tta", "keep_validated"):
         val = getattr(args, name, None)
         if val is not None:
             changes[name] = val

@@ -57,15 +57,16 @@ def _axis_plan(length: int, tile: int, overlap: int, multiple: int) -> tuple[int
     n = math.ceil((length - overlap) / max(tile - overlap - multiple, 1))
     while True:
         size = round_up(math.ceil((length + (n - 1) * overlap) / n), multiple)
-        while size <= tile and min(size - (b - a) for a, b in _pairs(spread(length, size, n, multiple))) < overlap:
+        while size <= tile and _min_overlap(spread(length, size, n, multiple), size) < overlap:
             size += multiple
         if size <= tile:
             return n, size
         n += 1
 
 
-def _pairs(starts: tuple[int, ...]) -> list[tuple[int, int]]:
-    return list(zip(starts[:-1], starts[1:])) or [(0, 0)]
+def _min_overlap(starts: tuple[int, ...], size: int) -> int:
+    """The smallest overlap (px) of neighbouring tiles of ``size`` px starting at ``starts`` (n >= 2)."""
+    return min(size - (b - a) for a, b in zip(starts, starts[1:]))
 
 
 def spread(length: int, tile: int, n: int, multiple: int = 1) -> tuple[int, ...]:

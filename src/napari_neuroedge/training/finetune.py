@@ -149,11 +149,11 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
     if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
         from ..calibration import choose_threshold, pixel_error_by_threshold
+        from ..inference.device import resolve_device
         from ..inference.predict import TorchPredictor, predict_array
         from .loop import _IDENTITY_NORM
 
-        predictor = TorchPredictor(ckpt.build(), "cpu" if options.device == "auto" else options.device,
-                                   precision=options.precision)
+        predictor = TorchPredictor(ckpt.build(), resolve_device(options.device), precision=options.precision)
         probs = [predict_array(s.image, predictor, norm=_IDENTITY_NORM) for s in val]
         errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
                                           np.concatenate([s.label.ravel() for s in val]),
