@@ -61,8 +61,10 @@ def synth_stack():
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """Models go to tmp; notifications are recorded; unexpected error notifications fail the test."""
+    """Models and the forms' saved values go to tmp; notifications are recorded; unexpected error notifications
+    fail the test."""
     monkeypatch.setenv("NEUROEDGE_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("NEUROEDGE_SETTINGS_DIR", str(tmp_path / "settings"))
     _qt_utils.HISTORY.clear()
     yield
     errors = [msg for level, msg in _qt_utils.HISTORY if level == "error"]
