@@ -39,7 +39,8 @@ def persisted_form(name: str, widgets: Sequence[Any], transient: Sequence[str] =
     from magicgui.widgets import Container, Label
     from magicgui.widgets.bases import ValueWidget
 
-    form = Container(widgets=list(widgets))
+    form = Container()
+    form.extend(widgets)  # added after construction, so magicgui gives all labels one width
     kept = [w for w in form if isinstance(w, ValueWidget) and not isinstance(w, Label) and w.name not in transient]
     defaults = {w.name: w.value for w in kept}
     path = settings_dir() / f"{name}.json"

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, SpinBox
-from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QWidget
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ...config import SEED_THRESHOLD
 from .. import lazy_outputs, tracking
@@ -180,13 +181,13 @@ class PredictWidget(JobWidget):
                     tooltip="tile overlap on each side; 0 = the model's measured receptive context"),
             ComboBox(name="tta", label="TTA", choices=list(TTA_CHOICES.items()), value=1),
             ComboBox(name="device", choices=["auto"] + found, value="auto"),
-            Label(name="found", label="", value="found: " + ", ".join(found)),
+            Label(name="found", value=", ".join(found), tooltip="the devices torch found here"),
             FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5,
                          tooltip="membrane where the boundary probability is at least this; set to the model's "
                          "calibrated threshold when you choose a model"),
             ComboBox(name="scope", choices=list(SCOPES)),
             CheckBox(name="instances", text="neuron instances (Labels)"),
-            FloatSpinBox(name="seed_threshold", label="instance seed threshold", min=0.01, max=0.99, step=0.05,
+            FloatSpinBox(name="seed_threshold", label="seed threshold", min=0.01, max=0.99, step=0.05,
                          value=SEED_THRESHOLD, tooltip="neuron instances grow from pixels whose boundary "
                          "probability is below this; lower it if cells merge through faint membranes"),
             CheckBox(name="uncertainty", text="TTA uncertainty (Image)"),
@@ -195,6 +196,8 @@ class PredictWidget(JobWidget):
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
         self.tile_spin, self.context_spin, self.tta_combo = f.tile.native, f.context.native, f.tta.native
         self.device_combo, self.device_found = f.device.native, f.found.native
+        self.device_found.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # label column
+        self.device_found.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)  # as wide as others
         self.threshold_spin, self.seed_spin = f.threshold.native, f.seed_threshold.native
         self.scope_combo, self.instances_check = f.scope.native, f.instances.native
         self.uncertainty_check, self.overwrite_check = f.uncertainty.native, f.overwrite.native
