@@ -9,6 +9,8 @@ SHARED_ISBI := ../shared/data/isbi2012
 DEMO_OUT := demo_out/$(shell date +%Y%m%d-%H%M%S)
 # the `qt` extra is PyQt6; qtpy would pick PyQt5 first if an older environment still has it
 export QT_API ?= pyqt6
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu: the CPU-only torch (the default wheel brings ~3 GB of CUDA)
+TORCH_INDEX ?=
 APT_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-randr0 \
 	libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-cursor0 libgl1 libegl1 libgl1-mesa-dri \
 	libxkbcommon-x11-0 libfontconfig1 libdbus-1-3
@@ -19,7 +21,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install -q -e '.[napari,qt,dask,ngff,bioimageio,test]'
 	touch $(STAMP)
 

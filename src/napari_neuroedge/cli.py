@@ -85,6 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .inference.predict import TorchPredictor, iter_predict, parse_slices
     from .io import open_output, open_stack
     from .models.checkpoint import load_model
+    from .ngff import check_label_paths
     from .progress import drive
 
     stack = open_stack(args.input)
@@ -92,6 +93,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for p in (args.output, args.prob, args.instances, args.uncertainty, args.overlay):
         if p is not None:
             _refuse_existing(Path(p))
+    check_label_paths([args.output, args.prob, args.instances, args.uncertainty])  # IMAGE.ome.zarr/labels/NAME
     if args.scheduler is not None:
         return _predict_blockwise(args, stack)
     model, ckpt = load_model(args.model)
@@ -643,7 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="membrane threshold on the probability (default: the model's, "
                    "0.5 unless calibrated with `neuroedge calibrate`)")
     p.add_argument("--prob", help="also write the float32 boundary probability here (.ome.zarr: mean pyramid)")
-    p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here")
+    p.add_argument("--instances", help="also write uint32 neuron instances (watershed) here; P.ome.zarr/labels/NAME "
+                   "stores them as an NGFF label of the --prob P.ome.zarr image")
     p.add_argument("--seed-threshold", type=float, dest="seed_threshold",
                    help="instances grow from pixels with boundary probability below this (default: the model's; "
                    f"{SEED_THRESHOLD} unless a fine-tune recalibrated it)")

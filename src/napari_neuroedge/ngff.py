@@ -7,11 +7,20 @@ each half the previous one in y/x (z is kept; EM stacks are anisotropic) until t
 (every second pixel; no new label values appear), probabilities by the 2x2 mean. Label outputs also carry
 NGFF ``image-label`` metadata. Everything is written under a temporary name and renamed at the end; an existing
 output is never overwritten.
+
+A path ``IMAGE.ome.zarr/labels/NAME`` writes a label image inside ``IMAGE`` as the NGFF spec describes (listed in
+``labels``' metadata, ``image-label.source`` pointing back at the image): ``IMAGE`` must exist or be written by the
+same process (``neuroedge predict --prob P.ome.zarr --instances P.ome.zarr/labels/instances``); the label is
+written beside it and moved in at the end, into the image's temporary folder when the image is still being
+written, so both appear together.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +32,31 @@ from .atomic import OutputExistsError, atomic_dir
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
 _BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
 _UNIT_NM = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "angstrom": 0.1}
+_WRITING: dict[str, Path] = {}  # resolved final path -> temporary folder of the NGFF images being written here
+
+
+def label_of(path: str | Path) -> tuple[Path, str] | None:
+    """(image path, label name) for ``IMAGE.ome.zarr/labels/NAME`` (a label image stored in that image), else None."""
+    p = Path(str(path).rstrip("/"))
+    if p.parent.name == "labels" and str(p.parent.parent).lower().endswith(".ome.zarr"):
+        return p.parent.parent, p.name
+    return None
+
+
+def check_label_paths(outputs: list[str | Path | None]) -> None:
+    """Fail before the work when a label path ``IMAGE.ome.zarr/labels/NAME`` among ``outputs`` has no image: one
+    that exists or is itself among ``outputs``."""
+    written = {Path(str(p).rstrip("/")).resolve() for p in outputs if p is not None}
+    for p in outputs:
+        inside = label_of(p) if p is not None else None
+        if inside is not None and not inside[0].exists() and inside[0].resolve() not in written:
+            raise ValueError(f"{p}: labels go inside an OME-Zarr image, and {inside[0]} is neither there nor "
+                             f"written by this command (add e.g. --prob {inside[0]})")
 
 
 def is_ome_zarr_path(path: str | Path) -> bool:
-    """True for a path ending in ``.ome.zarr``."""
-    return str(path).rstrip("/").lower().endswith(".ome.zarr")
+    """True for a path ending in ``.ome.zarr`` or a label inside one (``IMAGE.ome.zarr/labels/NAME``)."""
+    return str(path).rstrip("/").lower().endswith(".ome.zarr") or label_of(path) is not None
 
 
 def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -106,20 +135,62 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
     axes = _axes(len(shape))
     chunks = chunks or slice_chunks(shape)
-    with atomic_dir(path) as tmp:
-        group = zarr.open_group(str(tmp), mode="w-")
-        yield group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
-        shapes = _level_shapes(tuple(shape), min_size)
-        _build_pyramid(group, shapes, chunks, downsample)
-        scale, units = _scale(voxel_size, len(shape))
-        datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
-            s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(len(shapes))]
-        write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
-            {"unit": units[a]} if a in units else {})} for a in axes], name=path.name.split(".")[0])
-        if label:
-            meta = dict(group.attrs.get("ome", {}))
-            meta["image-label"] = {"version": meta.get("version", "0.5")}
-            group.attrs["ome"] = meta
+    inside = label_of(path)
+    key = str(path.resolve())
+    with atomic_dir(path) if inside is None else _label_dir(path, *inside, tuple(shape)) as tmp:
+        _WRITING[key] = tmp
+        try:
+            group = zarr.open_group(str(tmp), mode="w-")
+            yield group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
+            shapes = _level_shapes(tuple(shape), min_size)
+            _build_pyramid(group, shapes, chunks, downsample)
+            scale, units = _scale(voxel_size, len(shape))
+            datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+                s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(len(shapes))]
+            write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
+                {"unit": units[a]} if a in units else {})} for a in axes], name=path.name.split(".")[0])
+            if label or inside is not None:
+                meta = dict(group.attrs.get("ome", {}))
+                meta["image-label"] = {"version": meta.get("version", "0.5"),
+                                       **({"source": {"image": "../../"}} if inside is not None else {})}
+                group.attrs["ome"] = meta
+        finally:
+            _WRITING.pop(key, None)
+
+
+@contextlib.contextmanager
+def _label_dir(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> Iterator[Path]:
+    """Like :func:`atomic_dir` for ``IMAGE/labels/NAME``: a temporary folder beside ``image`` that is moved to
+    ``labels/NAME`` of the image (or of its temporary folder while this process still writes it) and listed in
+    ``labels``' metadata. The image must then be an NGFF 0.5 image of the same ``shape``."""
+    import zarr
+
+    image.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{image.name}.{name}.", suffix=".part", dir=image.parent))
+    shutil.rmtree(tmp)
+    try:
+        yield tmp
+        base = _WRITING.get(str(image.resolve()))  # still being written: its level 0 is there, metadata not yet
+        ome = {} if base is not None or not image.exists() else dict(zarr.open_group(str(image), mode="r").attrs)
+        if base is None and not ome.get("ome", {}).get("multiscales"):
+            raise ValueError(f"{path}: {image} is not an OME-Zarr 0.5 image; write it in the same command "
+                             f"(e.g. --prob {image}) or choose a label path inside an existing one")
+        base = base or image
+        level0 = ome["ome"]["multiscales"][0]["datasets"][0]["path"] if ome else "0"
+        full = zarr.open_array(str(base / level0), mode="r")
+        if tuple(full.shape) != tuple(shape):
+            raise ValueError(f"{path}: shape {tuple(shape)} differs from the image's {tuple(full.shape)}")
+        labels = zarr.open_group(str(base / "labels"), mode="a")
+        dest = base / "labels" / name
+        if dest.exists():
+            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+        os.rename(tmp, dest)
+        meta = dict(labels.attrs.get("ome", {}))
+        meta.update(version=ome.get("ome", {}).get("version", "0.5"), labels=[*meta.get("labels", []), name])
+        labels.attrs["ome"] = meta
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ngff_multiscales(attrs: Any) -> list[dict[str, Any]] | None:

@@ -44,7 +44,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     train = slices_from_arrays(stack.image, stack.membrane, NormConfig())
     cfg = TrainConfig(model="unet", model_kwargs={"base": 8, "depth": 2}, steps=50, batch=4, val_every=10_000,
                       lr_backbone=0.01, lr_head=0.01, augment=AugmentConfig(crop=64, elastic_p=0.0), threads=1,
-                      device="cpu", seed=0)
+                      device="cpu", seed=0, precision="fp32")
     result = drive(iter_fit(cfg, train, [], root / "run", provenance={"name": "tiny-unet"}))
     path = root / "tiny-unet.pt"
     shutil.copy(result.last, path)
@@ -61,8 +61,12 @@ def synth_stack():
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch, tmp_path):
-    """Models go to tmp; notifications are recorded; unexpected error notifications fail the test."""
+    """Models and the forms' saved values go to tmp; notifications are recorded; unexpected error notifications
+    fail the test."""
     monkeypatch.setenv("NEUROEDGE_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("NEUROEDGE_SETTINGS_DIR", str(tmp_path / "settings"))
+    # the same numbers on every CPU: "auto" would pick bf16 (5e-3 off fp32) where the CPU has native bf16
+    monkeypatch.setattr("napari_neuroedge.inference.precision.cpu_has_native_bf16", lambda: False)
     _qt_utils.HISTORY.clear()
     yield
     errors = [msg for level, msg in _qt_utils.HISTORY if level == "error"]

@@ -226,7 +226,7 @@ def test_finetune_without_data_says_why(qtbot, panel_viewer, tmp_path, notes):
 
 
 def test_learning_rate_box_keeps_small_values(panel_viewer):
-    """float_spin sets the decimals before the range, so a 1e-6 minimum and a 2e-5 rate are not rounded to 0."""
+    """The box's decimals follow its 1e-6 step, so neither the minimum nor a 2e-5 rate is rounded to 0."""
     _, panel = panel_viewer
     lr = panel.finetune.lr_spin
     assert lr.minimum() == pytest.approx(1e-6) and lr.value() == pytest.approx(2e-4)
@@ -249,3 +249,26 @@ def test_button_and_cli_build_the_same_finetune(panel_viewer, tmp_path):
     assert replace(gui, threads=0, device="auto") == cli
     parent = panel.predict.session.checkpoint(panel.predict.session.selected_model)
     assert finetune_config(parent, replace(gui, threads=0, device="auto"), True) == finetune_config(parent, cli, True)
+
+
+def test_finetune_options_persist_but_not_the_models_folder(make_napari_viewer, tmp_path, monkeypatch):
+    """Advanced options survive re-creating the widget (a new session); "save models in" follows the models dir."""
+    from napari_neuroedge._napari.widgets.finetune import FinetuneWidget
+    from napari_neuroedge.config import FinetuneOptions
+
+    viewer = make_napari_viewer()
+    ft = FinetuneWidget(viewer)
+    ft.lr_spin.setValue(5e-5)
+    ft.crop_spin.setValue(128)
+    ft.replay_edit.setText("/data/isbi-train")
+    ft.save_edit.setText(str(tmp_path / "elsewhere"))
+    saved = json.loads((tmp_path / "settings" / "finetune.json").read_text())
+    assert saved == {"lr": pytest.approx(5e-5), "crop": 128, "replay_data": "/data/isbi-train"}  # changed ones only
+    ft.close()
+    monkeypatch.setenv("NEUROEDGE_MODELS_DIR", str(tmp_path / "models2"))
+    again = FinetuneWidget(make_napari_viewer())
+    opts = again.options()
+    assert opts.lr == pytest.approx(5e-5) and opts.crop == 128
+    assert (opts.steps, opts.batch) == (FinetuneOptions().steps, FinetuneOptions().batch)
+    assert again.replay_edit.text() == "/data/isbi-train"
+    assert again.save_edit.text() == str(tmp_path / "models2")

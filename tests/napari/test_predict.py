@@ -233,3 +233,53 @@ def test_threshold_follows_the_chosen_models_calibration(qtbot, make_napari_view
     assert w.threshold_spin.value() == pytest.approx(0.55)
     w.load_checkpoint(str(tiny_checkpoint))  # an uncalibrated model
     assert w.threshold_spin.value() == pytest.approx(0.5)
+
+
+def test_form_values_persist_but_thresholds_follow_the_model(qtbot, make_napari_viewer, tiny_checkpoint, tmp_path):
+    """Re-creating the widget (a new session) restores tile, TTA, scope and outputs; the thresholds are the chosen
+    model's calibrated ones, not the last session's, and "replace my corrections" is off again."""
+    import dataclasses
+    import json
+
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+    from napari_neuroedge.models.checkpoint import load_checkpoint, save_checkpoint
+
+    calibrated = save_checkpoint(dataclasses.replace(load_checkpoint(tiny_checkpoint), threshold=0.7,
+                                                     seed_threshold=0.3), tmp_path / "calibrated.pt")
+    w = PredictWidget(make_napari_viewer())
+    default = w.session.checkpoint(w.session.selected_model)
+    w.tile_spin.setValue(256)
+    w.tta_combo.setCurrentText("6 (rotations + flips)")
+    w.scope_combo.setCurrentText("all slices")
+    w.instances_check.setChecked(True)
+    w.uncertainty_check.setChecked(True)
+    w.overwrite_check.setChecked(True)
+    w.threshold_spin.setValue(0.85)
+    w.seed_spin.setValue(0.9)
+    path = tmp_path / "settings" / "predict.json"  # the tests' settings dir, never the real home
+    assert json.loads(path.read_text()) == {"tile": 256, "tta": 6, "scope": "all slices", "instances": True,
+                                            "uncertainty": True}
+    w.close()
+
+    again = PredictWidget(make_napari_viewer())
+    assert again.tile_spin.value() == 256 and again.tta() == 6 and again.scope_combo.currentText() == "all slices"
+    assert again.instances_check.isChecked() and again.uncertainty_check.isChecked()
+    assert not again.overwrite_check.isChecked()
+    assert again.threshold_spin.value() == pytest.approx(default.threshold) != pytest.approx(0.85)
+    assert again.seed_spin.value() == pytest.approx(default.seed_threshold)
+    again.load_checkpoint(str(calibrated))
+    assert again.threshold_spin.value() == pytest.approx(0.7) and again.seed_spin.value() == pytest.approx(0.3)
+
+
+def test_unusable_saved_values_fall_back_to_the_defaults(make_napari_viewer, tmp_path):
+    """A device that is gone or a value out of range is skipped; an unreadable file is ignored."""
+    from napari_neuroedge._napari.widgets.predict import PredictWidget
+
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    (settings / "predict.json").write_text('{"device": "tpu:7", "tile": 99999, "context": 16}')
+    w = PredictWidget(make_napari_viewer())
+    assert w.device_combo.currentText() == "auto" and w.session.device == "auto"
+    assert w.tile_spin.value() == 1024 and w.context_spin.value() == 16
+    (settings / "predict.json").write_text("{not json")
+    assert PredictWidget(make_napari_viewer()).context_spin.value() == 0

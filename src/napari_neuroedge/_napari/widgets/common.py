@@ -2,44 +2,72 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QSize
-from qtpy.QtWidgets import (QDoubleSpinBox, QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea,
-                            QSpinBox, QVBoxLayout, QWidget)
+from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from ..session import get_session, unwrap_viewer
 from ..workers import Job
 
-
-def int_spin(lo: int, hi: int, value: int, *, step: int = 1, suffix: str = "", tooltip: str = "") -> QSpinBox:
-    """A QSpinBox over [lo, hi] showing ``value``."""
-    box = QSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setValue(value)
-    if suffix:
-        box.setSuffix(suffix)
-    if tooltip:
-        box.setToolTip(tooltip)
-    return box
+ENV_SETTINGS_DIR = "NEUROEDGE_SETTINGS_DIR"
+log = logging.getLogger("napari_neuroedge")
 
 
-def float_spin(lo: float, hi: float, value: float, *, step: float | None = None, decimals: int | None = None,
-               tooltip: str = "") -> QDoubleSpinBox:
-    """A QDoubleSpinBox over [lo, hi] showing ``value``; ``decimals`` is set first so small ranges survive."""
-    box = QDoubleSpinBox()
-    if decimals is not None:
-        box.setDecimals(decimals)
-    box.setRange(lo, hi)
-    if step is not None:
-        box.setSingleStep(step)
-    box.setValue(value)
-    if tooltip:
-        box.setToolTip(tooltip)
-    return box
+def settings_dir() -> Path:
+    """Where forms keep their values between sessions: ``$NEUROEDGE_SETTINGS_DIR`` or ``~/.neuroedge/settings``."""
+    env = os.environ.get(ENV_SETTINGS_DIR, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".neuroedge" / "settings"
+
+
+def persisted_form(name: str, widgets: Sequence[Any], transient: Sequence[str] = ()) -> Any:
+    """A magicgui ``Container`` of ``widgets`` whose values outlive the session, in ``<settings_dir>/<name>.json``.
+
+    Like magicgui's ``persist=True`` (which stardist-napari uses), but JSON instead of pickle, written at once on
+    the GUI thread (magicgui debounces its write on a timer thread shared by all forms, so a change in one form
+    followed within 0.2 s by one in another is lost), and only the fields that differ from their defaults are
+    stored, so a new release's defaults reach the fields the user never changed. Fields named in ``transient``
+    and labels are not kept. A stored value the field no longer accepts (a device that is gone, a value out of
+    range) is skipped, as is an unreadable file.
+    """
+    from magicgui.widgets import Container, Label
+    from magicgui.widgets.bases import ValueWidget
+
+    form = Container()
+    form.extend(widgets)  # added after construction, so magicgui gives all labels one width
+    kept = [w for w in form if isinstance(w, ValueWidget) and not isinstance(w, Label) and w.name not in transient]
+    defaults = {w.name: w.value for w in kept}
+    path = settings_dir() / f"{name}.json"
+    try:
+        saved = json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the saved form %s: %s", path, exc)
+        saved = {}
+    for w in kept:
+        if w.name in saved:
+            try:
+                w.value = saved[w.name]
+            except (ValueError, TypeError):  # no longer a valid choice or in range: keep the default
+                pass
+
+    def save(*_: Any) -> None:
+        changed = {w.name: w.value for w in kept if w.value != defaults[w.name]}
+        tmp = path.with_name(f".{path.name}.part")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(changed, indent=1))
+            os.replace(tmp, path)
+        except OSError as exc:  # a read-only home: the form still works, it just forgets
+            log.warning("could not save the form's values to %s: %s", path, exc)
+
+    form.changed.connect(save)
+    return form
 
 
 def format_seconds(seconds: float) -> str:

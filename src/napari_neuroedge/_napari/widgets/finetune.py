@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                            QWidget)
+from magicgui.widgets import FloatSpinBox, LineEdit, SpinBox
+from qtpy.QtWidgets import (QAbstractSpinBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
+                            QPushButton, QWidget)
 
 from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report
 from ..workers import Job
-from .common import JobPanel, JobWidget, float_spin, format_seconds, int_spin
+from .common import JobPanel, JobWidget, format_seconds, persisted_form
 from .correct import _is_membrane_layer, prediction_of
 from .plot import LinePlot
 from .predict import gui_threads
@@ -96,37 +97,36 @@ class FinetuneWidget(JobWidget):
         self.val_plot = LinePlot("validation", y_range=(0.0, 1.0))
 
         d = FinetuneOptions()  # the one-click recipe: the same defaults as `neuroedge finetune`
-        self.time_spin = int_spin(10, 100_000, int(d.time_limit_s), step=10, suffix=" s",
-                                  tooltip="training time; the learning-rate schedule follows it")
-        self.steps_spin = int_spin(1, 1_000_000, d.steps, tooltip="at most this many steps")
-        self.crop_spin = int_spin(32, 2048, d.crop, step=32, suffix=" px")
-        self.lr_spin = float_spin(1e-6, 1.0, d.lr, step=1e-4, decimals=6, tooltip="learning rate")
-        self.batch_spin = int_spin(1, 64, d.batch)
-        self.holdout_spin = float_spin(0.0, 0.5, d.holdout, step=0.05,
-                                       tooltip="fraction of each corrected slice (its bottom rows) held out: never "
-                                       "trained on, validated on")
-        self.replay_spin = float_spin(0.0, 1.0, d.replay_fraction, step=0.05,
-                                      tooltip="fraction of training crops drawn from the original data; used only "
-                                      "when a replay folder is set")
-        self.replay_edit = QLineEdit()
+        # magicgui widgets whose values outlive the session (common.persisted_form); "save models in" follows
+        # $NEUROEDGE_MODELS_DIR each session
+        self.form = persisted_form("finetune", [
+            SpinBox(name="time", label="time (s)", min=10, max=100_000, step=10, value=int(d.time_limit_s),
+                    tooltip="training time; the learning-rate schedule follows it"),
+            SpinBox(name="steps", label="steps (at most)", min=1, max=1_000_000, value=d.steps),
+            FloatSpinBox(name="holdout", label="held out for validation", min=0.0, max=0.5, step=0.05,
+                         value=d.holdout, tooltip="fraction of each corrected slice (its bottom rows) held out: "
+                         "never trained on, validated on"),
+            SpinBox(name="crop", label="crop size (px)", min=32, max=2048, step=32, value=d.crop),
+            FloatSpinBox(name="lr", label="learning rate", min=1e-6, max=1.0, step=1e-6, value=d.lr),
+            SpinBox(name="batch", min=1, max=64, value=d.batch),
+            FloatSpinBox(name="replay", label="replay fraction", min=0.0, max=1.0, step=0.05,
+                         value=d.replay_fraction, tooltip="fraction of training crops drawn from the original "
+                         "data; used only when a replay folder is set"),
+            LineEdit(name="replay_data", label="replay data"),
+            FloatSpinBox(name="corrected_weight", label="corrected-pixel weight", min=1.0, max=50.0,
+                         value=d.corrected_weight, tooltip="loss weight of the pixels you changed relative to the "
+                         "others"),
+            LineEdit(name="save_dir", label="save models in", value=str(self.session.models_dir)),
+        ], transient=("save_dir",))
+        f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
+        self.time_spin, self.steps_spin, self.holdout_spin = f.time.native, f.steps.native, f.holdout.native
+        self.crop_spin, self.lr_spin, self.batch_spin = f.crop.native, f.lr.native, f.batch.native
+        self.replay_spin, self.replay_edit = f.replay.native, f.replay_data.native
+        self.corrected_weight_spin, self.save_edit = f.corrected_weight.native, f.save_dir.native
         self.replay_edit.setPlaceholderText("original training-set folder (optional)")
-        self.corrected_weight_spin = float_spin(1.0, 50.0, d.corrected_weight,
-                                                tooltip="loss weight of the pixels you changed relative to the others")
-        self.save_edit = QLineEdit(str(self.session.models_dir))
+        self.lr_spin.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)  # arrows: +-10 %, typed: 1e-6
         self.advanced = QCollapsible("Advanced")
-        adv = QWidget()
-        adv_form = QFormLayout(adv)
-        adv_form.addRow("time", self.time_spin)
-        adv_form.addRow("steps (at most)", self.steps_spin)
-        adv_form.addRow("held out for validation", self.holdout_spin)
-        adv_form.addRow("crop size", self.crop_spin)
-        adv_form.addRow("learning rate", self.lr_spin)
-        adv_form.addRow("batch", self.batch_spin)
-        adv_form.addRow("replay fraction", self.replay_spin)
-        adv_form.addRow("replay data", self.replay_edit)
-        adv_form.addRow("corrected-pixel weight", self.corrected_weight_spin)
-        adv_form.addRow("save models in", self.save_edit)
-        self.advanced.addWidget(adv)
+        self.advanced.addWidget(self.form.native)
 
         browse = QPushButton("...")
         browse.setMaximumWidth(32)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton,
-                            QWidget)
+from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, SpinBox
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ...config import SEED_THRESHOLD
 from .. import lazy_outputs, tracking
@@ -28,7 +29,7 @@ from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_
 from ..session import LOAD_CHECKPOINT
 from ..package_export import add_export_button, ask_package_path
 from ..workers import Job
-from .common import JobPanel, JobWidget, float_spin, int_spin
+from .common import JobPanel, JobWidget, persisted_form
 
 TTA_CHOICES = {"off": 1, "6 (rotations + flips)": 6, "8 (full dihedral)": 8}
 SCOPES = ("current slice", "all slices")
@@ -170,28 +171,37 @@ class PredictWidget(JobWidget):
         self.model_combo = QComboBox()
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
-        self.tile_spin = int_spin(32, 4096, 1024, step=32, suffix=" px",
-                                  tooltip="largest tile; an image that fits is predicted in one pass")
-        self.context_spin = int_spin(0, 512, 0, step=8, suffix=" px",
-                                     tooltip="tile overlap on each side; 0 = the model's measured receptive context")
-        self.context_spin.setSpecialValueText("model's")
-        self.tta_combo = QComboBox()
-        self.tta_combo.addItems(list(TTA_CHOICES))
-        self.device_combo = QComboBox()
-        self.device_found = QLabel("")
-        self._fill_devices()
-        self.threshold_spin = float_spin(0.01, 0.99, 0.5, step=0.05)
-        self.threshold_spin.setToolTip("membrane where the boundary probability is at least this; set to the "
-                                       "model's calibrated threshold when you choose a model")
+        found = self._devices()
+        # plain-value options: magicgui widgets whose values outlive the session (common.persisted_form); the
+        # thresholds are the chosen model's (set in _show_model_info) and "replace my corrections" is asked anew
+        self.form = persisted_form("predict", [
+            SpinBox(name="tile", label="tile size (px)", min=32, max=4096, step=32, value=1024,
+                    tooltip="largest tile; an image that fits is predicted in one pass"),
+            SpinBox(name="context", label="tile context (px)", min=0, max=512, step=8, value=0,
+                    tooltip="tile overlap on each side; 0 = the model's measured receptive context"),
+            ComboBox(name="tta", label="TTA", choices=list(TTA_CHOICES.items()), value=1),
+            ComboBox(name="device", choices=["auto"] + found, value="auto"),
+            Label(name="found", value=", ".join(found), tooltip="the devices torch found here"),
+            FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5,
+                         tooltip="membrane where the boundary probability is at least this; set to the model's "
+                         "calibrated threshold when you choose a model"),
+            ComboBox(name="scope", choices=list(SCOPES)),
+            CheckBox(name="instances", text="neuron instances (Labels)"),
+            FloatSpinBox(name="seed_threshold", label="seed threshold", min=0.01, max=0.99, step=0.05,
+                         value=SEED_THRESHOLD, tooltip="neuron instances grow from pixels whose boundary "
+                         "probability is below this; lower it if cells merge through faint membranes"),
+            CheckBox(name="uncertainty", text="TTA uncertainty (Image)"),
+            CheckBox(name="overwrite", text="replace my corrections on edited slices"),
+        ], transient=("threshold", "seed_threshold", "overwrite"))
+        f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
+        self.tile_spin, self.context_spin, self.tta_combo = f.tile.native, f.context.native, f.tta.native
+        self.device_combo, self.device_found = f.device.native, f.found.native
+        self.device_found.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)  # label column
+        self.device_found.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)  # as wide as others
+        self.threshold_spin, self.seed_spin = f.threshold.native, f.seed_threshold.native
+        self.scope_combo, self.instances_check = f.scope.native, f.instances.native
+        self.uncertainty_check, self.overwrite_check = f.uncertainty.native, f.overwrite.native
         self._threshold_model: str | None = None  # the model whose threshold the box was last set to
-        self.scope_combo = QComboBox()
-        self.scope_combo.addItems(list(SCOPES))
-        self.instances_check = QCheckBox("neuron instances (Labels)")
-        self.seed_spin = float_spin(0.01, 0.99, SEED_THRESHOLD, step=0.05)
-        self.seed_spin.setToolTip("neuron instances grow from pixels whose boundary probability is below this; "
-                                  "lower it if cells merge through faint membranes")
-        self.uncertainty_check = QCheckBox("TTA uncertainty (Image)")
-        self.overwrite_check = QCheckBox("replace my corrections on edited slices")
         self.run_button = QPushButton("Predict")
         self.jobs = JobPanel()
 
@@ -199,21 +209,9 @@ class PredictWidget(JobWidget):
         form.addRow("image", self.image_combo)
         form.addRow("model", self.model_combo)
         form.addRow("", self.model_info)
-        form.addRow("tile size", self.tile_spin)
-        form.addRow("tile context", self.context_spin)
-        form.addRow("TTA", self.tta_combo)
-        dev = QHBoxLayout()
-        dev.addWidget(self.device_combo)
-        dev.addWidget(self.device_found)
-        form.addRow("device", dev)
-        form.addRow("threshold", self.threshold_spin)
-        form.addRow("scope", self.scope_combo)
-        form.addRow("outputs", self.instances_check)
-        form.addRow("instance seed threshold", self.seed_spin)
-        form.addRow("", self.uncertainty_check)
-        form.addRow("", self.overwrite_check)
         lay = self.body_layout()
         lay.addLayout(form)
+        lay.addWidget(self.form.native)
         lay.addWidget(self.run_button)
         lay.addWidget(add_export_button(self))
         lay.addWidget(self.jobs)
@@ -222,6 +220,7 @@ class PredictWidget(JobWidget):
 
         self._refresh_models()
         self._on_tta_changed()
+        self._on_device_changed(self.device_combo.currentText())  # a device restored from the last session
         self.session.models_changed.connect(self._refresh_models)
         self.session.model_selected.connect(self._on_session_model)
         self.model_combo.activated.connect(self._on_model_activated)
@@ -238,16 +237,15 @@ class PredictWidget(JobWidget):
             self.image_combo.set_layer(layer.name)
 
     # ------------------------------------------------------------------ settings
-    def _fill_devices(self) -> None:
+    @staticmethod
+    def _devices() -> list[str]:
         try:
             from ...inference.device import available_devices
 
-            found = available_devices()
+            return available_devices()
         except Exception as exc:
-            found = ["cpu"]
             notify(f"could not query torch devices ({exc}); using the CPU", "warning")
-        self.device_combo.addItems(["auto"] + found)
-        self.device_found.setText("found: " + ", ".join(found))
+            return ["cpu"]
 
     def _on_device_changed(self, text: str) -> None:
         self.session.device = text or "auto"
