@@ -220,6 +220,7 @@ def test_mark_unpredicted_slice_corrected_states_its_meaning(qtbot, one_predicte
     text = panel.correct.summary.text()
     assert "Slice 2 was never predicted, so marking it corrected declares ALL its labels ground truth" in text
     assert f"({fraction:.1%} of the slice is membrane now)" in text
+    assert "Slice 2: marked corrected without a prediction, so all its labels count as ground truth" in text
     assert notes("info") == ["Slice 2 marked corrected: its labels are now ground truth everywhere."]
     assert panel.correct.slice_list.item(0).checkState() == Qt.Checked
     # Export lists it as drawn from scratch and flags its almost empty labels: the first click only warns

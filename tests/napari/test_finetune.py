@@ -204,6 +204,10 @@ def test_finetune_from_exported_folder_with_replay(qtbot, corrected_viewer, wait
     ft = panel.finetune
     ft.source_combo.setCurrentText("training-set folder")
     assert ft.folder_edit.text() == str(folder)
+    label = np.asarray(mem.data[1]) > 0
+    qtbot.waitUntil(lambda: f"Will train on 1 exported slice(s) in set, {label.size:,} labelled pixels" in
+                    ft.data_label.text(), timeout=2000)
+    assert f"slice em_z0001: 100% labelled, {label.mean():.1%} membrane" in ft.data_label.text()
     ft.replay_edit.setText(str(folder))
     ft.save_edit.setText(str(tmp_path / "m"))
     _small(ft, 2)

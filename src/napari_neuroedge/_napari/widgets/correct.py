@@ -228,6 +228,10 @@ class CorrectWidget(NeuroEdgeWidget):
             text += (f"\nSlice {', '.join(map(str, waiting))}: painted but never predicted, so NOT training data. "
                      "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
                      "or predict it first and correct the prediction.")
+        marked = sorted(meta["corrected"] & meta["scratch"])
+        if marked:
+            text += (f"\nSlice {', '.join(map(str, marked))}: marked corrected without a prediction, so all its "
+                     "labels count as ground truth (unpainted = not membrane, except under ignore paint).")
         self.summary.setText(text)
 
     def _on_corrections_changed(self, name: str) -> None:

@@ -177,6 +177,7 @@ class FinetuneWidget(JobWidget):
         self.job: Job | None = None
         self.last_result: dict[str, Any] | None = None
         self._image_name: str | None = None
+        self._folder_summary: tuple[Any, Summary] | None = None
         self._show_model()
         self._on_source_changed()
         self.refresh_summary()
@@ -206,8 +207,13 @@ class FinetuneWidget(JobWidget):
     def summary(self) -> Summary | None:
         """What a click would train on (None: no data chosen yet); see :mod:`..training_data`."""
         if self.source_combo.currentText() == SOURCES[1]:
-            folder = Path(self.folder_edit.text().strip()).expanduser()
-            return folder_summary(folder) if (folder / "manifest.json").exists() else None
+            manifest = Path(self.folder_edit.text().strip()).expanduser() / "manifest.json"
+            if not manifest.exists():
+                return None
+            key = (str(manifest), manifest.stat().st_mtime_ns)  # a folder is read again only when it changed
+            if self._folder_summary is None or self._folder_summary[0] != key:
+                self._folder_summary = (key, folder_summary(manifest.parent))
+            return self._folder_summary[1]
         membranes = self.membranes_combo.layer()
         return viewer_summary(self.viewer, membranes) if membranes is not None else None
 
