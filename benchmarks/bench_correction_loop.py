@@ -63,8 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="wall minutes of the peer's ISBI pretraining (default 45: our parent's from-scratch stage)")
     p.add_argument("--peer-cache", default=str(Path.home() / ".cache" / "napari-neuroedge" / "bench"),
                    help="folder of the pretrained peer checkpoints (reused across runs)")
-    p.add_argument("--quick", action="store_true", help="crops of the slices, 3 s of training on 64 px crops, a peer pretrained "
-                   "for seconds on synthetic data (smoke test)")
+    p.add_argument("--quick", action="store_true", help="crops of the slices, 3 s of training on 64 px crops, a "
+                   "peer pretrained for seconds on synthetic data (smoke test)")
     return p.parse_args(argv)
 
 
