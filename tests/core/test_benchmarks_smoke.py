@@ -97,6 +97,23 @@ def test_bench_scale_quick() -> None:
 @pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "vnc" / "stack1-raw.tif").exists(),
                     reason="../shared/data/vnc not found")
 def test_bench_correction_loop_quick() -> None:
-    out, ratios = run_quick("bench_correction_loop.py", "--shifts", "vnc-hard")
+    out, ratios = run_quick("bench_correction_loop.py", "--shifts", "vnc-hard", "--peer", "none")
     assert {"finetune_wall_s_vnc-hard", "rand_after_over_before_vnc-hard"} <= set(ratios)
-    assert "| vnc-hard | fine-tuned |" in out
+    assert "| vnc-hard | ours | fine-tuned |" in out
+
+
+@pytest.mark.skipif(not _has("segmentation_models_pytorch"), reason="segmentation-models-pytorch not installed")
+def test_bench_correction_loop_peer_quick() -> None:
+    """The peer (smp Unet(resnet18), pretrained for seconds on synthetic data in --quick) is fine-tuned by the same
+    service with the same TrainConfig but the model, and compared on the same slices; no data needed."""
+    out, ratios = run_quick("bench_correction_loop.py", "--shifts", "synthetic")
+    expected = {"finetune_wall_s_synthetic", "peer_finetune_wall_s_synthetic", "peer_rand_after_over_before_synthetic",
+                "ours_over_peer_pixel_after_synthetic", "ours_over_peer_f1_exact_after_synthetic",
+                "ours_over_peer_rand_after_synthetic"}
+    assert expected <= set(ratios), f"missing {expected - set(ratios)}"
+    differs = re.search(r"fine-tune TrainConfig differs from ours in: (.*)$", out, re.M).group(1)
+    assert [d.split(":")[0] for d in differs.split("; ")] == ["model", "model_kwargs"]  # nothing else differs
+    assert "pretrained now on synthetic" in out
+    steps = [int(n) for n in re.findall(r"fine-tune (\d+) steps in", out)]
+    assert len(steps) == 2 and min(steps) >= 1
+    assert "| synthetic | smp Unet(resnet18) | fine-tuned |" in out and "| synthetic | ours | zero-shot |" in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from qtpy.QtCore import Qt
@@ -171,3 +173,105 @@ def test_ignore_layer(qtbot, predicted):
     assert viewer.layers.selection.active is ignore and ignore.mode == "paint"
     np.testing.assert_allclose(ignore.scale, mem.scale)
     assert panel.correct.add_ignore_layer() is ignore  # no duplicates
+
+
+@pytest.fixture
+def one_predicted(panel_viewer, waiter, goto):
+    """Only slice 0 predicted: slices 1 and 2 have an empty membrane layer and no prediction."""
+    viewer, panel = panel_viewer
+    goto(viewer, viewer.layers["em"], 0)
+    waiter(panel.predict.predict(scope="current slice"))
+    mem = viewer.layers["em membranes"]
+    assert tracking.info(mem)["predicted"] == {0} and not np.asarray(mem.data[2]).any()
+    return viewer, panel, mem
+
+
+def test_stroke_on_unpredicted_slice_is_not_training_data(qtbot, one_predicted, goto, tmp_path, notes):
+    viewer, panel, mem = one_predicted
+    goto(viewer, viewer.layers["em"], 2)
+    mem.paint((2, 40, 50), 1)  # one stroke on a slice the model never saw: the rest of it is still 0
+    meta = tracking.info(mem)
+    assert meta["edited"] == {2} and meta["corrected"] == set() and meta["scratch"] == {2}
+    assert any("Slice 2 was never predicted" in m for m in notes("warning"))
+    item = panel.correct.slice_list.item(0)
+    assert item.checkState() == Qt.Unchecked and "never predicted" in item.text()
+    assert "painted but never predicted, so NOT training data" in panel.correct.summary.text()
+    # neither Export nor Fine-tune takes it, and both say why
+    folder = tmp_path / "set"
+    assert panel.export.export(str(folder)) == [] and not folder.exists()
+    assert "No slice is marked corrected" in notes("warning")[0]
+    qtbot.waitUntil(lambda: "Not included: slice 2, painted but never predicted" in panel.export.info.text(),
+                    timeout=2000)
+    assert panel.finetune.finetune() is None and panel.finetune.job is None
+    assert "Slices painted without a prediction are not ticked" in notes("warning")[0]
+    assert "Not included: slice 2" in panel.finetune.data_label.text()
+
+
+def test_mark_unpredicted_slice_corrected_states_its_meaning(qtbot, one_predicted, goto, tmp_path, notes):
+    viewer, panel, mem = one_predicted
+    goto(viewer, viewer.layers["em"], 2)
+    mem.paint((2, 40, 50), 1)
+    notes()
+    assert panel.correct.mark_current(True) == 2
+    meta = tracking.info(mem)
+    assert meta["corrected"] == {2} and 2 in meta["scratch"]
+    fraction = float(np.mean(np.asarray(mem.data[2]) > 0))
+    assert 0 < fraction < 0.01
+    text = panel.correct.summary.text()
+    assert "Slice 2 was never predicted, so marking it corrected declares ALL its labels ground truth" in text
+    assert f"({fraction:.1%} of the slice is membrane now)" in text
+    assert "Slice 2: marked corrected without a prediction, so all its labels count as ground truth" in text
+    assert notes("info") == ["Slice 2 marked corrected: its labels are now ground truth everywhere."]
+    assert panel.correct.slice_list.item(0).checkState() == Qt.Checked
+    # Export lists it as drawn from scratch and flags its almost empty labels: the first click only warns
+    e = panel.export
+    qtbot.waitUntil(lambda: "slice 2: 100% labelled" in e.info.text(), timeout=2000)
+    assert (f"slice 2: 100% labelled, {fraction:.1%} membrane, labels drawn from scratch (never predicted)"
+            in e.info.text())
+    folder = tmp_path / "set"
+    e.folder_edit.setText(str(folder))
+    qtbot.mouseClick(e.export_button, Qt.LeftButton)
+    assert not (folder / "manifest.json").exists()
+    assert e.export_button.text().startswith("Export anyway")
+    assert f"Warning: slice 2: almost no membrane labelled ({fraction:.1%}); is it really corrected?" in e.info.text()
+    assert any("click again to export anyway" in m for m in notes("warning"))
+    qtbot.mouseClick(e.export_button, Qt.LeftButton)  # confirmed
+    items = json.loads((folder / "manifest.json").read_text())["items"]
+    assert [it["slice"] for it in items] == [2] and not items[0].get("prediction")  # no prediction to pretend
+    assert e.export_button.text() == "Export corrected slices"
+
+
+def test_difference_view_keeps_the_prediction_that_was_corrected(qtbot, predicted, waiter, tiny_checkpoint,
+                                                                  tmp_path):
+    """A later prediction of a corrected slice by another model (and threshold) leaves the difference view, and
+    the prediction Export writes, against the prediction the user corrected."""
+    from napari_neuroedge.models.checkpoint import load_checkpoint, save_checkpoint
+
+    viewer, panel, mem = predicted
+    boundary = viewer.layers["em boundary"]
+    before = (np.asarray(boundary.data[1]) >= 0.5).astype(np.uint8)
+    y, x = _cell_pixel(mem, 1)
+    mem.paint((1, y, x), 1)
+    panel.correct.diff_check.setChecked(True)
+    other = load_checkpoint(tiny_checkpoint)  # "the fine-tuned model": other weights, other threshold
+    last_bias = [k for k in other.state_dict if k.endswith("bias")][-1]
+    other.state_dict[last_bias] = other.state_dict[last_bias] + 1.0
+    other.threshold = 0.4
+    save_checkpoint(other, tmp_path / "other.pt")
+    panel.predict.load_checkpoint(str(tmp_path / "other.pt"))
+    assert panel.predict.threshold_spin.value() == pytest.approx(0.4)
+    waiter(panel.predict.predict(scope="all slices"))
+    label = np.asarray(mem.data[1])
+    now = (np.asarray(boundary.data[1]) >= 0.4).astype(np.uint8)
+    assert (now != before).sum() > 50  # the new model's prediction of slice 1 differs: the view must not follow it
+    expected = tracking.difference_map(label, before)
+    np.testing.assert_array_equal(np.asarray(viewer.layers["em difference"].data[1]), expected)
+    assert (expected == 1).sum() >= 1 and expected[y, x] == 1
+    meta = tracking.info(mem)
+    assert meta["slice_threshold"][1] == 0.5 and meta["slice_threshold"][0] == pytest.approx(0.4)
+    assert meta["slice_model"][1]["model"] != meta["slice_model"][0]["model"] == "other"
+    entries = panel.export.export(str(tmp_path / "set"))
+    pred = [e for e in entries if e["slice"] == 1][0]["prediction"]
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "set" / pred), before)

@@ -36,7 +36,7 @@ def test_export_round_trip(qtbot, corrected, tmp_path, synth_stack, notes):
     meta = tracking.info(mem)
     assert meta["corrected"] == {0, 2}
     e = panel.export
-    assert "2 slice(s) marked corrected: 0, 2" in e.info.text()
+    qtbot.waitUntil(lambda: "2 slice(s) marked corrected: 0, 2" in e.info.text(), timeout=2000)
     folder = tmp_path / "trainset"
     e.folder_edit.setText(str(folder))
     qtbot.mouseClick(e.export_button, Qt.LeftButton)
@@ -128,3 +128,43 @@ def test_export_refuses_mismatched_shapes(qtbot, make_napari_viewer, tmp_path, n
     assert errors == ["Export failed; nothing was overwritten."]
     assert "shapes differ" in w.info.text()  # the cause, in the widget (the toast stays one line)
     assert not (tmp_path / "set" / "images").exists()
+
+
+def test_export_lists_what_it_writes_and_flags_empty_labels(qtbot, corrected, tmp_path, notes):
+    """Before exporting, the widget lists each slice with its labelled, membrane and changed fractions (real
+    numbers); an almost empty corrected slice is flagged and needs a second click."""
+    from napari_neuroedge._napari.widgets.correct import prediction_of
+
+    viewer, panel, mem = corrected
+    e = panel.export
+    e.refresh()  # the fixture wrote the ignore layer's data directly (painting it re-lists, see below)
+    assert "Will export 2 corrected slice(s)" in e.info.text()
+    for z, labelled in ((0, "100%"), (2, "98%")):  # 200 of slice 2's 96 x 112 pixels are ignored
+        label = np.asarray(mem.data[z]) > 0
+        keep = np.ones(label.shape, bool) if z == 0 else np.asarray(viewer.layers["em ignore"].data[2]) == 0
+        membrane = label[keep].mean()
+        changed = (prediction_of(viewer, mem, z) != label)[keep].mean()
+        assert 0.05 < membrane < 0.6 and 0 < changed < 0.05
+        assert f"slice {z}: {labelled} labelled, {membrane:.1%} membrane, {changed:.1%} changed by you" in e.info.text()
+    assert f"2 corrected slice(s), {96 * 112 * 2 - 200:,} labelled pixels" in e.info.text()
+    assert "Warning" not in e.info.text()
+    ignore = viewer.layers["em ignore"]
+    ignore.brush_size = 40
+    ignore.paint((0, 50, 50), 1)  # ignore paint is training data too: the list follows it
+    ignored = int((np.asarray(ignore.data[0]) > 0).sum())
+    assert 500 < ignored < 3000
+    qtbot.waitUntil(lambda: f"slice 0: {1 - ignored / (96 * 112):.0%} labelled" in e.info.text(), timeout=2000)
+    # slice 1 wiped and marked corrected: flagged; the first click writes nothing
+    mem.data[1] = 0
+    panel.correct.set_corrected(mem, 1, True)
+    qtbot.waitUntil(lambda: "Warning: slice 1" in e.info.text(), timeout=2000)
+    assert "Warning: slice 1: almost no membrane labelled (0.0%); is it really corrected?" in e.info.text()
+    folder = tmp_path / "set"
+    assert e.export(str(folder)) == [] and not (folder / "manifest.json").exists()
+    assert "Check the 1 warning(s) under Export" in notes("warning")[0]
+    assert e.info.text().startswith("Not exported yet. Will export 3 corrected slice(s)")
+    # a change of the data drops the pending confirmation; the same data asked twice exports
+    mem.paint((0, 5, 5), 1)
+    assert e.export(str(folder)) == []
+    assert len(e.export(str(folder))) == 3
+    assert e.export_button.text() == "Export corrected slices"

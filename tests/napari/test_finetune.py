@@ -204,6 +204,10 @@ def test_finetune_from_exported_folder_with_replay(qtbot, corrected_viewer, wait
     ft = panel.finetune
     ft.source_combo.setCurrentText("training-set folder")
     assert ft.folder_edit.text() == str(folder)
+    label = np.asarray(mem.data[1]) > 0
+    qtbot.waitUntil(lambda: f"Will train on 1 exported slice(s) in set, {label.size:,} labelled pixels" in
+                    ft.data_label.text(), timeout=2000)
+    assert f"slice em_z0001: 100% labelled, {label.mean():.1%} membrane" in ft.data_label.text()
     ft.replay_edit.setText(str(folder))
     ft.save_edit.setText(str(tmp_path / "m"))
     _small(ft, 2)
@@ -272,3 +276,84 @@ def test_finetune_options_persist_but_not_the_models_folder(make_napari_viewer, 
     assert (opts.steps, opts.batch) == (FinetuneOptions().steps, FinetuneOptions().batch)
     assert again.replay_edit.text() == "/data/isbi-train"
     assert again.save_edit.text() == str(tmp_path / "models2")
+
+
+def test_summary_lists_the_training_data_and_flags_need_a_second_click(qtbot, corrected_viewer, waiter, tmp_path,
+                                                                       notes):
+    from napari_neuroedge._napari.widgets.correct import prediction_of
+
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    label = np.asarray(mem.data[1]) > 0
+    changed = (prediction_of(viewer, mem, 1) != label).mean()
+    assert 0 < changed < 0.2
+    expected = f"slice 1: 100% labelled, {label.mean():.1%} membrane, {changed:.1%} changed by you"
+    qtbot.waitUntil(lambda: expected in ft.data_label.text(), timeout=2000)
+    text = ft.data_label.text()
+    assert text.startswith(f"Will train on 1 corrected slice(s), {96 * 112:,} labelled pixels:")
+    assert "The bottom 25% of each slice's rows are held out" in text and "Warning" not in text
+    ft.holdout_spin.setValue(0.0)
+    qtbot.waitUntil(lambda: "Nothing is held out: no validation." in ft.data_label.text(), timeout=2000)
+    ft.holdout_spin.setValue(0.25)
+    # slice 0 (never predicted, empty) marked corrected: flagged, and the first click starts nothing
+    panel.correct.set_corrected(mem, 0, True)
+    ft.save_edit.setText(str(tmp_path / "m"))
+    _small(ft, 10_000)
+    assert ft.finetune() is None and ft.job is None
+    assert "Warning: slice 0: almost no membrane labelled (0.0%); is it really corrected?" in ft.data_label.text()
+    assert "slice 0: 100% labelled, 0.0% membrane, labels drawn from scratch (never predicted)" in ft.data_label.text()
+    assert ft.run_button.text().startswith("Fine-tune anyway")
+    assert "click again to fine-tune anyway" in notes("warning")[0]
+    qtbot.mouseClick(ft.run_button, Qt.LeftButton)  # the second click starts
+    job = ft.job
+    assert job is not None and job.running and ft.run_button.text() == "Fine-tune"
+    qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
+    waiter(job)
+    assert job.state == "cancelled"
+    notes()
+
+
+def test_after_finetune_difference_is_against_the_corrected_prediction_and_runs_can_be_cleaned(
+        qtbot, panel_viewer, waiter, tmp_path, notes):
+    from napari_neuroedge._napari.widgets.finetune import viewer_training_slices
+
+    viewer, panel = panel_viewer
+    waiter(panel.predict.predict(scope="all slices"))
+    mem, boundary = viewer.layers["em membranes"], viewer.layers["em boundary"]
+    before = (np.asarray(boundary.data[1]) >= 0.5).astype(np.uint8)  # the prediction the user corrects
+    _correct_slice(viewer, mem, 1)
+    panel.correct.diff_check.setChecked(True)
+    ft = panel.finetune
+    models = tmp_path / "models"
+    ft.save_edit.setText(str(models))
+    _small(ft, 10)
+    job = waiter(ft.finetune())
+    assert job.state == "done"
+    waiter(job.extra["repredict"])
+    new = load_checkpoint(job.result.path)
+    waiter(panel.predict.predict(scope="all slices"))  # the user looks at the whole stack with the new model
+    after = (np.asarray(boundary.data[1]) >= new.threshold).astype(np.uint8)
+    assert (after != before).sum() > 20  # the new model sees slice 1 otherwise: the view must not follow it
+    label = np.asarray(mem.data[1])
+    np.testing.assert_array_equal(np.asarray(viewer.layers["em difference"].data[1]),
+                                  tracking.difference_map(label, before))
+    raw = viewer_training_slices(viewer, mem)  # a second fine-tune weights what the user changed, not the drift
+    np.testing.assert_array_equal(raw[0]["corrected"], (before != label).astype(np.uint8))
+
+    # clean the run folder: resume files go, the kept model, a model listed from the run folder, logs stay
+    run = models / "runs" / Path(job.result.path).stem
+    resume = {p.name: p.stat().st_size for p in run.glob("*.pt")}
+    assert set(resume) == {"last.pt", "best.pt"}
+    panel.predict.session.add_model(str(run / "best.pt"), select=False)  # the user loaded the run's best.pt
+    ft.clean_button.click()
+    assert all((run / name).exists() for name in resume)  # the first click only lists
+    size_mb = resume["last.pt"] / 1e6
+    assert f"Will delete 1 file(s), {size_mb:.1f} MB, in 1 run folder(s)" in ft.clean_label.text()
+    assert ft.clean_button.text().startswith("Delete them")
+    ft.clean_button.click()
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "log.jsonl"]
+    assert f"Removed 1 file(s), {size_mb:.1f} MB, in 1 run folder(s)" in ft.clean_label.text()
+    assert f"{size_mb:.1f} MB freed" in ft.clean_label.text() and size_mb > 0.1
+    assert load_checkpoint(job.result.path).optimizer is None  # the kept model is untouched and loads
+    assert ft.clean_runs(confirmed=True) is None and "Nothing to clean" in ft.clean_label.text()
+    assert any("Run folders cleaned" in m for m in notes("info"))

@@ -6,8 +6,13 @@ Layer names: for an image layer ``<image>`` the plugin owns ``<image> boundary``
 2 = membrane the user removed) and reads ``<image> ignore`` (Labels: painted = not labelled).
 
 The membrane layer's ``metadata["neuroedge"]`` holds: ``image`` (image layer name), ``edited`` (slices painted
-by the user), ``corrected`` (slices the user marks as done), ``predicted`` (slices with a prediction),
-``slice_model`` (slice -> model provenance), ``threshold``. Slices are ints (0 for a 2D image).
+by the user), ``corrected`` (slices that are training data: edited after a prediction, or marked by the user),
+``predicted`` (slices with a prediction), ``scratch`` (slices first painted while never predicted: their labels
+are not a corrected prediction, so they are training data only once marked corrected), ``slice_model`` (slice ->
+model provenance of the prediction shown / corrected), ``slice_threshold`` (slice -> that prediction's membrane
+threshold), ``threshold`` (the last prediction's), ``reference`` (slice -> the prediction the user corrected,
+kept when they first edited or marked the slice, so a later prediction does not change what "corrected" means).
+Slices are ints (0 for a 2D image).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ def layer_name(image_name: str, role: str) -> str:
 def info(layer: Any) -> dict[str, Any]:
     """The plugin's bookkeeping dict in ``layer.metadata`` (created with defaults on first use)."""
     meta = layer.metadata.setdefault(KEY, {})
-    for name in ("edited", "corrected", "predicted", "exported"):
+    for name in ("edited", "corrected", "predicted", "exported", "scratch"):
         meta.setdefault(name, set())
-    meta.setdefault("slice_model", {})
+    for name in ("slice_model", "slice_threshold", "reference"):
+        meta.setdefault(name, {})
     meta.setdefault("threshold", 0.5)
     meta.setdefault("role", "")
     return meta
@@ -124,11 +130,59 @@ def slices_from_paint(event: Any, ndim: int) -> set[int]:
     return out
 
 
+def predicted_membranes(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
+    """uint8 (y, x): the membranes Predict drew on slice ``z`` (boundary >= that prediction's threshold), or
+    None if the slice was never predicted."""
+    image = image_of(viewer, membranes)
+    boundary = companion(viewer, image.name, "boundary") if image is not None else None
+    if boundary is None or z not in info(boundary)["predicted"]:
+        return None
+    meta = info(membranes)
+    thr = float(meta["slice_threshold"].get(z, meta["threshold"]))
+    return (slice_of(boundary.data, z) >= thr).astype(np.uint8)
+
+
+def remember_reference(viewer: Any, membranes: Any, slices: Any) -> None:
+    """Keep the current prediction of ``slices`` as the one the user corrects (only where none is kept yet)."""
+    refs = info(membranes)["reference"]
+    for z in slices:
+        if z not in refs:
+            pred = predicted_membranes(viewer, membranes, z)
+            if pred is not None:
+                refs[z] = (pred.shape, np.packbits(pred.ravel() > 0))
+
+
+def reference_prediction(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
+    """uint8 (y, x): the prediction the user corrected on slice ``z`` (kept when they first edited or marked
+    it; else the current prediction), or None if there is none: never predicted, or its labels were drawn
+    before any prediction (a scratch slice)."""
+    meta = info(membranes)
+    if z in meta["scratch"]:
+        return None
+    kept = meta["reference"].get(z)
+    if kept is None:
+        return predicted_membranes(viewer, membranes, z)
+    shape, bits = kept
+    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape)
+
+
+def forget_slices(membranes: Any, slices: Any) -> None:
+    """Predict replaced the user's labels of ``slices``: they are neither edited, corrected nor scratch."""
+    meta = info(membranes)
+    zs = set(slices)
+    for name in ("edited", "corrected", "scratch"):
+        meta[name] -= zs
+    for z in zs:
+        meta["reference"].pop(z, None)
+
+
 _TRACKED: weakref.WeakSet[Any] = weakref.WeakSet()  # layers whose paint events are connected
 
 
 def attach_tracking(layer: Any, session: Any) -> None:
-    """Track the user's paint/erase/fill on a membrane layer: edited slices become edited + corrected."""
+    """Track the user's paint/erase/fill on a membrane layer: an edited slice that was predicted becomes edited +
+    corrected (its prediction kept as the reference); one that was never predicted becomes edited + scratch,
+    NOT corrected (a warning says so): one stroke on an empty slice is not a corrected slice."""
     if layer in _TRACKED:
         return
     _TRACKED.add(layer)
@@ -142,9 +196,18 @@ def attach_tracking(layer: Any, session: Any) -> None:
         zs = slices_from_paint(event, lay.ndim)
         m = info(lay)
         new = zs - m["edited"]
-        m["edited"] |= zs
-        m["corrected"] |= new
         sess = session_ref()
+        if sess is not None and sess.viewer is not None:
+            remember_reference(sess.viewer, lay, new)
+        m["edited"] |= zs
+        scratch = new - m["predicted"]
+        m["corrected"] |= new - scratch
+        m["scratch"] |= scratch
+        if scratch:
+            from ._qt_utils import notify
+
+            notify(f"Slice {', '.join(map(str, sorted(scratch)))} was never predicted: not marked corrected "
+                   "(see Correct).", "warning")
         if sess is not None:
             sess.corrections_changed.emit(lay.name)
 

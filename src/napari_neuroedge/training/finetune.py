@@ -111,18 +111,47 @@ def split_holdout(slices: Sequence[LabelledSlice], fraction: float) -> tuple[lis
     return train, val
 
 
+#: A corrected slice whose labelled pixels are less membrane than this is flagged as almost empty.
+MIN_MEMBRANE_FRACTION = 0.01
+#: A corrected slice with less of its area labelled (outside the ignore mask) than this is flagged.
+MIN_LABELLED_FRACTION = 0.05
+
+
+def describe_slice(label: np.ndarray, mask: np.ndarray | None = None,
+                   corrected: np.ndarray | None = None) -> dict[str, Any]:
+    """One slice's training data: ``pixels`` labelled (mask 1, or all), ``labelled_fraction`` of the slice,
+    ``membrane_fraction`` of the labelled pixels, ``changed_fraction`` of them the user changed from the
+    prediction (None when there was no prediction). ``label``, ``mask``, ``corrected``: (H, W), non-zero = yes."""
+    keep = np.ones(label.shape, bool) if mask is None else np.asarray(mask) > 0
+    labelled = int(keep.sum())
+    membrane = float((np.asarray(label)[keep] > 0).mean()) if labelled else 0.0
+    changed = (None if corrected is None else
+               float((np.asarray(corrected)[keep] > 0).mean()) if labelled else 0.0)
+    return {"pixels": labelled, "labelled_fraction": round(labelled / max(label.size, 1), 4),
+            "membrane_fraction": round(membrane, 4),
+            "changed_fraction": None if changed is None else round(changed, 4)}
+
+
+def slice_warnings(name: str, row: dict[str, Any]) -> list[str]:
+    """Why the training data of one slice (a :func:`describe_slice` row) looks wrong, as sentences."""
+    out = []
+    if row["labelled_fraction"] < MIN_LABELLED_FRACTION:
+        out.append(f"{name}: only {row['labelled_fraction']:.1%} of it is labelled (the rest is ignored)")
+    if row["membrane_fraction"] < MIN_MEMBRANE_FRACTION:
+        out.append(f"{name}: almost no membrane labelled ({row['membrane_fraction']:.1%}); is it really corrected?")
+    return out
+
+
 def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
-    """What a fine-tune will train on: slices, labelled pixels, membrane fraction and warnings."""
-    warnings = []
+    """What a fine-tune will train on: one :func:`describe_slice` row per slice (with its ``slice`` and
+    ``source``) and the :func:`slice_warnings` of all of them."""
+    warnings: list[str] = []
     rows = []
     for sl in slices:
-        labelled = int(sl.mask.sum()) if sl.mask is not None else int(sl.label.size)
-        membrane = float(sl.label[sl.mask > 0].mean()) if sl.mask is not None and labelled else float(sl.label.mean())
-        rows.append({"slice": sl.meta.get("slice"), "source": sl.meta.get("source"), "pixels": labelled,
-                     "membrane_fraction": round(membrane, 4)})
-        if membrane < 0.01:
-            warnings.append(f"slice {sl.meta.get('slice', '?')}: almost no membrane labelled "
-                            f"({membrane:.1%}); is it really corrected?")
+        row = {"slice": sl.meta.get("slice"), "source": sl.meta.get("source"),
+               **describe_slice(sl.label, sl.mask, sl.corrected)}
+        rows.append(row)
+        warnings += slice_warnings(f"slice {sl.meta.get('slice', '?')}", row)
     return {"slices": rows, "warnings": warnings}
 
 

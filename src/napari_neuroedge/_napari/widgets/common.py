@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QSize
+from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
 from ..session import get_session, unwrap_viewer
@@ -155,6 +155,41 @@ class JobPanel(QWidget):
             self.bar.setValue(0)
             self.bar.setFormat(state)
         self.status.setText(message)
+
+
+def debounced(parent: QWidget, fn: Callable[[], Any], ms: int = 300) -> QTimer:
+    """A single-shot timer calling ``fn`` ``ms`` after its last ``start()`` (connect signals to ``start``): a
+    summary that follows brush strokes is recomputed once the pixels have landed, not at every stroke."""
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(ms)
+    timer.timeout.connect(fn)
+    return timer
+
+
+class SecondClick:
+    """A confirmation without a modal dialog: an action that needs one is refused the first time with a given
+    ``key`` (what it would do) and runs when asked again with the same key; the button says so meanwhile.
+
+    ``confirmed(key)`` returns True on that second request (or when ``key`` was confirmed programmatically with
+    ``force``); any other key, or :meth:`reset` (the data changed), starts over.
+    """
+
+    def __init__(self, button: QPushButton, confirm_text: str) -> None:
+        self.button, self.text, self.confirm_text = button, button.text(), confirm_text
+        self.pending: Any = None
+
+    def confirmed(self, key: Any, force: bool = False) -> bool:
+        if force or (self.pending is not None and self.pending == key):
+            self.reset()
+            return True
+        self.pending = key
+        self.button.setText(self.confirm_text)
+        return False
+
+    def reset(self, *_: Any) -> None:
+        self.pending = None
+        self.button.setText(self.text)
 
 
 class NeuroEdgeWidget(QWidget):

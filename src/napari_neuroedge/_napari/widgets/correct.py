@@ -2,8 +2,14 @@
 
 Brush presets (1, 2, 3, 5 px), a key (``O``) and a button to toggle the prediction overlay, the list of slices
 the user edited (tracked from the Labels layer's ``paint`` events) with a corrected / not corrected tick, a
-"difference to prediction" layer, "next most uncertain slice" (mean TTA variance, skipping corrected slices)
-and an ignore layer for regions that should not be used for training.
+"difference to prediction" layer (against the prediction the user corrected, even after a later prediction),
+"next most uncertain slice" (mean TTA variance, skipping corrected slices) and an ignore layer for regions that
+should not be used for training.
+
+Training data integrity: a stroke on a slice that was never predicted does not make it "corrected" (one stroke
+on an empty slice would teach the model that everything else is background); the slice is listed as "never
+predicted" with a warning, and becomes training data only when the user marks it corrected, which says what
+that means (its labels are ground truth everywhere).
 """
 
 from __future__ import annotations
@@ -33,15 +39,17 @@ def _is_membrane_layer(layer: Any) -> bool:
 
 
 def prediction_of(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
-    """The model's membrane prediction (boundary >= threshold) of slice ``z``, or None if never predicted."""
-    image = tracking.image_of(viewer, membranes)
-    if image is None:
-        return None
-    boundary = tracking.companion(viewer, image.name, "boundary")
-    if boundary is None or z not in tracking.info(boundary)["predicted"]:
-        return None
-    thr = float(tracking.info(membranes)["threshold"])
-    return (tracking.slice_of(boundary.data, z) >= thr).astype(np.uint8)
+    """The prediction the user corrected on slice ``z`` (uint8 1 = membrane), or None if never predicted: the one
+    shown when they first edited or marked the slice, so a later prediction (e.g. by a fine-tuned model) does not
+    change the difference view, the exported prediction or the corrected-pixel weights."""
+    return tracking.reference_prediction(viewer, membranes, z)
+
+
+def scratch_meaning(z: int, membrane_fraction: float) -> str:
+    """What marking a never-predicted slice corrected means, in one paragraph."""
+    return (f"Slice {z} was never predicted, so marking it corrected declares ALL its labels ground truth: every "
+            f"pixel not painted as membrane is trained as 'not membrane' ({membrane_fraction:.1%} of the slice is "
+            "membrane now). Paint ignore regions over the parts you have not labelled.")
 
 
 def update_difference(viewer: Any, membranes: Any, slices: Any = None, create: bool = True) -> Any:
@@ -204,6 +212,8 @@ class CorrectWidget(NeuroEdgeWidget):
             tags = []
             if z in meta["edited"]:
                 tags.append("edited")
+            if z in meta["scratch"]:
+                tags.append("never predicted")
             if z in meta["exported"]:
                 tags.append("exported")
             item = QListWidgetItem(f"slice {z}  ({', '.join(tags) or 'reviewed'})")
@@ -212,7 +222,17 @@ class CorrectWidget(NeuroEdgeWidget):
             item.setCheckState(Qt.Checked if z in meta["corrected"] else Qt.Unchecked)
             self.slice_list.addItem(item)
         self.slice_list.blockSignals(False)
-        self.summary.setText(f"{len(meta['corrected'])} slice(s) marked corrected, {len(meta['edited'])} edited.")
+        text = f"{len(meta['corrected'])} slice(s) marked corrected, {len(meta['edited'])} edited."
+        waiting = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
+        if waiting:
+            text += (f"\nSlice {', '.join(map(str, waiting))}: painted but never predicted, so NOT training data. "
+                     "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
+                     "or predict it first and correct the prediction.")
+        marked = sorted(meta["corrected"] & meta["scratch"])
+        if marked:
+            text += (f"\nSlice {', '.join(map(str, marked))}: marked corrected without a prediction, so all its "
+                     "labels count as ground truth (unpainted = not membrane, except under ignore paint).")
+        self.summary.setText(text)
 
     def _on_corrections_changed(self, name: str) -> None:
         layer = self.membranes(quiet=True)
@@ -232,15 +252,8 @@ class CorrectWidget(NeuroEdgeWidget):
 
     def _on_item_changed(self, item: QListWidgetItem) -> None:
         layer = self.membranes(quiet=True)
-        if layer is None:
-            return
-        z = int(item.data(Qt.UserRole))
-        corrected = tracking.info(layer)["corrected"]
-        if item.checkState() == Qt.Checked:
-            corrected.add(z)
-        else:
-            corrected.discard(z)
-        self.session.corrections_changed.emit(layer.name)
+        if layer is not None:
+            self.set_corrected(layer, int(item.data(Qt.UserRole)), item.checkState() == Qt.Checked)
 
     def _on_item_double_clicked(self, item: QListWidgetItem) -> None:
         layer = self.membranes(quiet=True)
@@ -281,13 +294,26 @@ class CorrectWidget(NeuroEdgeWidget):
         if layer is None:
             return None
         z = tracking.current_slice(self.viewer, layer)
+        self.set_corrected(layer, z, corrected)
+        return z
+
+    def set_corrected(self, layer: Any, z: int, corrected: bool) -> None:
+        """Mark slice ``z`` corrected (training data) or not. Marking keeps its current prediction as the one
+        corrected; on a never-predicted slice the notification and the summary say what marking means."""
         meta = tracking.info(layer)
         if corrected:
+            tracking.remember_reference(self.viewer, layer, [z])
+            if z not in meta["predicted"]:
+                meta["scratch"].add(z)
             meta["corrected"].add(z)
         else:
             meta["corrected"].discard(z)
         self.session.corrections_changed.emit(layer.name)
-        return z
+        if corrected and z in meta["scratch"]:
+            fraction = float(np.mean(tracking.slice_of(layer.data, z) > 0))
+            message = scratch_meaning(z, fraction)
+            self.summary.setText(self.summary.text() + "\n" + message)
+            notify(f"Slice {z} marked corrected: its labels are now ground truth everywhere.", "info")
 
     def _on_diff_toggled(self, on: bool) -> None:
         layer = self.membranes(quiet=not on)
@@ -339,6 +365,14 @@ class CorrectWidget(NeuroEdgeWidget):
                                             metadata={tracking.KEY: {"role": "ignore", "image": image.name}})
             meta = tracking.info(ignore)
             meta["role"], meta["image"] = "ignore", image.name
+            session_ref, name = weakref.ref(self.session), layer.name
+
+            def on_paint(_event: Any) -> None:  # the training data changed: Export and Fine-tune re-list it
+                session = session_ref()
+                if session is not None:
+                    session.corrections_changed.emit(name)
+
+            ignore.events.paint.connect(on_paint)
         self.viewer.layers.selection.active = ignore
         ignore.selected_label = 1
         ignore.brush_size = 15

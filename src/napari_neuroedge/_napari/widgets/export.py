@@ -4,6 +4,10 @@ Each slice is written with :func:`napari_neuroedge.export.export_slices`: image,
 where ``<image> ignore`` was painted, the model's prediction before correction, and provenance (source file,
 slice index, model and version, pixel size, time). Existing sets are added to under new names, never
 overwritten; a slice whose labels did not change since its last export to the same folder is skipped.
+
+Before exporting, the widget lists what it will write (:func:`..training_data.viewer_summary`: slices, labelled
+and membrane fractions, pixels changed, slices left out); when a slice is flagged (almost no membrane, almost
+nothing labelled) the first click only shows the warnings and a second click exports.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineE
 
 from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report
-from .common import NeuroEdgeWidget
-from .correct import _is_membrane_layer, prediction_of
+from ..training_data import slice_arrays, viewer_summary
+from .common import NeuroEdgeWidget, SecondClick, debounced
+from .correct import _is_membrane_layer
 
 
 def _digest(*arrays: np.ndarray | None) -> str:
@@ -62,24 +67,20 @@ def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
     if image is None:
         raise ValueError(f"cannot find the image layer of '{membranes.name}'; its name should be '<image> membranes'")
     data = tracking.image_array(image)
+    if tuple(data.shape) != tuple(membranes.data.shape):
+        raise ValueError(f"image '{image.name}' {tuple(data.shape)} and '{membranes.name}' "
+                         f"{tuple(membranes.data.shape)}: shapes differ")
     meta = tracking.info(membranes)
-    ignore = tracking.companion(viewer, image.name, "ignore")
     pixel_size, unit = pixel_size_of(image)
     items = []
     for z in slices:
         img = tracking.slice_of(data, z)
-        label = (tracking.slice_of(membranes.data, z) > 0).astype(np.uint8)
-        mask = None
-        if ignore is not None and tuple(ignore.data.shape) == tuple(membranes.data.shape):
-            ign = tracking.slice_of(ignore.data, z)
-            if ign.any():
-                mask = (ign == 0).astype(np.uint8)
-        pred = prediction_of(viewer, membranes, z)
+        arrays = slice_arrays(viewer, membranes, z)
         item_meta: dict[str, Any] = {"source": source_of(image), "slice": int(z), "image_layer": image.name,
                                      "pixel_size": pixel_size, "pixel_size_unit": unit,
                                      "threshold": float(meta["threshold"]), "edited": z in meta["edited"]}
         item_meta.update(meta["slice_model"].get(z, {"model": None, "model_version": None}))
-        items.append(ExportItem(img, label, mask, pred, item_meta))
+        items.append(ExportItem(img, arrays.label, arrays.mask, arrays.prediction, item_meta))
     return items
 
 
@@ -98,6 +99,7 @@ class ExportWidget(NeuroEdgeWidget):
         self.export_button = QPushButton("Export corrected slices")
         self.info = QLabel("")
         self.info.setWordWrap(True)
+        self.confirmation = SecondClick(self.export_button, "Export anyway (see the warnings below)")
         row = QHBoxLayout()
         row.addWidget(self.folder_edit, 1)
         row.addWidget(self.browse_button)
@@ -112,8 +114,14 @@ class ExportWidget(NeuroEdgeWidget):
         self.browse_button.clicked.connect(self._browse)
         self.export_button.clicked.connect(lambda: self.export())
         self.membranes_combo.currentIndexChanged.connect(lambda *_: self.refresh())
-        self.session.corrections_changed.connect(lambda *_: self.refresh())
+        self._relist = debounced(self, self.refresh)
+        self.session.corrections_changed.connect(self._data_changed)
+        self.folder_edit.textChanged.connect(self.confirmation.reset)
         self.refresh()
+
+    def _data_changed(self, *_: Any) -> None:
+        self.confirmation.reset()
+        self._relist.start()
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training-set folder", self.folder_edit.text() or str(Path.home()))
@@ -121,6 +129,7 @@ class ExportWidget(NeuroEdgeWidget):
             self.folder_edit.setText(path)
 
     def refresh(self) -> None:
+        """List what Export will write (called ~300 ms after the last change of the corrections)."""
         layer = self.membranes_combo.layer()
         if layer is None:
             self.info.setText("Nothing to export yet: predict, correct, and mark slices corrected.")
@@ -135,10 +144,17 @@ class ExportWidget(NeuroEdgeWidget):
                          "(opened without the NeuroEdge reader?); it is exported as unknown.")
             else:
                 text += f"\nPixel size {size[0]:g} x {size[1]:g} {unit}."
+        try:
+            text += "\nWill export " + viewer_summary(self.viewer, layer).text
+        except Exception as exc:  # a layer of the wrong shape: export says why when clicked
+            text += f"\n(cannot describe the slices: {reason(exc)})"
         self.info.setText(text)
 
-    def export(self, folder: str | None = None) -> list[dict[str, Any]]:
-        """Export the corrected slices; returns the new manifest entries (errors become notifications)."""
+    def export(self, folder: str | None = None, confirmed: bool = False) -> list[dict[str, Any]]:
+        """Export the corrected slices; returns the new manifest entries (errors become notifications).
+
+        When a slice is flagged (:func:`..training_data.viewer_summary`), nothing is exported until the user
+        clicks again (or ``confirmed``): the warnings are shown first."""
         layer = self.membranes_combo.layer()
         if layer is None:
             notify("No membrane layer to export: run Predict and correct some slices first.", "warning")
@@ -156,6 +172,12 @@ class ExportWidget(NeuroEdgeWidget):
             return []
         try:
             items = build_items(self.viewer, layer, slices)
+            summary = viewer_summary(self.viewer, layer, {it.meta["slice"]: it for it in items})
+            if summary.warnings and not self.confirmation.confirmed((str(target), summary.key), confirmed):
+                notify(f"Check the {len(summary.warnings)} warning(s) under Export; click again to export anyway.",
+                       "warning")
+                self.info.setText("Not exported yet. Will export " + summary.text)
+                return []
             done = meta.setdefault("export_digests", {})
             fresh = [it for it in items
                      if done.get((str(target.resolve()), it.meta["slice"])) != _digest(it.label, it.mask)]
@@ -175,6 +197,7 @@ class ExportWidget(NeuroEdgeWidget):
         self.session.last_export = target
         self.session.exported.emit(str(target))
         self.session.corrections_changed.emit(layer.name)
+        self._relist.stop()  # the message below stays until the corrections change again
         notify(f"Exported {len(entries)} slice(s) to {target}.", "info")
         text = f"Exported {len(entries)} slice(s) to {target}: {', '.join(e['name'] for e in entries)}"
         if any(it.meta["pixel_size_unit"] == UNKNOWN_UNIT for it in fresh):

@@ -5,6 +5,12 @@ keeps one), shows progress with ETA and live loss / validation curves, and at th
 (with provenance) to the models folder (default ``~/.neuroedge/models/<timestamp>.pt``), selects it in Predict
 and re-predicts the current slice. Cancel stops after the current step and keeps the last good checkpoint
 (``<timestamp>-cancelled.pt``). A second fine-tune starts from the model selected then, i.e. the first result.
+
+Above the button the widget lists what it will train on (:mod:`..training_data`: slices, labelled and membrane
+fractions, pixels changed, slices left out, the held-out band); when a slice is flagged (almost no membrane,
+almost nothing labelled) the first click only shows the warnings and a second click starts. "Clean run folders"
+deletes the resume files (``last.pt``, ``best.pt``, ...) of the runs under ``<models>/runs`` after a second click,
+never a model in the models folder or one listed in Predict, and says what it removed and how much space.
 """
 
 from __future__ import annotations
@@ -21,8 +27,9 @@ from qtpy.QtWidgets import (QAbstractSpinBox, QComboBox, QFileDialog, QFormLayou
 from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report
 from ..workers import Job
-from .common import JobPanel, JobWidget, format_seconds, persisted_form
-from .correct import _is_membrane_layer, prediction_of
+from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary
+from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds, persisted_form
+from .correct import _is_membrane_layer
 from .plot import LinePlot
 from .predict import gui_threads
 from ...config import FinetuneOptions
@@ -30,24 +37,18 @@ from ...config import FinetuneOptions
 SOURCES = ("corrected slices in the viewer", "training-set folder")
 
 
-def viewer_training_slices(viewer: Any, membranes: Any) -> list[dict[str, Any]]:
-    """Raw (not yet normalised) corrected slices of a membrane layer: image, label, mask, corrected, meta."""
+def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> list[dict[str, Any]]:
+    """Raw (not yet normalised) corrected slices of a membrane layer: image, label, mask, corrected, meta.
+
+    ``arrays``: {slice: :class:`..training_data.SliceArrays`} already read (else read here)."""
     image = tracking.image_of(viewer, membranes)
     if image is None:
         raise ValueError(f"cannot find the image layer of '{membranes.name}'")
-    meta = tracking.info(membranes)
-    ignore = tracking.companion(viewer, image.name, "ignore")
     out = []
-    for z in sorted(meta["corrected"]):
-        label = (tracking.slice_of(membranes.data, z) > 0).astype(np.uint8)
-        mask = None
-        if ignore is not None and tuple(ignore.data.shape) == tuple(membranes.data.shape):
-            ign = tracking.slice_of(ignore.data, z)
-            mask = (ign == 0).astype(np.uint8) if ign.any() else None
-        pred = prediction_of(viewer, membranes, z)
-        out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": label,
-                    "mask": mask, "corrected": None if pred is None else (pred != label).astype(np.uint8),
-                    "meta": {"source": image.name, "slice": int(z)}})
+    for z in sorted(tracking.info(membranes)["corrected"]):
+        a = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
+        out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": a.label,
+                    "mask": a.mask, "corrected": a.corrected, "meta": {"source": image.name, "slice": int(z)}})
     return out
 
 
@@ -91,7 +92,17 @@ class FinetuneWidget(JobWidget):
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("exported training-set folder")
         self.model_label = QLabel("")
+        self.data_label = QLabel("")
+        self.data_label.setWordWrap(True)
+        self.data_label.setToolTip("what Fine-tune will train on; updated as you correct")
         self.run_button = QPushButton("Fine-tune")
+        self.confirmation = SecondClick(self.run_button, "Fine-tune anyway (see the warnings above)")
+        self.clean_button = QPushButton("Clean run folders")
+        self.clean_button.setToolTip("delete the resume files (last.pt, best.pt, step-*.pt) of past runs under "
+                                     "'<save models in>/runs'; the models you keep are never deleted")
+        self.clean_confirmation = SecondClick(self.clean_button, "Delete them (click again)")
+        self.clean_label = QLabel("")
+        self.clean_label.setWordWrap(True)
         self.jobs = JobPanel()
         self.loss_plot = LinePlot("loss", log_y=True)
         self.val_plot = LinePlot("validation", y_range=(0.0, 1.0))
@@ -142,11 +153,14 @@ class FinetuneWidget(JobWidget):
         lay = self.body_layout()
         lay.addLayout(form)
         lay.addWidget(self.advanced)
+        lay.addWidget(self.data_label)
         lay.addWidget(self.run_button)
         lay.addWidget(self.jobs)
         lay.addWidget(self.jobs.status)
         lay.addWidget(self.loss_plot)
         lay.addWidget(self.val_plot)
+        lay.addWidget(self.clean_button)
+        lay.addWidget(self.clean_label)
         lay.addStretch(1)
 
         self.run_button.clicked.connect(lambda: self.finetune())
@@ -154,11 +168,19 @@ class FinetuneWidget(JobWidget):
         self.session.models_changed.connect(self._show_model)
         self.session.exported.connect(self._on_exported)
         self.source_combo.currentIndexChanged.connect(self._on_source_changed)
+        self.clean_button.clicked.connect(lambda: self.clean_runs())
+        self.save_edit.textChanged.connect(self.clean_confirmation.reset)
+        self._summary_timer = debounced(self, self.refresh_summary)
+        for signal in (self.session.corrections_changed, self.membranes_combo.currentIndexChanged,
+                       self.folder_edit.textChanged, self.holdout_spin.valueChanged):
+            signal.connect(self._data_changed)
         self.job: Job | None = None
         self.last_result: dict[str, Any] | None = None
         self._image_name: str | None = None
+        self._folder_summary: tuple[Any, Summary] | None = None
         self._show_model()
         self._on_source_changed()
+        self.refresh_summary()
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training-set folder", self.folder_edit.text() or str(Path.home()))
@@ -176,6 +198,40 @@ class FinetuneWidget(JobWidget):
         from_folder = self.source_combo.currentText() == SOURCES[1]
         self.folder_edit.setEnabled(from_folder)
         self.membranes_combo.setEnabled(not from_folder)
+        self._data_changed()
+
+    def _data_changed(self, *_: Any) -> None:
+        self.confirmation.reset()
+        self._summary_timer.start()
+
+    def summary(self) -> Summary | None:
+        """What a click would train on (None: no data chosen yet); see :mod:`..training_data`."""
+        if self.source_combo.currentText() == SOURCES[1]:
+            manifest = Path(self.folder_edit.text().strip()).expanduser() / "manifest.json"
+            if not manifest.exists():
+                return None
+            key = (str(manifest), manifest.stat().st_mtime_ns)  # a folder is read again only when it changed
+            if self._folder_summary is None or self._folder_summary[0] != key:
+                self._folder_summary = (key, folder_summary(manifest.parent))
+            return self._folder_summary[1]
+        membranes = self.membranes_combo.layer()
+        return viewer_summary(self.viewer, membranes) if membranes is not None else None
+
+    def _summary_text(self, summary: Summary) -> str:
+        holdout = self.holdout_spin.value()
+        band = (f"\nThe bottom {holdout:.0%} of each slice's rows are held out: never trained on, validated on."
+                if holdout > 0 else "\nNothing is held out: no validation.")
+        return "Will train on " + summary.text + band
+
+    def refresh_summary(self) -> None:
+        """Show what Fine-tune will train on (called after corrections, a new source or folder)."""
+        try:
+            summary = self.summary()
+        except Exception as exc:  # an unreadable folder, a layer of the wrong shape: the click says why
+            self.data_label.setText(f"Cannot describe the training data: {reason(exc)}.")
+            return
+        self.data_label.setText(self._summary_text(summary) if summary is not None else
+                                "Will train on: choose a membrane layer with corrected slices, or an exported folder.")
 
     def options(self) -> Any:
         """The form as the core's FinetuneOptions (untouched form = the CLI's defaults)."""
@@ -187,8 +243,11 @@ class FinetuneWidget(JobWidget):
                        corrected_weight=float(self.corrected_weight_spin.value()), device=self.session.device,
                        threads=gui_threads())
 
-    def finetune(self) -> Job | None:
-        """Start fine-tuning the selected model; returns the job or None (after a notification saying why)."""
+    def finetune(self, confirmed: bool = False) -> Job | None:
+        """Start fine-tuning the selected model; returns the job or None (after a notification saying why).
+
+        When a slice is flagged (almost no membrane, almost nothing labelled), the first call shows the warnings
+        and returns None; the next one (a second click), or ``confirmed``, starts."""
         model = self.session.selected_model
         if not model:
             notify("No model to fine-tune: choose or load one in Predict.", "error")
@@ -201,6 +260,11 @@ class FinetuneWidget(JobWidget):
                        "with Export first.", "warning")
                 return None
             folder = str(Path(folder).expanduser())
+            try:
+                summary = folder_summary(folder)
+            except Exception as exc:
+                report("Cannot read the training-set folder.", f"{reason(exc)}.", status=self.jobs.status, exc=exc)
+                return None
             pw = self.session.predict_widget_ref()
             layer = pw.current_image() if pw is not None else None
             image_name = layer.name if layer is not None else None
@@ -210,23 +274,32 @@ class FinetuneWidget(JobWidget):
                 notify("No membrane layer: predict, correct some slices, then fine-tune.", "warning")
                 return None
             try:
-                raw = viewer_training_slices(self.viewer, membranes)
+                arrays = {z: slice_arrays(self.viewer, membranes, z) for z in tracking.info(membranes)["corrected"]}
+                raw = viewer_training_slices(self.viewer, membranes, arrays)
+                summary = viewer_summary(self.viewer, membranes, arrays)
             except ValueError as exc:
                 report("Cannot collect the corrected slices.", f"{reason(exc)}.", status=self.jobs.status, exc=exc)
                 return None
             if not raw:
                 notify("No slice is marked corrected: brush corrections (edited slices are ticked) or mark a "
-                       "slice corrected in Correct.", "warning")
+                       "slice corrected in Correct." + (" Slices painted without a prediction are not ticked."
+                                                        if summary.notes else ""), "warning")
+                self.data_label.setText(self._summary_text(summary))
                 return None
             image = tracking.image_of(self.viewer, membranes)
             image_name = image.name if image is not None else None
+        self.data_label.setText(self._summary_text(summary))
+        if summary.warnings and not self.confirmation.confirmed((folder, summary.key), confirmed):
+            notify(f"Check the {len(summary.warnings)} warning(s) above the Fine-tune button; click again to "
+                   "fine-tune anyway.", "warning")
+            return None
         replay_folder = self.replay_edit.text().strip() or None
         if replay_folder and not (Path(replay_folder).expanduser() / "manifest.json").exists():
             notify(f"Replay folder {replay_folder} is not a training-set folder (no manifest.json).", "warning")
             return None
         from ...atomic import unique_path
 
-        models_dir = Path(self.save_edit.text().strip() or self.session.models_dir).expanduser()
+        models_dir = self.models_dir()
         try:
             models_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -244,6 +317,43 @@ class FinetuneWidget(JobWidget):
             f"Fine-tune {model}", {"finetune"},
             lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, options, run_dir, dest),
             total=options.steps)
+
+    def models_dir(self) -> Path:
+        """Where fine-tuned models go (Advanced > 'save models in'); their run folders are in its ``runs/``."""
+        return Path(self.save_edit.text().strip() or self.session.models_dir).expanduser()
+
+    def clean_runs(self, confirmed: bool = False) -> Any:
+        """Delete the resume files of the run folders under ``<models>/runs`` (a second click, or ``confirmed``,
+        deletes; the first one lists them). Never deletes a model of the models folder or one listed in Predict.
+        Returns the :class:`~napari_neuroedge.training.run_folder.CleanPlan` deleted, or None."""
+        from ...training.run_folder import clean, plan_clean, run_folders
+
+        if self.job is not None:
+            notify("Wait until the fine-tune ends before cleaning its run folder.", "warning")
+            return None
+        root = self.models_dir() / "runs"
+        listed = [Path(src) for src in self.session.models.values() if Path(src).suffix]  # paths, not bundled names
+        try:
+            plan = plan_clean(run_folders(root), keep=listed)
+        except OSError as exc:
+            report("Cannot read the run folders.", f"{reason(exc)}.", status=self.clean_label, exc=exc)
+            return None
+        if not plan.files:
+            self.clean_confirmation.reset()
+            self.clean_label.setText(f"Nothing to clean: no resume files under {root}.")
+            return None
+        if not self.clean_confirmation.confirmed((str(root), tuple(plan.files)), confirmed):
+            names = sorted({f.name for f in plan.files})
+            self.clean_label.setText(f"Will delete {plan.describe()} under {root} ({', '.join(names)}: resume files "
+                                     "of past runs). The models you keep are not touched; their logs stay. "
+                                     "Click again to delete.")
+            return None
+        done = clean(plan)
+        msg = (f"Removed {done.describe()} under {root}: {', '.join(sorted({f.name for f in done.files}))}; "
+               f"{done.nbytes / 1e6:.1f} MB freed. The models in {root.parent} were kept.")
+        self.clean_label.setText(msg)
+        notify(f"Run folders cleaned: {done.nbytes / 1e6:.1f} MB freed.", "info")
+        return done
 
     # ------------------------------------------------------------------ handlers
     def _on_event(self, job: Job, event: Any) -> None:

@@ -191,7 +191,7 @@ class PredictWidget(JobWidget):
                          value=SEED_THRESHOLD, tooltip="neuron instances grow from pixels whose boundary "
                          "probability is below this; lower it if cells merge through faint membranes"),
             CheckBox(name="uncertainty", text="TTA uncertainty (Image)"),
-            CheckBox(name="overwrite", text="replace my corrections on edited slices"),
+            CheckBox(name="overwrite", text="replace my corrections (edited or corrected slices)"),
         ], transient=("threshold", "seed_threshold", "overwrite"))
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
         self.tile_spin, self.context_spin, self.tta_combo = f.tile.native, f.context.native, f.tta.native
@@ -557,18 +557,19 @@ class PredictWidget(JobWidget):
         reused = (existing is not None and type(existing).__name__ == "Labels"
                   and tuple(existing.data.shape) == result.shape)  # else a fresh layer holds nothing of the user's
         keep: set[int] = set()
-        if reused and not self.overwrite_check.isChecked():
-            keep = tracking.info(existing)["edited"] & set(result.slices)
+        if reused and not self.overwrite_check.isChecked():  # the user's labels: edited or marked corrected
+            old_meta = tracking.info(existing)
+            keep = (old_meta["edited"] | old_meta["corrected"]) & set(result.slices)
         membranes, created = self._put(image, "membranes", "labels", result, result.membranes, keep,
                                        colormap=tracking.membrane_colormap(), opacity=0.7)
         meta = tracking.info(membranes)
         if self.overwrite_check.isChecked():
-            meta["edited"] -= set(result.slices)
-            meta["corrected"] -= set(result.slices)
+            tracking.forget_slices(membranes, result.slices)
         meta["predicted"] |= set(result.slices)
         meta["threshold"] = result.threshold
-        for z in result.slices:
+        for z in set(result.slices) - keep:  # a kept slice keeps the provenance of the prediction it corrects
             meta["slice_model"][z] = dict(result.model)
+            meta["slice_threshold"][z] = result.threshold
         tracking.info(boundary)["predicted"] |= set(result.slices)
         tracking.attach_tracking(membranes, self.session)
         if created:

@@ -1,0 +1,133 @@
+"""What Export and Fine-tune will train on, read from the viewer (or a training-set folder) before they start.
+
+:func:`slice_arrays` gives the label, ignore mask and the prediction the user corrected of one slice (what Export
+writes and Fine-tune trains on); :func:`viewer_summary` / :func:`folder_summary` describe the data with the core's
+:func:`~napari_neuroedge.training.finetune.describe_data` rules: the slices, their labelled and membrane fractions,
+how much the user changed, the slices left out and why, and the warnings that need a confirmation (almost no
+membrane, almost nothing labelled). No Qt here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import tracking
+
+MAX_LINES = 12  # slices listed one per line; the rest are counted
+
+
+@dataclass
+class SliceArrays:
+    """One slice of a membrane layer as training data: ``label`` uint8 (1 = membrane), ``mask`` uint8 (1 =
+    labelled; None = all), ``prediction`` uint8 (the prediction the user corrected; None = never predicted)."""
+
+    label: np.ndarray
+    mask: np.ndarray | None
+    prediction: np.ndarray | None
+
+    @property
+    def corrected(self) -> np.ndarray | None:
+        """uint8: 1 where the label differs from the prediction the user corrected (None without one)."""
+        return None if self.prediction is None else (self.prediction != self.label).astype(np.uint8)
+
+
+def slice_arrays(viewer: Any, membranes: Any, z: int) -> SliceArrays:
+    """Label, ignore mask (where ``<image> ignore`` has paint on slice ``z``) and reference prediction of ``z``."""
+    label = (tracking.slice_of(membranes.data, z) > 0).astype(np.uint8)
+    image = tracking.image_of(viewer, membranes)
+    ignore = tracking.companion(viewer, image.name, "ignore") if image is not None else None
+    mask = None
+    if ignore is not None and tuple(ignore.data.shape) == tuple(membranes.data.shape):
+        ign = tracking.slice_of(ignore.data, z)
+        if ign.any():
+            mask = (ign == 0).astype(np.uint8)
+    return SliceArrays(label, mask, tracking.reference_prediction(viewer, membranes, z))
+
+
+@dataclass
+class Summary:
+    """What a job will train on: ``slices`` (ids), ``rows`` (one :func:`describe_slice` dict each, with
+    ``slice``), ``warnings`` (need a confirmation), ``notes`` (said, not asked), ``text`` (for the widget)."""
+
+    slices: list[Any] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    text: str = ""
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Identifies the data described (a confirmation given for one key does not carry to another)."""
+        return tuple((r["slice"], r["pixels"], r["membrane_fraction"], r["changed_fraction"]) for r in self.rows)
+
+
+def _line(row: dict[str, Any], scratch: bool) -> str:
+    changed = ("labels drawn from scratch (never predicted)" if scratch or row["changed_fraction"] is None
+               else f"{row['changed_fraction']:.1%} changed by you")
+    return (f"  slice {row['slice']}: {row['labelled_fraction']:.0%} labelled, {row['membrane_fraction']:.1%} "
+            f"membrane, {changed}")
+
+
+def _compose(what: str, rows: list[dict[str, Any]], scratch: set[Any], warnings: list[str],
+             notes: list[str]) -> str:
+    lines = [what]
+    lines += [_line(r, r["slice"] in scratch) for r in rows[:MAX_LINES]]
+    if len(rows) > MAX_LINES:
+        lines.append(f"  ... and {len(rows) - MAX_LINES} more slice(s)")
+    lines += notes
+    lines += [f"Warning: {w}." for w in warnings]
+    return "\n".join(lines)
+
+
+def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> Summary:
+    """The corrected slices of a membrane layer as Export / Fine-tune will take them, and what is left out
+    (``text`` continues a sentence such as "Will export ").
+
+    ``arrays``: {slice: object with label, mask, prediction} already read (else read with :func:`slice_arrays`).
+    """
+    from ..training.finetune import describe_slice, slice_warnings
+
+    meta = tracking.info(membranes)
+    out = Summary(slices=sorted(meta["corrected"]))
+    for z in out.slices:
+        arrays_z = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
+        corrected = None if arrays_z.prediction is None else arrays_z.prediction != arrays_z.label
+        row = {"slice": z, **describe_slice(arrays_z.label, arrays_z.mask, corrected)}
+        out.rows.append(row)
+        out.warnings += slice_warnings(f"slice {z}", row)
+    left_out = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
+    if left_out:
+        out.notes.append(f"Not included: slice {', '.join(map(str, left_out))}, painted but never predicted (mark "
+                         "it corrected in Correct if its labels are ground truth everywhere).")
+    pixels = sum(r["pixels"] for r in out.rows)
+    what = (f"{len(out.slices)} corrected slice(s), {pixels:,} labelled pixels:" if out.slices
+            else "nothing: no slice is marked corrected.")
+    out.text = _compose(what, out.rows, meta["scratch"], out.warnings, out.notes)
+    return out
+
+
+def folder_summary(folder: str | Path) -> Summary:
+    """The items of a training-set folder (labels, masks and predictions read from disk)."""
+    import tifffile
+
+    from ..training.dataset import read_manifest
+    from ..training.finetune import describe_slice, slice_warnings
+
+    folder = Path(folder)
+    items = read_manifest(folder)["items"]
+    out = Summary(slices=[it.get("name", it.get("slice")) for it in items])
+    for item, name in zip(items, out.slices):
+        label = (tifffile.imread(folder / item["label"]) > 0).astype(np.uint8)
+        mask = tifffile.imread(folder / item["mask"]) if item.get("mask") else None
+        pred = (tifffile.imread(folder / item["prediction"]) > 0) if item.get("prediction") else None
+        row = {"slice": name, **describe_slice(label, mask, None if pred is None else pred != label)}
+        out.rows.append(row)
+        out.warnings += slice_warnings(f"slice {name}", row)
+    pixels = sum(r["pixels"] for r in out.rows)
+    out.text = _compose(f"{len(items)} exported slice(s) in {folder.name}, {pixels:,} labelled pixels:", out.rows,
+                        set(), out.warnings, out.notes)
+    return out
