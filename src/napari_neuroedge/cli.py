@@ -376,7 +376,8 @@ def finetune_options(args: argparse.Namespace) -> Any:
     opts = FinetuneOptions()
     changes: dict[str, Any] = {}
     for name in ("steps", "time_limit_s", "batch", "crop", "val_every", "seed", "device", "threads", "precision",
-                 "replay_fraction", "corrected_weight", "holdout", "ema_decay", "val_tta", "keep_validated"):
+                 "replay_fraction", "corrected_weight", "holdout", "ema_decay", "val_tta", "keep_validated",
+                 "parent_weight"):
         val = getattr(args, name, None)
         if val is not None:
             changes[name] = val
@@ -620,6 +621,9 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
                        help="loss weight on pixels the user corrected (default 3)")
         p.add_argument("--holdout", type=float, help="fraction of each slice's rows held out for validation when "
                        "no --val-data is given (default 0.25)")
+        p.add_argument("--parent-weight", type=float, dest="parent_weight",
+                       help="the kept model's weights are this much the parent's, the rest the fine-tuned ones "
+                       "(WiSE-FT; default 0.5, 0 = the fine-tuned weights alone)")
         p.add_argument("--precision", choices=list(PRECISIONS), help="auto (default), fp32, bf16, fp16")
 
 

@@ -124,3 +124,33 @@ def test_describe_data_flags_almost_empty_labels(corrected):
     info = describe_data([corrected[1], empty])
     assert info["slices"][0]["membrane_fraction"] > 0.05 and len(info["warnings"]) == 1
     assert "almost no membrane" in info["warnings"][0]
+
+
+def test_interpolate_towards_the_parent_is_exact(parent):
+    from napari_neuroedge.models.averaging import interpolate_towards
+
+    child = dataclasses.replace(parent, state_dict={k: v + 1.0 if v.is_floating_point() else v
+                                                    for k, v in parent.state_dict.items()}, threshold=0.7, step=9)
+    half = interpolate_towards(parent, child, 0.5)
+    for k, v in parent.state_dict.items():
+        if v.is_floating_point():
+            assert torch.allclose(half.state_dict[k], v + 0.5, atol=1e-6)
+    assert torch.equal(interpolate_towards(parent, child, 0.0).state_dict["head.weight"], child.state_dict["head.weight"])
+    assert torch.equal(interpolate_towards(parent, child, 1.0).state_dict["head.weight"], parent.state_dict["head.weight"])
+    assert (half.threshold, half.step, half.optimizer) == (0.7, 9, None)  # the child's, not the parent's
+    with pytest.raises(ValueError, match="parent_weight"):
+        interpolate_towards(parent, child, 1.5)
+
+
+def test_kept_model_is_the_parent_weighted_mix_and_reports_its_own_metrics(parent, corrected, tmp_path):
+    pure = drive(iter_finetune(parent, corrected, tmp_path / "a", tmp_path / "a.pt",
+                               options=dataclasses.replace(FAST, parent_weight=0.0)))
+    mixed = drive(iter_finetune(parent, corrected, tmp_path / "b", tmp_path / "b.pt",
+                                options=dataclasses.replace(FAST, parent_weight=0.25)))
+    a, b = load_checkpoint(pure.path), load_checkpoint(mixed.path)
+    for k, v in parent.state_dict.items():  # same seed and data: the same fine-tune, mixed with the parent
+        if v.is_floating_point():
+            assert torch.allclose(b.state_dict[k], 0.25 * v + 0.75 * a.state_dict[k], atol=1e-5)
+    assert b.provenance["parent_weight"] == 0.25 and "parent_weight" not in a.provenance
+    assert set(mixed.kept_metrics) >= {"f1", "rand_error"} and b.provenance["kept_metrics"] == mixed.kept_metrics
+    assert FinetuneOptions().parent_weight == 0.5  # the one-click default (bench_correction_loop.py)

@@ -53,6 +53,7 @@ class FinetuneOutcome:
     threshold: float | None = None
     threshold_source: str = ""
     seed_threshold: float | None = None
+    kept_metrics: dict[str, float] | None = None  # held-out metrics of the kept model (after interpolation)
     notes: list[str] = field(default_factory=list)
 
 
@@ -166,6 +167,16 @@ def seed_threshold_sweep(probs: Sequence[np.ndarray], val: Sequence[LabelledSlic
             for t in thresholds}
 
 
+def _kept_metrics(ckpt: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions) -> dict[str, float]:
+    """Held-out pixel error, boundary F1 (2 px) and Rand error of the model as it is kept (weights after the
+    interpolation, its own thresholds): what the user gets, not the checkpoint validation chose."""
+    from ..inference.device import resolve_device
+    from .loop import validate
+
+    return validate(ckpt.build(), val, resolve_device(options.device), tile=1024, threshold=ckpt.threshold,
+                    precision=options.precision, seed_threshold=ckpt.seed_threshold)
+
+
 def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions,
              provenance: dict[str, Any], outcome: FinetuneOutcome) -> Path:
     """Write the user's model: ``src``'s weights without optimiser state, the parent's context, the membrane
@@ -173,6 +184,13 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     held-out ``val`` pixels, or both carried over from the parent, and labelled so."""
     ckpt = load_checkpoint(src)
     ckpt.optimizer = None
+    if options.parent_weight > 0:
+        from ..models.averaging import interpolate_towards
+
+        ckpt = interpolate_towards(parent, ckpt, options.parent_weight)
+        provenance = {**provenance, "parent_weight": options.parent_weight,
+                      "weights": f"{options.parent_weight:g} x parent + {1 - options.parent_weight:g} x fine-tuned "
+                                 "(WiSE-FT)"}
     ckpt.context = parent.context
     threshold, how = parent.threshold, f"carried over from the parent ({parent.threshold:g})"
     labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
@@ -199,6 +217,9 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
             outcome.notes.append(f"thresholds carried over from the parent: only {labelled} held-out pixels")
     ckpt.threshold = threshold
     outcome.seed_threshold = ckpt.seed_threshold
+    if val:
+        outcome.kept_metrics = _kept_metrics(ckpt, val, options)
+        provenance = {**provenance, "kept_metrics": outcome.kept_metrics}
     ckpt.provenance = {**ckpt.provenance, **provenance, "threshold_source": how}
     outcome.threshold, outcome.threshold_source = threshold, how
     save_checkpoint(ckpt, dest)

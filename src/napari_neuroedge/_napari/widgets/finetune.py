@@ -127,6 +127,9 @@ class FinetuneWidget(JobWidget):
             FloatSpinBox(name="corrected_weight", label="corrected-pixel weight", min=1.0, max=50.0,
                          value=d.corrected_weight, tooltip="loss weight of the pixels you changed relative to the "
                          "others"),
+            FloatSpinBox(name="parent_weight", label="keep of the parent", min=0.0, max=1.0, step=0.1,
+                         value=d.parent_weight, tooltip="the kept model's weights are this much the parent's and "
+                         "the rest the fine-tuned ones (0: fine-tuned alone); half-way keeps neurons apart"),
             LineEdit(name="save_dir", label="save models in", value=str(self.session.models_dir)),
         ], transient=("save_dir",))
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
@@ -134,6 +137,7 @@ class FinetuneWidget(JobWidget):
         self.crop_spin, self.lr_spin, self.batch_spin = f.crop.native, f.lr.native, f.batch.native
         self.replay_spin, self.replay_edit = f.replay.native, f.replay_data.native
         self.corrected_weight_spin, self.save_edit = f.corrected_weight.native, f.save_dir.native
+        self.parent_weight_spin = f.parent_weight.native
         self.replay_edit.setPlaceholderText("original training-set folder (optional)")
         self.lr_spin.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)  # arrows: +-10 %, typed: 1e-6
         self.advanced = QCollapsible("Advanced")
@@ -240,7 +244,8 @@ class FinetuneWidget(JobWidget):
         return replace(FinetuneOptions(), time_limit_s=float(self.time_spin.value()), steps=self.steps_spin.value(),
                        crop=self.crop_spin.value(), lr=float(self.lr_spin.value()), batch=self.batch_spin.value(),
                        holdout=float(self.holdout_spin.value()), replay_fraction=float(self.replay_spin.value()),
-                       corrected_weight=float(self.corrected_weight_spin.value()), device=self.session.device,
+                       corrected_weight=float(self.corrected_weight_spin.value()),
+                       parent_weight=float(self.parent_weight_spin.value()), device=self.session.device,
                        threads=gui_threads())
 
     def finetune(self, confirmed: bool = False) -> Job | None:
@@ -385,9 +390,9 @@ class FinetuneWidget(JobWidget):
                 msg += f"; re-predicting slice {z}, which you did not correct" if z is not None else \
                     "; re-predicting the current slice"
         elapsed = format_seconds(time.perf_counter() - job.started_at)
-        val = outcome.best_metrics
-        quality = (f" Held-out corrected pixels: boundary F1 {val['f1']:.3f}, Rand error {val['rand_error']:.3f}."
-                   if val else " Not validated: no pixels were held out.")
+        val = outcome.kept_metrics or outcome.best_metrics
+        quality = (f" The kept model on held-out corrected pixels: boundary F1 {val['f1']:.3f}, Rand error "
+                   f"{val['rand_error']:.3f}." if val else " Not validated: no pixels were held out.")
         notes = "".join(f" Note: {n}." for n in outcome.notes)
         self.jobs.finish(f"{msg} ({outcome.steps} steps in {elapsed}).{quality} Threshold {outcome.threshold:g} "
                          f"({outcome.threshold_source}).{notes}")
