@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..config import NormConfig, TileConfig, TTAConfig
-from ..progress import ProgressEvent, Progress, drive
-from .normalize import apply_stats, slice_stats
-from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid, read_window
-
-Predictor = Callable[[np.ndarray], np.ndarray]
+from ..progress import Progress, ProgressEvent, drive
+from .normalize import slice_stats
+from .stitch import Predictor, stitch_plane
+from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 
 
 class TorchPredictor:
@@ -141,50 +140,6 @@ def count_tiles(volume_shape: Sequence[int], tile: TileConfig, predictor: Any = 
     return grid.n_tiles * depth
 
 
-def _predict_plane(plane: PlaneView, grid: TileGrid, predictor: Predictor, writers: Sequence[Callable[..., None]],
-                   tile: TileConfig, norm: NormConfig, window: np.ndarray,
-                   done: list[int], total: int) -> Generator[ProgressEvent, None, None]:
-    """Stitch one slice band by band; yields after every batch of tiles."""
-    H, W, t = grid.height, grid.width, grid.tile
-    stats = slice_stats(plane, norm)
-    n_out = len(writers)
-    band_lo = 0  # first image row held in the band buffers
-    # a tile row spans at most t image rows from band_lo, so t rows of accumulators suffice
-    acc = np.zeros((n_out, t, W), np.float32)
-    wsum = np.zeros((t, W), np.float32)
-    for iy, y in enumerate(grid.ys):
-        tiles = [(y, x) for x in grid.xs]
-        for b0 in range(0, len(tiles), tile.batch):
-            chunk = tiles[b0:b0 + tile.batch]
-            batch = np.stack([apply_stats(read_window(plane, ty, tx, t, t), stats) for ty, tx in chunk])[:, None]
-            out = np.asarray(predictor(batch), dtype=np.float32)
-            if out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[-2:] != (t, t) or out.shape[1] < n_out:
-                raise ValueError(f"predictor returned shape {out.shape} for a batch of {batch.shape}; expected "
-                                 f"({len(chunk)}, >={n_out}, {t}, {t})")
-            for (ty, tx), res in zip(chunk, out):
-                y0, y1 = max(ty, 0), min(ty + t, H)
-                x0, x1 = max(tx, 0), min(tx + t, W)
-                ly, lx = y0 - ty, x0 - tx
-                win = window[ly:ly + y1 - y0, lx:lx + x1 - x0]
-                r0, r1 = y0 - band_lo, y1 - band_lo
-                acc[:, r0:r1, x0:x1] += res[:n_out, ly:ly + y1 - y0, lx:lx + x1 - x0] * win
-                wsum[r0:r1, x0:x1] += win
-            done[0] += len(chunk)
-            yield ProgressEvent(done[0], total, "predict", unit="tiles")
-        # rows above the next tile row's start are final: write and drop them
-        final = H if iy + 1 == len(grid.ys) else min(max(grid.ys[iy + 1], 0), H)
-        if final > band_lo:
-            n = final - band_lo
-            for c, write in enumerate(writers):
-                write(band_lo, final, acc[c, :n] / wsum[:n])
-            # shift the unfinished rows up in place (no new allocation per band)
-            acc[:, :t - n] = acc[:, n:].copy() if n < t else acc[:, :0]
-            acc[:, t - n:] = 0
-            wsum[:t - n] = wsum[n:].copy() if n < t else wsum[:0]
-            wsum[t - n:] = 0
-            band_lo = final
-
-
 def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, tile: TileConfig | None = None,
                  norm: NormConfig | None = None, slices: str | slice | None = None
                  ) -> Generator[ProgressEvent, None, None]:
@@ -208,7 +163,8 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
     for k, z in enumerate(zs):
         plane = PlaneView(volume, z)
         writers = [_plane_writer(s, None if z is None else k) for s in sinks]
-        yield from _predict_plane(plane, grid, predictor, writers, tile, norm, window, done, total)
+        yield from stitch_plane(plane, predictor, grid, window, tile.batch, slice_stats(plane, norm), writers,
+                                done, total)
 
 
 def predict_array(volume: Any, predictor: Predictor, *, tile: TileConfig | None = None, norm: NormConfig | None = None,
