@@ -40,7 +40,8 @@ class TorchPredictor:
 
         self.torch = torch
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision or ("auto" if amp else "fp32"), self.device)
+        self.requested_precision = precision or ("auto" if amp else "fp32")
+        self.precision = resolve_precision(self.requested_precision, self.device)
         self.channels_last = uses_channels_last(self.device)
         self.model = model.to(self.device).eval()
         if self.channels_last:
@@ -51,6 +52,7 @@ class TorchPredictor:
         self.returns_probability = bool(getattr(model, "returns_probability", False))  # else logits
         self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
         self._max_batch = max_batch
+        self._last_tile = 512  # px, the tile side of the latest call (for shrink)
 
     def batch_limit(self, tile: int) -> int:
         """Tiles per forward pass: ``max_batch`` if given, else 1 Mpx per pass on the CPU (4 tiles of 512^2,
@@ -59,6 +61,20 @@ class TorchPredictor:
             return self._max_batch
         pixels = 2**20 if self.device.type == "cpu" else 2**23
         return max(1, pixels // (tile * tile))
+
+    def shrink(self) -> bool:
+        """Halve the TTA batch (forward passes of fewer transformed tiles; for the out-of-memory fallback).
+        False when there is nothing left to halve (no TTA, or already one tile per pass)."""
+        current = min(self.batch_limit(self._last_tile), self.tta.n)  # transformed tiles per pass, one tile
+        if self.tta.n <= 1 or current <= 1:
+            return False
+        self._max_batch = current // 2
+        return True
+
+    def on_cpu(self) -> TorchPredictor:
+        """The same model and settings on the CPU (for the out-of-memory fallback)."""
+        return TorchPredictor(self.model, "cpu", tta=self.tta, max_batch=self._max_batch,
+                              precision=self.requested_precision)
 
     def describe(self) -> str:
         """Device, precision and layout in one line, e.g. ``"cpu, fp32, channels_last"``."""
@@ -82,6 +98,7 @@ class TorchPredictor:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+            self._last_tile = int(x.shape[-1])
             if self.tta.n > 1:
                 y = tta_predict(self._probs, x, self.tta.n, self.tta.variance,
                                 max_batch=self.batch_limit(int(x.shape[-1])))
@@ -100,12 +117,23 @@ def _plane_writer(sink: Any, z: int | None) -> Callable[[int, int, np.ndarray], 
     return write
 
 
-def parse_slices(spec: str | slice | None, depth: int) -> range:
-    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed) or "i"."""
+SliceSpec = str | slice | Sequence[int] | None
+
+
+def parse_slices(spec: SliceSpec, depth: int) -> Sequence[int]:
+    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed), "i", a slice or
+    a sequence of indices (kept in its order; negatives count from the end)."""
     if spec is None or spec == "":
         return range(depth)
     if isinstance(spec, slice):
         return range(depth)[spec]
+    if not isinstance(spec, str):
+        zs = [int(z) for z in spec]
+        bad = [z for z in zs if not -depth <= z < depth]
+        if bad or not zs:
+            raise ValueError(f"slices {list(spec)} do not lie in a stack of {depth} slices" if bad else
+                             "no slices selected")
+        return [z % depth for z in zs]
     parts = str(spec).split(":")
     try:
         if len(parts) == 1:
@@ -141,7 +169,7 @@ def count_tiles(volume_shape: Sequence[int], tile: TileConfig, predictor: Any = 
 
 
 def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, tile: TileConfig | None = None,
-                 norm: NormConfig | None = None, slices: str | slice | None = None
+                 norm: NormConfig | None = None, slices: SliceSpec = None
                  ) -> Generator[ProgressEvent, None, None]:
     """Predict ``volume`` ((y, x) or (z, y, x) array-like, any dtype) tile by tile into ``sinks``.
 
@@ -168,7 +196,7 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
 
 
 def predict_array(volume: Any, predictor: Predictor, *, tile: TileConfig | None = None, norm: NormConfig | None = None,
-                  slices: str | slice | None = None, channels: int | None = None,
+                  slices: SliceSpec = None, channels: int | None = None,
                   progress: Progress | None = None) -> np.ndarray:
     """In-memory convenience: returns float32 (C, ...) if ``channels`` > 1, else the volume-shaped probability."""
     c = channels or int(getattr(predictor, "out_channels", 1))
