@@ -148,35 +148,6 @@ def _train_config(args: argparse.Namespace) -> Any:
     return replace(cfg, **changes)
 
 
-def _load_data(spec: str, slices: str | None, norm: Any, labels: str | None = None, windows: int = 64,
-               window: int = 512, seed: int = 0) -> list[Any]:
-    """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane), a training-set folder, or, with
-    ``labels``, an image of any size: ``windows`` random windows of ``window`` px (the seed's overlapping grid
-    plus corner-centred tiles), each read lazily, so a 10k x 10k slice is never loaded whole."""
-    from .inference.predict import parse_slices
-    from .training.dataset import load_isbi, load_training_folder
-
-    path = Path(spec)
-    if labels is not None:
-        from .io import open_stack
-        from .training.large_image import LargeImageCrops
-
-        img, lab = open_stack(path), open_stack(labels)
-        zs = list(parse_slices(slices, img.shape[0])) if slices and len(img.shape) == 3 else None
-        crops = LargeImageCrops(img.data, lab.data, tile=window, overlap=window // 4, norm=norm, slices=zs,
-                                source=str(path))
-        return crops.sample(windows, np.random.default_rng(seed))
-    if (path / "train-volume.tif").exists() and (path / "train-labels.tif").exists():
-        import tifffile
-
-        depth = len(tifffile.TiffFile(path / "train-volume.tif").pages)
-        return load_isbi(path, list(parse_slices(slices, depth)), norm)
-    data = load_training_folder(path, norm)
-    if slices:
-        data = [data[i] for i in parse_slices(slices, len(data))]
-    return data
-
-
 def _refuse_existing(path: Path) -> Path:
     """``path``, after checking nothing is there yet: fail before the work, not after it."""
     from .atomic import OutputExistsError
@@ -213,10 +184,11 @@ def _run_fit(cfg: Any, train: list[Any], val: list[Any], output: Path, init: Any
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_checkpoint
+    from .training.dataset import load_data
 
     cfg = _train_config(args)
-    train = _load_data(args.data, args.train_slices, cfg.norm, args.labels, args.windows, args.window, cfg.seed)
-    val = _load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
+    train = load_data(args.data, args.train_slices, cfg.norm, args.labels, args.windows, args.window, cfg.seed)
+    val = load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
     prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem}
     resume = load_checkpoint(args.resume) if args.resume else None
     return _run_fit(cfg, train, val, Path(args.output), None, [], prov, args.quiet, resume=resume)
@@ -248,14 +220,15 @@ def finetune_options(args: argparse.Namespace) -> Any:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_checkpoint
     from .progress import drive
+    from .training.dataset import load_data
     from .training.finetune import iter_finetune
 
     init = load_checkpoint(args.init)
     opts = finetune_options(args)
     output = _refuse_existing(Path(args.output))
-    train = _load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, opts.seed)
-    val = _load_data(args.val_data, args.val_slices, init.norm) if args.val_data else None
-    replay = _load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
+    train = load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, opts.seed)
+    val = load_data(args.val_data, args.val_slices, init.norm) if args.val_data else None
+    replay = load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
     prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "finetuned_from": str(args.init),
             "finetuned_by": "neuroedge finetune", "replay": args.replay_data}
     progress = _TqdmProgress("finetune", "step", args.quiet)
@@ -348,44 +321,33 @@ def _parse_thresholds(spec: str | None) -> tuple[float, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .calibration import choose_threshold, pixel_error_by_threshold
+    from .calibration import iter_calibrate
     from .config import TileConfig, TTAConfig
-    from .inference.pipeline import PredictionRequest, predict_probability
+    from .inference.pipeline import PredictionRequest
     from .io import open_stack
     from .models.checkpoint import load_checkpoint, save_checkpoint
+    from .progress import drive
 
     out = _refuse_existing(Path(args.output))
     thresholds = _parse_thresholds(args.thresholds)
     img, lab = open_stack(args.image), open_stack(args.labels)
-    if img.shape != lab.shape:
-        raise ValueError(f"image {img.shape} and labels {lab.shape} shapes differ")
     if args.slices and len(img.shape) != 3:
         raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
-    ckpt = load_checkpoint(args.model)
-    zs = _slice_list(args.slices, img)
-    request = PredictionRequest(model=ckpt, tile=TileConfig(tile=args.tile), tta=TTAConfig(n=args.tta),
-                                device=args.device, slices=zs)
+    request = PredictionRequest(model=load_checkpoint(args.model), tile=TileConfig(tile=args.tile),
+                                tta=TTAConfig(n=args.tta), device=args.device, slices=_slice_list(args.slices, img))
+    record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
+              "slices": args.slices}
     progress = _TqdmProgress(f"calibrate on {Path(args.image).name}", "tile", args.quiet)
     try:
-        prob = predict_probability(img.data, request, progress)
+        calibrated, errors = drive(iter_calibrate(img.data, lab.data, request, args.gt_membrane_value, thresholds,
+                                                  record), progress)
     finally:
         progress.close()
-    if len(img.shape) == 3:  # read only the slices calibrated on
-        labels = np.stack([np.asarray(lab.data[z]) for z in (zs if zs is not None else range(img.shape[0]))])
-    else:
-        labels = np.asarray(lab.data[...])
-    membrane = labels == args.gt_membrane_value
-    errors = pixel_error_by_threshold(prob, membrane, thresholds)
-    best = choose_threshold(errors)
-    record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
-              "slices": args.slices, "tta": args.tta, "threshold": best,
-              "pixel_error_by_threshold": {f"{t:g}": round(e, 6) for t, e in errors.items()}}
-    calibrated = replace(ckpt, threshold=best, optimizer=None, provenance={**ckpt.provenance, "calibration": record})
     save_checkpoint(calibrated, out)
+    best = calibrated.threshold
     print(json.dumps({"checkpoint": str(out), "threshold": best, "pixel_error": round(errors[best], 6),
-                      "pixel_error_by_threshold": record["pixel_error_by_threshold"]}, indent=2))
+                      "pixel_error_by_threshold": calibrated.provenance["calibration"]["pixel_error_by_threshold"]},
+                     indent=2))
     return 0
 
 

@@ -1,13 +1,14 @@
 """Predict widget: boundary probability, membrane labels, instances and TTA uncertainty for an image layer.
 
-Runs :func:`napari_neuroedge.inference.predict.iter_predict` in a background worker. Output layers are named
-after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on re-runs, and keep the
-image's scale and translate. Slices the user has edited keep their membrane labels unless "replace my
+Builds a core :class:`~napari_neuroedge.inference.pipeline.PredictionRequest` from the form and runs the core
+pipeline in a background worker (:func:`predict_job`, the same code path as ``neuroedge predict``). Output layers
+are named after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on re-runs, and
+keep the image's scale and translate. Slices the user has edited keep their membrane labels unless "replace my
 corrections" is ticked (only the probability is refreshed there).
 
 Large or lazy images (memory-mapped TIFF, zarr, dask, or more than ``$NEUROEDGE_LAZY_VOXELS`` voxels) are read
-band by band and predicted into zarr arrays on disk (see :mod:`..lazy_outputs`), shown as zarr-backed layers;
-the membrane layer stays paintable. Nothing of the volume's size is held in memory on that path.
+band by band and predicted into OME-Zarr working arrays on disk (see :mod:`napari_neuroedge.workstore`), shown as
+zarr-backed layers; the membrane layer stays paintable. Nothing of the volume's size is held in memory on that path.
 """
 
 from __future__ import annotations
