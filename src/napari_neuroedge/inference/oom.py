@@ -37,16 +37,14 @@ def _free_accelerator_cache() -> None:
 class OOMFallback:
     """A predictor that survives out-of-memory errors of ``predictor`` (see the module docstring).
 
-    ``notes`` collects one message per fallback step (also logged as warnings); ``on_note`` is called with each.
+    ``notes`` collects one message per fallback step (also logged as warnings).
     Attributes it lacks (``multiple``, ``context``, ``out_channels``, ``describe`` ...) come from the predictor.
     """
 
-    def __init__(self, predictor: Callable[[np.ndarray], np.ndarray],
-                 on_note: Callable[[str], None] | None = None) -> None:
+    def __init__(self, predictor: Callable[[np.ndarray], np.ndarray]) -> None:
         self.predictor = predictor
         self.limit: int | None = None  # tiles per call after a fallback (None: the whole batch)
         self.notes: list[str] = []
-        self.on_note = on_note
 
     def __getattr__(self, name: str) -> Any:
         if name == "predictor":  # not set yet (e.g. while unpickling)
@@ -56,8 +54,6 @@ class OOMFallback:
     def _note(self, text: str) -> None:
         log.warning(text)
         self.notes.append(text)
-        if self.on_note is not None:
-            self.on_note(text)
 
     def _where(self) -> str:
         device = getattr(self.predictor, "device", None)

@@ -201,8 +201,6 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
         got = tuple(int(s) for s in getattr(outputs, name).shape)
         if got != shape:
             raise ValueError(f"the {name} output has shape {got}; this request needs {shape}")
-    if not is_2d and request.slices is not None and len(zs or []) == 0:
-        raise ValueError("no slices selected")
     ckpt = load_request_model(request)
     if ckpt is not None:
         from .device import resolve_device
@@ -210,8 +208,8 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
         arch = arch_display_name(getattr(ckpt, "arch", "model"))
         yield ProgressEvent(0, 0, f"building {arch} on {resolve_device(request.device).type}")
     prep = prepare(request, variance=outputs.variance is not None, checkpoint=ckpt)
-    notes: list[str] = []
-    predictor = OOMFallback(prep.predictor, notes.append)
+    predictor = OOMFallback(prep.predictor)
+    notes = predictor.notes
     device = str(getattr(prep.predictor, "describe", lambda: "")() or "")
     if device:
         yield ProgressEvent(0, 0, f"running on {device}", {"device": device})
@@ -229,9 +227,8 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
             if not sinks:  # the variance alone: channel 0 still has to go somewhere
                 sinks.append(_Discard(shape))
             sinks.append(_band_sink(outputs.variance, outputs.check, flush))
-        spec = zs if zs is not None else None
         seen = 0
-        for event in iter_predict(volume, predictor, sinks, tile=request.tile, norm=prep.norm, slices=spec):
+        for event in iter_predict(volume, predictor, sinks, tile=request.tile, norm=prep.norm, slices=zs):
             yield event
             while seen < len(notes):  # an out-of-memory fallback happened during that batch: say so
                 yield ProgressEvent(event.done, event.total, notes[seen], {"warning": notes[seen]}, unit="tiles")
@@ -239,11 +236,11 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
         for sink in flush:
             sink.flush()
         if outputs.instances is not None:
-            k = 1 if is_2d else len(zs or [])
-            for i in range(k):
+            planes = [0] if zs is None else zs
+            for i, z in enumerate(planes):
                 cells = instances_from_probability(np.asarray(prob if is_2d else prob[i], np.float32),
                                                    prep.seed_threshold)
-                ids = stack_instance_ids(cells, 0 if is_2d else (zs or [])[i], tuple(volume.shape))
+                ids = stack_instance_ids(cells, z, tuple(volume.shape))
                 if outputs.check is not None:
                     outputs.check()
                 if is_2d:
@@ -251,7 +248,7 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
                 else:
                     outputs.instances[i] = ids
                 del cells, ids
-                yield ProgressEvent(i + 1, k, "instances", unit="slices")
+                yield ProgressEvent(i + 1, len(planes), "instances", unit="slices")
     return PredictionOutcome(prep.threshold, prep.seed_threshold, zs, device, notes)
 
 
