@@ -97,38 +97,29 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
     :class:`OutputExistsError` if ``path`` exists.
     """
     import zarr
+    from ome_zarr.writer import write_multiscales_metadata
 
     path = Path(path)
     if path.exists():
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
     if downsample not in ("nearest", "mean"):
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
-    _axes(len(shape))  # refuses anything but 2D / 3D before creating anything
+    axes = _axes(len(shape))
     chunks = chunks or slice_chunks(shape)
     with atomic_dir(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w-")
         yield group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
         shapes = _level_shapes(tuple(shape), min_size)
         _build_pyramid(group, shapes, chunks, downsample)
-        write_metadata(group, len(shapes), len(shape), voxel_size, path.name.split(".")[0], label)
-
-
-def write_metadata(group: Any, levels: int, ndim: int, voxel_size: tuple[float, ...] | None, name: str,
-                   label: bool = False) -> None:
-    """NGFF multiscales metadata for arrays "0" .. ``levels - 1`` of ``group`` (each level halving y/x): axes
-    z/y/x (or y/x) with the voxel size in nm as the scale where known; ``label`` adds ``image-label``."""
-    from ome_zarr.writer import write_multiscales_metadata
-
-    axes = _axes(ndim)
-    scale, units = _scale(voxel_size, ndim)
-    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
-        s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(levels)]
-    write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
-        {"unit": units[a]} if a in units else {})} for a in axes], name=name)
-    if label:
-        meta = dict(group.attrs.get("ome", {}))
-        meta["image-label"] = {"version": meta.get("version", "0.5")}
-        group.attrs["ome"] = meta
+        scale, units = _scale(voxel_size, len(shape))
+        datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+            s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(len(shapes))]
+        write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
+            {"unit": units[a]} if a in units else {})} for a in axes], name=path.name.split(".")[0])
+        if label:
+            meta = dict(group.attrs.get("ome", {}))
+            meta["image-label"] = {"version": meta.get("version", "0.5")}
+            group.attrs["ome"] = meta
 
 
 def ngff_multiscales(attrs: Any) -> list[dict[str, Any]] | None:
@@ -155,3 +146,22 @@ def open_ngff_level0(group: Any) -> tuple[Any, tuple[float, ...] | None] | None:
             factor = _UNIT_NM.get(ax.get("unit", ""))
             voxel.append(float(scale[i]) * factor if scale is not None and factor else float("nan"))
     return data, (tuple(voxel) if voxel and not all(v != v for v in voxel) else None)
+
+
+def write_metadata(group: Any, levels: int, ndim: int, voxel_size: tuple[float, ...] | None, name: str,
+                   label: bool = False) -> None:
+    """NGFF multiscales metadata for arrays "0" .. ``levels - 1`` of ``group`` (each level halving y/x): axes
+    z/y/x (or y/x) with the voxel size in nm as the scale where known; ``label`` adds ``image-label``. (The
+    widget's working arrays use it; :func:`open_ngff_output` writes the same metadata for its pyramids.)"""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    axes = _axes(ndim)
+    scale, units = _scale(voxel_size, ndim)
+    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+        s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(levels)]
+    write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
+        {"unit": units[a]} if a in units else {})} for a in axes], name=name)
+    if label:
+        meta = dict(group.attrs.get("ome", {}))
+        meta["image-label"] = {"version": meta.get("version", "0.5")}
+        group.attrs["ome"] = meta

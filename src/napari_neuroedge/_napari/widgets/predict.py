@@ -23,7 +23,7 @@ import numpy as np
 from qtpy.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QPushButton,
                             QWidget)
 
-from ...config import SEED_THRESHOLD, arch_display_name
+from ...config import SEED_THRESHOLD
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
 from ..session import LOAD_CHECKPOINT
@@ -70,6 +70,8 @@ def _is_input_image(layer: Any) -> bool:
 
 def describe_model(ckpt: Any) -> str:
     """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"."""
+    from ...config import arch_display_name
+
     arch = arch_display_name(ckpt.arch)
     kwargs = ckpt.arch_kwargs if isinstance(ckpt.arch_kwargs, dict) else {}
     parts = [arch + "".join(f", {str(k).replace('_', ' ')} {v}" for k, v in kwargs.items())]
