@@ -57,6 +57,8 @@ class _TqdmProgress:
 # ------------------------------------------------------------------------------------------------ predict
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from .config import TileConfig, TTAConfig
     from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files, refuse_existing
     from .inference.pipeline import PredictionRequest
@@ -73,22 +75,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
     ckpt = load_checkpoint(args.model)
     _resolve_threshold(args, ckpt)
-    tile = TileConfig(tile=args.tile, context=args.context, batch=args.batch)
-    tta = TTAConfig(n=args.tta, variance=args.uncertainty is not None)
-    if args.scheduler is not None:
+    request = PredictionRequest(model=ckpt, tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch),
+                                tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
+                                threshold=args.threshold, seed_threshold=args.seed_threshold,
+                                slices=_slice_list(args.slices, stack))
+    if args.scheduler is not None:  # the workers load the model themselves, from its name or path
         progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
         try:
-            predict_blockwise_files(args.input, files, args.model, tile=tile, tta=tta, threshold=args.threshold,
-                                    slices=args.slices, chunk=args.chunk, block=args.block,
-                                    scheduler=args.scheduler, workers=args.workers,
-                                    devices=args.devices.split(",") if args.devices else None, device=args.device,
-                                    precision=args.precision, progress=progress)
+            predict_blockwise_files(args.input, replace(request, model=args.model), files, chunk=args.chunk,
+                                    block=args.block, scheduler=args.scheduler, workers=args.workers,
+                                    devices=args.devices.split(",") if args.devices else None, progress=progress)
         finally:
             progress.close()
     else:
-        request = PredictionRequest(model=ckpt, tile=tile, tta=tta, precision=args.precision, device=args.device,
-                                    threshold=args.threshold, seed_threshold=args.seed_threshold,
-                                    slices=_slice_list(args.slices, stack))
         progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
         try:
             drive(iter_predict_files(stack, request, files, Path(args.input).name), progress)

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TileConfig, TTAConfig
+from ..config import TTAConfig
 from ..progress import Progress, ProgressEvent
-from .pipeline import OutputPlan, PredictionOutcome, PredictionRequest, iter_run, output_shape, threshold_into
+from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model,
+                       output_shape, threshold_into)
 
 
 @dataclass(frozen=True)
@@ -85,14 +86,14 @@ def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFile
     return outcome
 
 
-def predict_blockwise_files(input_path: str | Path, files: OutputFiles, model: str, *, tile: TileConfig,
-                            tta: TTAConfig, threshold: float, slices: str | None = None,
+def predict_blockwise_files(input_path: str | Path, request: PredictionRequest, files: OutputFiles, *,
                             chunk: int | None = None, block: int | None = None, scheduler: Any = "threads",
-                            workers: int | None = None, devices: Sequence[str] | None = None, device: str = "auto",
-                            precision: str = "auto", progress: Progress | None = None) -> None:
-    """Blockwise (Dask, restartable) probability into ``files.probability`` (a plain ``.zarr``), then the
-    membranes thresholded from it into ``files.membranes`` (any output format). Instances and overlays are not
-    computed here (run them on the probability afterwards)."""
+                            workers: int | None = None, devices: Sequence[str] | None = None,
+                            progress: Progress | None = None) -> None:
+    """``request`` run blockwise (Dask, restartable): the probability into ``files.probability`` (a plain
+    ``.zarr``), then the membranes thresholded from it into ``files.membranes`` (any output format). The
+    request's model must be a bundled name or a checkpoint path the workers can read. Instances and overlays
+    are not computed here (run them on the probability afterwards)."""
     from ..io import is_zarr_path, open_output, open_stack
     from ..ngff import is_ome_zarr_path
     from .blockwise import predict_blockwise
@@ -105,14 +106,18 @@ def predict_blockwise_files(input_path: str | Path, files: OutputFiles, model: s
         raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
     if files.variance is not None and not is_zarr_path(files.variance):
         raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
+    if not isinstance(request.model, (str, Path)):
+        raise ValueError("blockwise prediction needs the model as a bundled name or a checkpoint path")
     refuse_existing(files.paths())
     stack = open_stack(input_path)
-    nd = len(stack.shape) if not slices else 3
-    lead = (1,) * (nd - 2)
-    predict_blockwise(input_path, prob_path, model, progress=progress, tile=tile, slices=slices,
-                      variance_output=files.variance, chunks=(*lead, chunk, chunk) if chunk else None,
-                      block=(*lead, block, block) if block else None, scheduler=scheduler, workers=workers,
-                      devices=devices, device=device, precision=precision, tta=tta)
+    threshold = request.threshold if request.threshold is not None else load_request_model(request).threshold
+    lead = (1,) * (len(stack.shape) - 2)
+    tta = TTAConfig(n=request.tta.n, variance=files.variance is not None)
+    predict_blockwise(input_path, prob_path, str(request.model), progress=progress, tile=request.tile,
+                      slices=request.slices, variance_output=files.variance,
+                      chunks=(*lead, chunk, chunk) if chunk else None, block=(*lead, block, block) if block else None,
+                      scheduler=scheduler, workers=workers, devices=devices, device=request.device,
+                      precision=request.precision, tta=tta)
     prob = open_stack(prob_path).data
     with open_output(files.membranes, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size, label=True) as out:
         threshold_into(prob, out, threshold)
