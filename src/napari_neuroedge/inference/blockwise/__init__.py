@@ -4,7 +4,7 @@ A *block* is a box of output voxels (whole slices in z, a rectangle in y/x) made
 Each block task reads the input window its tiles need (the block plus a tile-aligned halo, mirror-indexed at
 the image border), runs the tiles of the **global** tile grid that intersect the block (the very grid that
 :func:`~napari_neuroedge.inference.predict.iter_predict` uses, in the same row-major order), blends them with
-the same window and writes the finished block into the output zarr array in one go. Because every output
+the same stitch kernel (:mod:`..stitch`) and writes the finished block into the output zarr array in one go. Because every output
 pixel sees the same tiles, the same weights, the same summation order and the same per-slice normalisation
 (computed once per slice, up front, from the whole slice), the result equals the single-process run: bit for
 bit when blocks span whole slice widths (the batches are then the same too) or the predictor's output per
@@ -23,6 +23,11 @@ worker process per device with ``CUDA_VISIBLE_DEVICES`` set for it.
 Schedulers: ``"threads"`` (dask's threaded scheduler, in this process), ``"sync"``, ``"local"`` (a
 :func:`local_cluster` started for the run), a scheduler address (``tcp://host:8786``) or a
 ``distributed.Client``. Dask is an optional dependency (``pip install napari-neuroedge[dask]``).
+
+Modules: :mod:`.sources` (predictor sources, volume references and their per-process caches), :mod:`.geometry`
+(blocks and their tiles), :mod:`.plan` (what a block task computes), :mod:`.job` (the resumable job),
+:mod:`.scheduling` (Dask clusters and running tasks), :mod:`.lazy` (lazy dask arrays). Everything public is
+importable from here.
 """
 
 from __future__ import annotations
@@ -37,10 +42,8 @@ from .scheduling import check_scheduler, dask_client, local_cluster, worker_envs
 from .sources import (DEVICE_ENV, InProcessSource, ModelSpec, PredictorSource, VolumeRef, as_source,
                       cached_predictor, clear_predictor_cache, load_count, volume_ref, worker_device)
 
-_check_block = check_block  # the old private name, kept for callers of it
-
-__all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNK", "DEVICE_ENV", "WORK_SUFFIX", "Block", "BlockwiseResult", "InProcessSource",
-           "ModelSpec", "PredictorSource", "VolumeRef", "as_source", "block_tiles", "cached_predictor",
+__all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNK", "DEVICE_ENV", "WORK_SUFFIX", "Block", "BlockwiseResult",
+           "InProcessSource", "ModelSpec", "PredictorSource", "VolumeRef", "as_source", "block_tiles", "cached_predictor",
            "check_block", "check_scheduler", "clear_predictor_cache", "compute_block", "dask_client",
            "default_block", "default_chunks", "iter_predict_blockwise", "lazy_array", "load_count", "local_cluster",
            "plan_blocks", "predict_blockwise", "predict_dask", "tiles_in_range", "volume_ref", "work_dir",
