@@ -65,3 +65,16 @@ def test_cli_and_widget_job_give_identical_arrays(tmp_path, synth_stack, tiny_ch
     np.testing.assert_array_equal(one.prob[0], cli_prob[2])
     np.testing.assert_array_equal(one.instances[0], cli_inst[2])
     store.close()
+
+
+def test_working_arrays_get_the_layers_voxel_size_in_nm(make_napari_viewer):
+    from napari_neuroedge._napari.widgets.predict import voxel_size_nm
+
+    viewer = make_napari_viewer()
+    img = np.zeros((2, 8, 8), np.uint8)
+    nm = viewer.add_image(img, name="nm", scale=(40.0, 4.0, 4.0), units=("nm", "nm", "nm"))
+    um = viewer.add_image(img, name="um", scale=(0.04, 0.004, 0.004), units=("um", "um", "um"))
+    plain = viewer.add_image(img, name="plain", scale=(2.0, 1.0, 1.0))  # napari's own reader: pixels, no unit
+    assert voxel_size_nm(nm) == (40.0, 4.0, 4.0)
+    np.testing.assert_allclose(voxel_size_nm(um), (40.0, 4.0, 4.0))
+    assert voxel_size_nm(plain) is None

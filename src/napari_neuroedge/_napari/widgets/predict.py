@@ -39,7 +39,7 @@ SCOPES = ("current slice", "all slices")
 class PredictResult:
     """What a prediction job hands back to the GUI thread; arrays are (k, y, x) for the k predicted slices.
 
-    With ``lazy`` the arrays are staged zarr arrays of the session's :class:`~..lazy_outputs.OutputStore`
+    With ``lazy`` they are staged OME-Zarr arrays of the session's :class:`~napari_neuroedge.workstore.OutputStore`
     ((y, x) for a 2D image) that the GUI thread adopts as layer data or copies into it, then deletes.
     """
 
@@ -507,7 +507,7 @@ class PredictWidget(JobWidget):
         store = lazy_outputs.store_for(self.session)
 
         def make(shape: tuple[int, ...]) -> Any:
-            return store.create(shape, dtype, f"{image.name}-{role}")
+            return store.create(shape, dtype, f"{image.name}-{role}", voxel_size_nm(image))
 
         if self._whole(result):  # the staged array becomes the layer's data (no copy)
             layer, created = self._output_layer(image, role, kind, dtype, make=make, initial=arr, **kwargs)
