@@ -131,7 +131,7 @@ def evaluate_model(model: nn.Module, images: np.ndarray, gt: np.ndarray, cfg: An
 
     predictor = TorchPredictor(model, device, amp=False, tta=TTAConfig(n=tta))
     identity = NormConfig(mode="meanstd", mean=0.0, std=1.0)  # the slices are normalised already (float32)
-    prob = predict_array(images, predictor, tile=TileConfig(tile=cfg.val_tile, overlap=0.25, batch=4), norm=identity)
+    prob = predict_array(images, predictor, tile=TileConfig(tile=cfg.val_tile, batch=4), norm=identity)
     return evaluate(prob, gt, instances_fn=instances_from_probability)
 
 

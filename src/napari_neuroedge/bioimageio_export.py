@@ -155,9 +155,9 @@ Fine-tuned from: {", ".join(parents) or "none (trained from scratch)"}.
 
 
 def _write_cover(path: Path, raw: np.ndarray, prob: np.ndarray, threshold: float) -> None:
-    from .cli import _write_overlay
+    from .overlay import write_overlay
 
-    _write_overlay(path, [(raw, prob, "test input")], threshold, "napari-neuroedge boundary prediction")
+    write_overlay(path, [(raw, prob, "test input")], threshold, "napari-neuroedge boundary prediction")
 
 
 def package_model(model: str | Path, output: str | Path, name: str | None = None) -> Path:

@@ -9,7 +9,7 @@ threshold). Choose it on training slices, never on the slices you report.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,3 +54,33 @@ def pixel_error_by_threshold(prob: Any, membrane: Any, thresholds: Sequence[floa
 def choose_threshold(errors: dict[float, float]) -> float:
     """The threshold with the lowest pixel error; ties go to the one nearest 0.5."""
     return min(errors, key=lambda t: (errors[t], abs(t - 0.5)))
+
+
+def iter_calibrate(image: Any, labels: Any, request: Any, membrane_value: int = 1,
+                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS, record: dict[str, Any] | None = None
+                   ) -> Generator[Any, None, tuple[Any, dict[float, float]]]:
+    """Generator: predict ``image`` ((y, x) or (z, y, x)) as ``request`` (a
+    :class:`~napari_neuroedge.inference.pipeline.PredictionRequest` with a loaded checkpoint as its model) says,
+    sweep ``thresholds`` against ``labels == membrane_value`` on the predicted slices; yields the pipeline's
+    ProgressEvents and returns (a copy of the checkpoint with the best threshold, no optimiser state and the sweep
+    plus ``record`` in its provenance, {threshold: pixel error}).
+    """
+    from dataclasses import replace
+
+    from .inference.pipeline import OutputPlan, iter_run, output_shape
+
+    if tuple(image.shape) != tuple(labels.shape):
+        raise ValueError(f"image {tuple(image.shape)} and labels {tuple(labels.shape)} shapes differ")
+    ckpt = request.model
+    prob = np.zeros(output_shape(image.shape, request.slices), np.float32)
+    outcome = yield from iter_run(image, request, OutputPlan(probability=prob))
+    if outcome.slices is not None:  # read only the slices calibrated on
+        truth = np.stack([np.asarray(labels[z]) for z in outcome.slices])
+    else:
+        truth = np.asarray(labels[...])
+    errors = pixel_error_by_threshold(prob, truth == membrane_value, thresholds)
+    best = choose_threshold(errors)
+    entry = {**(record or {}), "tta": request.tta.n, "threshold": best,
+             "pixel_error_by_threshold": {f"{t:g}": round(e, 6) for t, e in errors.items()}}
+    calibrated = replace(ckpt, threshold=best, optimizer=None, provenance={**ckpt.provenance, "calibration": entry})
+    return calibrated, errors

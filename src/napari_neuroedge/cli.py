@@ -28,12 +28,18 @@ class _TqdmProgress:
     def __init__(self, desc: str, unit: str, quiet: bool = False) -> None:
         from tqdm import tqdm
 
+        self.quiet = quiet
         self.bar = tqdm(desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
     def update(self, event: Any) -> None:
+        info = event.info or {}
+        for key, say in (("device", "running on {}"), ("warning", "neuroedge: {}")):
+            if key in info and not self.quiet:
+                self.bar.write(say.format(info[key]), file=sys.stderr)
+        if not event.total:  # a stage line (loading, building), not progress
+            return
         self.bar.total = event.total
         self.bar.n = event.done
-        info = event.info or {}
         if "loss" in info:
             post = {"loss": f"{info['loss']:.4f}"}
             if "val" in info:
@@ -50,113 +56,55 @@ class _TqdmProgress:
 
 # ------------------------------------------------------------------------------------------------ predict
 
-class _ThresholdSink:
-    """Array-like sink storing ``block >= threshold`` as uint8 into another array-like."""
-
-    def __init__(self, target: Any, threshold: float) -> None:
-        self.target, self.threshold = target, threshold
-        self.dtype = np.dtype(np.float32)
-        self.shape = target.shape
-
-    def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        self.target[key] = (np.asarray(value) >= self.threshold).astype(np.uint8)
-
-
-class _Tee:
-    """Array-like sink forwarding every write to several sinks."""
-
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-        self.dtype = np.dtype(np.float32)
-        self.shape = sinks[0].shape
-
-    def __setitem__(self, key: Any, value: np.ndarray) -> None:
-        for s in self.sinks:
-            s[key] = value
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    import contextlib
-    import tempfile
+    from dataclasses import replace
 
     from .config import TileConfig, TTAConfig
-    from .inference.device import resolve_device
-    from .inference.postprocess import instance_dtype, instances_from_probability, stack_instance_ids
-    from .inference.predict import TorchPredictor, iter_predict, parse_slices
-    from .io import open_output, open_stack
-    from .models.checkpoint import load_model
+    from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files, refuse_existing
+    from .inference.pipeline import PredictionRequest
+    from .io import open_stack
+    from .models.checkpoint import load_checkpoint
     from .ngff import check_label_paths
     from .progress import drive
 
+    files = OutputFiles(args.output, args.prob, args.instances, args.uncertainty, args.overlay)
     stack = open_stack(args.input)
-    vol = stack.data
-    for p in (args.output, args.prob, args.instances, args.uncertainty, args.overlay):
-        if p is not None:
-            _refuse_existing(Path(p))
+    refuse_existing(files.paths())
     check_label_paths([args.output, args.prob, args.instances, args.uncertainty])  # IMAGE.ome.zarr/labels/NAME
-    if args.scheduler is not None:
-        return _predict_blockwise(args, stack)
-    model, ckpt = load_model(args.model)
-    _resolve_threshold(args, ckpt)
-    device = resolve_device(args.device)
-    tta = TTAConfig(n=args.tta, variance=args.uncertainty is not None)
     if args.uncertainty is not None and args.tta == 1:
         raise ValueError("--uncertainty needs --tta 6 or 8 (it is the variance over the TTA transforms)")
-    predictor = TorchPredictor(model, device, tta=tta, precision=args.precision)
-    if not args.quiet:
-        print(f"running on {predictor.describe()}", file=sys.stderr)
-    if vol.ndim == 3:
-        zs = parse_slices(args.slices, vol.shape[0])
-        shape: tuple[int, ...] = (len(zs), *vol.shape[-2:])
-    else:
-        if args.slices:
-            raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
-        shape = tuple(vol.shape)
-    tile = TileConfig(tile=args.tile, context=args.context, batch=args.batch)
-    progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
-    with contextlib.ExitStack() as stack_ctx:
-        labels = stack_ctx.enter_context(open_output(args.output, shape, np.uint8, voxel_size=stack.voxel_size,
-                                                     label=True))
-        prob = None
-        if args.prob is not None:
-            prob = stack_ctx.enter_context(open_output(args.prob, shape, np.float32, voxel_size=stack.voxel_size,
-                                                       downsample="mean"))
-        elif args.instances is not None or args.overlay is not None:
-            tmpdir = stack_ctx.enter_context(tempfile.TemporaryDirectory())
-            prob = np.lib.format.open_memmap(Path(tmpdir) / "prob.npy", "w+", np.float32, shape)
-        sinks: list[Any] = [_ThresholdSink(labels, args.threshold) if prob is None
-                            else _Tee(prob, _ThresholdSink(labels, args.threshold))]
-        if args.uncertainty is not None:
-            sinks.append(stack_ctx.enter_context(open_output(args.uncertainty, shape, np.float32,
-                                                             voxel_size=stack.voxel_size, downsample="mean")))
+    if args.slices and len(stack.shape) != 3:
+        raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+    ckpt = load_checkpoint(args.model)
+    _resolve_threshold(args, ckpt)
+    request = PredictionRequest(model=ckpt, tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch),
+                                tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
+                                threshold=args.threshold, seed_threshold=args.seed_threshold,
+                                slices=_slice_list(args.slices, stack))
+    if args.scheduler is not None:  # the workers load the model themselves, from its name or path
+        progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
         try:
-            drive(iter_predict(vol, predictor, sinks, tile=tile, norm=ckpt.norm, slices=args.slices), progress)
+            predict_blockwise_files(args.input, replace(request, model=args.model), files, chunk=args.chunk,
+                                    block=args.block, scheduler=args.scheduler, workers=args.workers,
+                                    devices=args.devices.split(",") if args.devices else None, progress=progress)
         finally:
             progress.close()
-        if args.instances is not None:
-            inst = stack_ctx.enter_context(open_output(args.instances, shape, instance_dtype(tuple(vol.shape)),
-                                                       voxel_size=stack.voxel_size, label=True))
-            if len(shape) == 3:
-                for k, z in enumerate(parse_slices(args.slices, vol.shape[0])):
-                    inst[k] = stack_instance_ids(instances_from_probability(np.asarray(prob[k]), args.seed_threshold),
-                                                 z, tuple(vol.shape))
-            else:
-                inst[...] = instances_from_probability(np.asarray(prob[...]), args.seed_threshold)
-        if args.overlay is not None:
-            if len(shape) == 3:
-                src = list(parse_slices(args.slices, vol.shape[0]))
-                rows = _overlay_rows(len(src))
-                panels = [(np.asarray(vol[src[i]]), np.asarray(prob[i]), f"slice {src[i]}") for i in rows]
-                title = (f"{Path(args.input).name}: slices {', '.join(str(src[i]) for i in rows)}"
-                         + (f" ({len(rows)} of {len(src)} predicted, evenly spaced)" if len(rows) < len(src) else ""))
-            else:
-                panels = [(np.asarray(vol[...]), np.asarray(prob[...]), "2D image")]
-                title = Path(args.input).name
-            _write_overlay(args.overlay, panels, args.threshold, title)
+    else:
+        progress = _TqdmProgress(f"predict {Path(args.input).name}", "tile", args.quiet)
+        try:
+            drive(iter_predict_files(stack, request, files, Path(args.input).name), progress)
+        finally:
+            progress.close()
     if not args.quiet:
-        print(f"wrote {args.output}" + "".join(f", {p}" for p in (args.prob, args.instances, args.uncertainty,
-                                                                   args.overlay) if p), file=sys.stderr)
+        print("wrote " + ", ".join(str(p) for p in files.paths()), file=sys.stderr)
     return 0
+
+
+def _slice_list(spec: str | None, stack: Any) -> list[int] | None:
+    """``--slices`` as slice indices of a stack (None: all, or a 2D image)."""
+    from .inference.predict import parse_slices
+
+    return list(parse_slices(spec, stack.shape[0])) if spec and len(stack.shape) == 3 else None
 
 
 def _resolve_threshold(args: argparse.Namespace, ckpt: Any) -> None:
@@ -167,97 +115,6 @@ def _resolve_threshold(args: argparse.Namespace, ckpt: Any) -> None:
             print(f"membrane threshold {args.threshold:g} (calibrated, from the model)", file=sys.stderr)
     if getattr(args, "seed_threshold", 0) is None:
         args.seed_threshold = float(ckpt.seed_threshold)
-
-
-def _predict_blockwise(args: argparse.Namespace, stack: Any) -> int:
-    """--scheduler: probability computed blockwise with Dask into --prob (.zarr), then thresholded into OUT."""
-    from .config import TileConfig, TTAConfig
-    from .inference.blockwise import predict_blockwise
-    from .io import is_zarr_path, open_output, open_stack
-
-    from .ngff import is_ome_zarr_path
-
-    if args.prob is None or not is_zarr_path(args.prob) or is_ome_zarr_path(args.prob):
-        raise ValueError("--scheduler needs --prob PATH.zarr (plain zarr, not .ome.zarr): the blockwise job writes "
-                         "the probability there (restartable), and OUT (which may be .ome.zarr) is thresholded from it")
-    if args.instances or args.overlay:
-        raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
-    if args.uncertainty is not None and not is_zarr_path(args.uncertainty):
-        raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
-    from .models.checkpoint import load_checkpoint
-
-    _resolve_threshold(args, load_checkpoint(args.model))
-    chunks = block = None
-    nd = len(stack.shape) if not args.slices else 3
-    if args.chunk:
-        chunks = (1,) * (nd - 2) + (args.chunk, args.chunk)
-    if args.block:
-        block = (1,) * (nd - 2) + (args.block, args.block)
-    progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
-    try:
-        predict_blockwise(args.input, args.prob, args.model, progress=progress,
-                          tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch), slices=args.slices,
-                          variance_output=args.uncertainty, chunks=chunks, block=block,
-                          scheduler=args.scheduler, workers=args.workers,
-                          devices=args.devices.split(",") if args.devices else None, device=args.device,
-                          precision=args.precision, tta=TTAConfig(n=args.tta, variance=args.uncertainty is not None))
-    finally:
-        progress.close()
-    prob = open_stack(args.prob).data
-    with open_output(args.output, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size, label=True) as out:
-        band = 1024
-        planes = range(prob.shape[0]) if prob.ndim == 3 else [None]
-        for z in planes:
-            for y0 in range(0, prob.shape[-2], band):
-                key = (slice(y0, y0 + band),) if z is None else (z, slice(y0, y0 + band))
-                out[key] = (np.asarray(prob[key]) >= args.threshold).astype(np.uint8)
-    if not args.quiet:
-        print(f"wrote {args.output}, {args.prob}", file=sys.stderr)
-    return 0
-
-
-OVERLAY_MAX_SLICES = 16
-
-
-def _overlay_rows(n: int, most: int = OVERLAY_MAX_SLICES) -> list[int]:
-    """Which of ``n`` predicted slices the overlay shows: all of them, or ``most`` evenly spaced."""
-    if n <= most:
-        return list(range(n))
-    return sorted({int(round(i * (n - 1) / (most - 1))) for i in range(most)})
-
-
-def _write_overlay(path: str | Path, panels: list[tuple[np.ndarray, np.ndarray, str]], threshold: float,
-                   title: str = "") -> None:
-    """PNG with one row per (raw slice, probability, caption): the raw slice (grey) with predicted membranes in
-    magenta beside the probability map, each row captioned (e.g. "slice 3"), under a title line."""
-    import imageio.v3 as iio
-    from PIL import Image, ImageDraw
-
-    from .atomic import atomic_write
-
-    caption_h, gap = 14, 8
-    rows = []
-    for raw, prob, caption in panels:
-        lo, hi = np.percentile(raw, [0.5, 99.5])
-        grey = np.clip((raw.astype(np.float32) - lo) / max(hi - lo, 1e-6), 0, 1)
-        rgb = np.stack([grey] * 3, -1)
-        mem = prob >= threshold
-        rgb[mem] = 0.45 * rgb[mem] + 0.55 * np.array([1.0, 0.0, 1.0])
-        probrgb = np.stack([np.clip(prob, 0, 1)] * 3, -1)
-        row = (np.concatenate([rgb, np.ones((raw.shape[0], gap, 3)), probrgb], 1) * 255).astype(np.uint8)
-        rows.append((row, f"{caption}: membranes (magenta, threshold {threshold:g}) | boundary probability"))
-    width = max(r.shape[1] for r, _ in rows)
-    height = caption_h + sum(r.shape[0] + caption_h + gap for r, _ in rows)
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((2, 1), title, fill=(0, 0, 0))
-    y = caption_h
-    for row, caption in rows:
-        draw.text((2, y + 1), caption, fill=(0, 0, 0))
-        canvas.paste(Image.fromarray(row), (0, y + caption_h))
-        y += caption_h + row.shape[0] + gap
-    picture = np.asarray(canvas)
-    atomic_write(path, lambda p: iio.imwrite(p, picture, extension=".png"))
 
 
 # -------------------------------------------------------------------------------------------- train / finetune
@@ -290,35 +147,6 @@ def _train_config(args: argparse.Namespace) -> Any:
     if args.loss:
         changes["loss"] = parse_loss(args.loss, cfg.loss)
     return replace(cfg, **changes)
-
-
-def _load_data(spec: str, slices: str | None, norm: Any, labels: str | None = None, windows: int = 64,
-               window: int = 512, seed: int = 0) -> list[Any]:
-    """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane), a training-set folder, or, with
-    ``labels``, an image of any size: ``windows`` random windows of ``window`` px (the seed's overlapping grid
-    plus corner-centred tiles), each read lazily, so a 10k x 10k slice is never loaded whole."""
-    from .inference.predict import parse_slices
-    from .training.dataset import load_isbi, load_training_folder
-
-    path = Path(spec)
-    if labels is not None:
-        from .io import open_stack
-        from .training.large_image import LargeImageCrops
-
-        img, lab = open_stack(path), open_stack(labels)
-        zs = list(parse_slices(slices, img.shape[0])) if slices and len(img.shape) == 3 else None
-        crops = LargeImageCrops(img.data, lab.data, tile=window, overlap=window // 4, norm=norm, slices=zs,
-                                source=str(path))
-        return crops.sample(windows, np.random.default_rng(seed))
-    if (path / "train-volume.tif").exists() and (path / "train-labels.tif").exists():
-        import tifffile
-
-        depth = len(tifffile.TiffFile(path / "train-volume.tif").pages)
-        return load_isbi(path, list(parse_slices(slices, depth)), norm)
-    data = load_training_folder(path, norm)
-    if slices:
-        data = [data[i] for i in parse_slices(slices, len(data))]
-    return data
 
 
 def _refuse_existing(path: Path) -> Path:
@@ -357,10 +185,11 @@ def _run_fit(cfg: Any, train: list[Any], val: list[Any], output: Path, init: Any
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_checkpoint
+    from .training.dataset import load_data
 
     cfg = _train_config(args)
-    train = _load_data(args.data, args.train_slices, cfg.norm, args.labels, args.windows, args.window, cfg.seed)
-    val = _load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
+    train = load_data(args.data, args.train_slices, cfg.norm, args.labels, args.windows, args.window, cfg.seed)
+    val = load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
     prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem}
     resume = load_checkpoint(args.resume) if args.resume else None
     return _run_fit(cfg, train, val, Path(args.output), None, [], prov, args.quiet, resume=resume)
@@ -393,14 +222,15 @@ def finetune_options(args: argparse.Namespace) -> Any:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .models.checkpoint import load_checkpoint
     from .progress import drive
+    from .training.dataset import load_data
     from .training.finetune import iter_finetune
 
     init = load_checkpoint(args.init)
     opts = finetune_options(args)
     output = _refuse_existing(Path(args.output))
-    train = _load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, opts.seed)
-    val = _load_data(args.val_data, args.val_slices, init.norm) if args.val_data else None
-    replay = _load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
+    train = load_data(args.data, args.train_slices, init.norm, args.labels, args.windows, args.window, opts.seed)
+    val = load_data(args.val_data, args.val_slices, init.norm) if args.val_data else None
+    replay = load_data(args.replay_data, args.replay_slices, init.norm) if args.replay_data else []
     prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "finetuned_from": str(args.init),
             "finetuned_by": "neuroedge finetune", "replay": args.replay_data}
     progress = _TqdmProgress("finetune", "step", args.quiet)
@@ -493,44 +323,33 @@ def _parse_thresholds(spec: str | None) -> tuple[float, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from .calibration import choose_threshold, pixel_error_by_threshold
+    from .calibration import iter_calibrate
     from .config import TileConfig, TTAConfig
-    from .inference.device import resolve_device
-    from .inference.predict import TorchPredictor, parse_slices, predict_array
+    from .inference.pipeline import PredictionRequest
     from .io import open_stack
-    from .models.checkpoint import load_model, save_checkpoint
+    from .models.checkpoint import load_checkpoint, save_checkpoint
+    from .progress import drive
 
     out = _refuse_existing(Path(args.output))
     thresholds = _parse_thresholds(args.thresholds)
     img, lab = open_stack(args.image), open_stack(args.labels)
-    if img.shape != lab.shape:
-        raise ValueError(f"image {img.shape} and labels {lab.shape} shapes differ")
     if args.slices and len(img.shape) != 3:
         raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
-    model, ckpt = load_model(args.model)
-    predictor = TorchPredictor(model, resolve_device(args.device), tta=TTAConfig(n=args.tta))
+    request = PredictionRequest(model=load_checkpoint(args.model), tile=TileConfig(tile=args.tile),
+                                tta=TTAConfig(n=args.tta), device=args.device, slices=_slice_list(args.slices, img))
+    record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
+              "slices": args.slices}
     progress = _TqdmProgress(f"calibrate on {Path(args.image).name}", "tile", args.quiet)
     try:
-        prob = predict_array(img.data, predictor, tile=TileConfig(tile=args.tile), norm=ckpt.norm,
-                             slices=args.slices if len(img.shape) == 3 else None, progress=progress)
+        calibrated, errors = drive(iter_calibrate(img.data, lab.data, request, args.gt_membrane_value, thresholds,
+                                                  record), progress)
     finally:
         progress.close()
-    if len(img.shape) == 3:  # read only the slices calibrated on
-        labels = np.stack([np.asarray(lab.data[z]) for z in parse_slices(args.slices, img.shape[0])])
-    else:
-        labels = np.asarray(lab.data[...])
-    membrane = labels == args.gt_membrane_value
-    errors = pixel_error_by_threshold(prob, membrane, thresholds)
-    best = choose_threshold(errors)
-    record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
-              "slices": args.slices, "tta": args.tta, "threshold": best,
-              "pixel_error_by_threshold": {f"{t:g}": round(e, 6) for t, e in errors.items()}}
-    calibrated = replace(ckpt, threshold=best, optimizer=None, provenance={**ckpt.provenance, "calibration": record})
     save_checkpoint(calibrated, out)
+    best = calibrated.threshold
     print(json.dumps({"checkpoint": str(out), "threshold": best, "pixel_error": round(errors[best], 6),
-                      "pixel_error_by_threshold": record["pixel_error_by_threshold"]}, indent=2))
+                      "pixel_error_by_threshold": calibrated.provenance["calibration"]["pixel_error_by_threshold"]},
+                     indent=2))
     return 0
 
 

@@ -20,6 +20,15 @@ T = TypeVar("T")
 #: Chosen on ISBI 2012 training slices 0-19 without TTA (adapted Rand error 0.021 at 0.3 vs 0.025 at 0.5).
 SEED_THRESHOLD = 0.3
 
+#: Human names of the model architectures (``Checkpoint.arch``), for progress lines and model descriptions.
+ARCH_NAMES = {"unet": "U-Net", "unet-large": "U-Net (large)", "casenet": "CASENet", "dff": "DFF"}
+
+
+def arch_display_name(arch: Any) -> str:
+    """ "U-Net" for "unet"; unknown architectures keep their own name."""
+    return ARCH_NAMES.get(str(arch), str(arch))
+
+
 #: Numeric precisions a job may ask for ("auto" picks per device: see napari_neuroedge.inference.precision).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 

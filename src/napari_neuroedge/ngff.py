@@ -126,14 +126,12 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
     :class:`OutputExistsError` if ``path`` exists.
     """
     import zarr
-    from ome_zarr.writer import write_multiscales_metadata
 
     path = Path(path)
     if path.exists():
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
     if downsample not in ("nearest", "mean"):
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
-    axes = _axes(len(shape))
     chunks = chunks or slice_chunks(shape)
     inside = label_of(path)
     key = str(path.resolve())
@@ -144,16 +142,8 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
             yield group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
             shapes = _level_shapes(tuple(shape), min_size)
             _build_pyramid(group, shapes, chunks, downsample)
-            scale, units = _scale(voxel_size, len(shape))
-            datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
-                s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(len(shapes))]
-            write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
-                {"unit": units[a]} if a in units else {})} for a in axes], name=path.name.split(".")[0])
-            if label or inside is not None:
-                meta = dict(group.attrs.get("ome", {}))
-                meta["image-label"] = {"version": meta.get("version", "0.5"),
-                                       **({"source": {"image": "../../"}} if inside is not None else {})}
-                group.attrs["ome"] = meta
+            write_metadata(group, len(shapes), len(shape), voxel_size, path.name.split(".")[0],
+                           label=label or inside is not None, source="../../" if inside is not None else None)
         finally:
             _WRITING.pop(key, None)
 
@@ -217,3 +207,24 @@ def open_ngff_level0(group: Any) -> tuple[Any, tuple[float, ...] | None] | None:
             factor = _UNIT_NM.get(ax.get("unit", ""))
             voxel.append(float(scale[i]) * factor if scale is not None and factor else float("nan"))
     return data, (tuple(voxel) if voxel and not all(v != v for v in voxel) else None)
+
+
+def write_metadata(group: Any, levels: int, ndim: int, voxel_size: tuple[float, ...] | None, name: str,
+                   label: bool = False, source: str | None = None) -> None:
+    """NGFF multiscales metadata for arrays "0" .. ``levels - 1`` of ``group`` (each level halving y/x): axes
+    z/y/x (or y/x) with the voxel size in nm as the scale where known; ``label`` adds ``image-label`` (with
+    ``source``, the relative path of the image it labels, for a label stored inside that image). Used by
+    :func:`open_ngff_output` and the widget's working arrays."""
+    from ome_zarr.writer import write_multiscales_metadata
+
+    axes = _axes(ndim)
+    scale, units = _scale(voxel_size, ndim)
+    datasets = [{"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": [
+        s * (2**i if ax != "z" else 1) for s, ax in zip(scale, axes)]}]} for i in range(levels)]
+    write_multiscales_metadata(group, datasets, axes=[{"name": a, "type": "space", **(
+        {"unit": units[a]} if a in units else {})} for a in axes], name=name)
+    if label:
+        meta = dict(group.attrs.get("ome", {}))
+        meta["image-label"] = {"version": meta.get("version", "0.5"),
+                               **({"source": {"image": source}} if source else {})}
+        group.attrs["ome"] = meta

@@ -93,7 +93,7 @@ def test_default_chunks_and_blocks() -> None:
     blocks = bw.plan_blocks((3, 5000, 900), (1, 4096, 900))
     assert len(blocks) == 6 and (blocks[1].y0, blocks[1].y1) == (4096, 5000)
     with pytest.raises(ValueError, match="multiple of the output chunks"):
-        bw._check_block((3, 5000, 900), (1, 1024, 900), (1, 1500, 900))
+        bw.check_block((3, 5000, 900), (1, 1024, 900), (1, 1500, 900))
 
 
 def test_threads_bit_identical_to_single_process(tmp_path: Path, stack: np.ndarray) -> None:

@@ -53,7 +53,7 @@ def test_overlay_shows_every_predicted_slice_and_names_it(tmp_path, stack_path, 
     """--overlay has one captioned row per predicted slice (here slices 1 and 2), not just the middle one."""
     import imageio.v3 as iio
 
-    from napari_neuroedge.cli import _overlay_rows
+    from napari_neuroedge.overlay import overlay_rows as _overlay_rows
 
     png = tmp_path / "o.png"
     assert main(["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt), "--tile",

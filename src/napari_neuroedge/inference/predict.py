@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 
 from ..config import NormConfig, TileConfig, TTAConfig
-from ..progress import ProgressEvent, Progress, drive
-from .normalize import apply_stats, slice_stats
-from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid, read_window
-
-Predictor = Callable[[np.ndarray], np.ndarray]
+from ..progress import Progress, ProgressEvent, drive
+from .normalize import slice_stats
+from .stitch import Predictor, stitch_plane
+from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 
 
 class TorchPredictor:
@@ -41,7 +40,8 @@ class TorchPredictor:
 
         self.torch = torch
         self.device = torch.device(device)
-        self.precision = resolve_precision(precision or ("auto" if amp else "fp32"), self.device)
+        self.requested_precision = precision or ("auto" if amp else "fp32")
+        self.precision = resolve_precision(self.requested_precision, self.device)
         self.channels_last = uses_channels_last(self.device)
         self.model = model.to(self.device).eval()
         if self.channels_last:
@@ -52,6 +52,7 @@ class TorchPredictor:
         self.returns_probability = bool(getattr(model, "returns_probability", False))  # else logits
         self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
         self._max_batch = max_batch
+        self._last_tile = 512  # px, the tile side of the latest call (for shrink)
 
     def batch_limit(self, tile: int) -> int:
         """Tiles per forward pass: ``max_batch`` if given, else 1 Mpx per pass on the CPU (4 tiles of 512^2,
@@ -60,6 +61,20 @@ class TorchPredictor:
             return self._max_batch
         pixels = 2**20 if self.device.type == "cpu" else 2**23
         return max(1, pixels // (tile * tile))
+
+    def shrink(self) -> bool:
+        """Halve the TTA batch (forward passes of fewer transformed tiles; for the out-of-memory fallback).
+        False when there is nothing left to halve (no TTA, or already one tile per pass)."""
+        current = min(self.batch_limit(self._last_tile), self.tta.n)  # transformed tiles per pass, one tile
+        if self.tta.n <= 1 or current <= 1:
+            return False
+        self._max_batch = current // 2
+        return True
+
+    def on_cpu(self) -> TorchPredictor:
+        """The same model and settings on the CPU (for the out-of-memory fallback)."""
+        return TorchPredictor(self.model, "cpu", tta=self.tta, max_batch=self._max_batch,
+                              precision=self.requested_precision)
 
     def describe(self) -> str:
         """Device, precision and layout in one line, e.g. ``"cpu, fp32, channels_last"``."""
@@ -83,6 +98,7 @@ class TorchPredictor:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
+            self._last_tile = int(x.shape[-1])
             if self.tta.n > 1:
                 y = tta_predict(self._probs, x, self.tta.n, self.tta.variance,
                                 max_batch=self.batch_limit(int(x.shape[-1])))
@@ -101,12 +117,23 @@ def _plane_writer(sink: Any, z: int | None) -> Callable[[int, int, np.ndarray], 
     return write
 
 
-def parse_slices(spec: str | slice | None, depth: int) -> range:
-    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed) or "i"."""
+SliceSpec = str | slice | Sequence[int] | None
+
+
+def parse_slices(spec: SliceSpec, depth: int) -> Sequence[int]:
+    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed), "i", a slice or
+    a sequence of indices (kept in its order; negatives count from the end)."""
     if spec is None or spec == "":
         return range(depth)
     if isinstance(spec, slice):
         return range(depth)[spec]
+    if not isinstance(spec, str):
+        zs = [int(z) for z in spec]
+        bad = [z for z in zs if not -depth <= z < depth]
+        if bad or not zs:
+            raise ValueError(f"slices {list(spec)} do not lie in a stack of {depth} slices" if bad else
+                             "no slices selected")
+        return [z % depth for z in zs]
     parts = str(spec).split(":")
     try:
         if len(parts) == 1:
@@ -141,52 +168,8 @@ def count_tiles(volume_shape: Sequence[int], tile: TileConfig, predictor: Any = 
     return grid.n_tiles * depth
 
 
-def _predict_plane(plane: PlaneView, grid: TileGrid, predictor: Predictor, writers: Sequence[Callable[..., None]],
-                   tile: TileConfig, norm: NormConfig, window: np.ndarray,
-                   done: list[int], total: int) -> Generator[ProgressEvent, None, None]:
-    """Stitch one slice band by band; yields after every batch of tiles."""
-    H, W, t = grid.height, grid.width, grid.tile
-    stats = slice_stats(plane, norm)
-    n_out = len(writers)
-    band_lo = 0  # first image row held in the band buffers
-    # a tile row spans at most t image rows from band_lo, so t rows of accumulators suffice
-    acc = np.zeros((n_out, t, W), np.float32)
-    wsum = np.zeros((t, W), np.float32)
-    for iy, y in enumerate(grid.ys):
-        tiles = [(y, x) for x in grid.xs]
-        for b0 in range(0, len(tiles), tile.batch):
-            chunk = tiles[b0:b0 + tile.batch]
-            batch = np.stack([apply_stats(read_window(plane, ty, tx, t, t), stats) for ty, tx in chunk])[:, None]
-            out = np.asarray(predictor(batch), dtype=np.float32)
-            if out.ndim != 4 or out.shape[0] != len(chunk) or out.shape[-2:] != (t, t) or out.shape[1] < n_out:
-                raise ValueError(f"predictor returned shape {out.shape} for a batch of {batch.shape}; expected "
-                                 f"({len(chunk)}, >={n_out}, {t}, {t})")
-            for (ty, tx), res in zip(chunk, out):
-                y0, y1 = max(ty, 0), min(ty + t, H)
-                x0, x1 = max(tx, 0), min(tx + t, W)
-                ly, lx = y0 - ty, x0 - tx
-                win = window[ly:ly + y1 - y0, lx:lx + x1 - x0]
-                r0, r1 = y0 - band_lo, y1 - band_lo
-                acc[:, r0:r1, x0:x1] += res[:n_out, ly:ly + y1 - y0, lx:lx + x1 - x0] * win
-                wsum[r0:r1, x0:x1] += win
-            done[0] += len(chunk)
-            yield ProgressEvent(done[0], total, "predict", unit="tiles")
-        # rows above the next tile row's start are final: write and drop them
-        final = H if iy + 1 == len(grid.ys) else min(max(grid.ys[iy + 1], 0), H)
-        if final > band_lo:
-            n = final - band_lo
-            for c, write in enumerate(writers):
-                write(band_lo, final, acc[c, :n] / wsum[:n])
-            # shift the unfinished rows up in place (no new allocation per band)
-            acc[:, :t - n] = acc[:, n:].copy() if n < t else acc[:, :0]
-            acc[:, t - n:] = 0
-            wsum[:t - n] = wsum[n:].copy() if n < t else wsum[:0]
-            wsum[t - n:] = 0
-            band_lo = final
-
-
 def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, tile: TileConfig | None = None,
-                 norm: NormConfig | None = None, slices: str | slice | None = None
+                 norm: NormConfig | None = None, slices: SliceSpec = None
                  ) -> Generator[ProgressEvent, None, None]:
     """Predict ``volume`` ((y, x) or (z, y, x) array-like, any dtype) tile by tile into ``sinks``.
 
@@ -208,11 +191,12 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
     for k, z in enumerate(zs):
         plane = PlaneView(volume, z)
         writers = [_plane_writer(s, None if z is None else k) for s in sinks]
-        yield from _predict_plane(plane, grid, predictor, writers, tile, norm, window, done, total)
+        yield from stitch_plane(plane, predictor, grid, window, tile.batch, slice_stats(plane, norm), writers,
+                                done, total)
 
 
 def predict_array(volume: Any, predictor: Predictor, *, tile: TileConfig | None = None, norm: NormConfig | None = None,
-                  slices: str | slice | None = None, channels: int | None = None,
+                  slices: SliceSpec = None, channels: int | None = None,
                   progress: Progress | None = None) -> np.ndarray:
     """In-memory convenience: returns float32 (C, ...) if ``channels`` > 1, else the volume-shaped probability."""
     c = channels or int(getattr(predictor, "out_channels", 1))

@@ -7,6 +7,7 @@ pixels there are read by mirror (reflect) indexing, as in the U-Net overlap-tile
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,11 @@ class TileGrid:
     @property
     def n_tiles(self) -> int:
         return len(self.ys) * len(self.xs)
+
+
+def tiles_in_range(starts: Sequence[int], tile: int, lo: int, hi: int) -> list[int]:
+    """The tile starts (of tiles ``tile`` px long) whose tile intersects [lo, hi)."""
+    return [s for s in starts if s < hi and s + tile > lo]
 
 
 def round_up(value: int, multiple: int) -> int:

@@ -116,3 +116,31 @@ def loss_targets(sl: LabelledSlice, loss: LossConfig, corrected_weight: float = 
     if loss.edge > 0:
         maps["band"] = edge_band(sl.label, loss.edge_band)
     return maps
+
+
+def load_data(spec: str, slices: str | None, norm: Any, labels: str | None = None, windows: int = 64,
+               window: int = 512, seed: int = 0) -> list[Any]:
+    """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane), a training-set folder, or, with
+    ``labels``, an image of any size: ``windows`` random windows of ``window`` px (the seed's overlapping grid
+    plus corner-centred tiles), each read lazily, so a 10k x 10k slice is never loaded whole."""
+    from ..inference.predict import parse_slices
+
+    path = Path(spec)
+    if labels is not None:
+        from ..io import open_stack
+        from .large_image import LargeImageCrops
+
+        img, lab = open_stack(path), open_stack(labels)
+        zs = list(parse_slices(slices, img.shape[0])) if slices and len(img.shape) == 3 else None
+        crops = LargeImageCrops(img.data, lab.data, tile=window, overlap=window // 4, norm=norm, slices=zs,
+                                source=str(path))
+        return crops.sample(windows, np.random.default_rng(seed))
+    if (path / "train-volume.tif").exists() and (path / "train-labels.tif").exists():
+        import tifffile
+
+        depth = len(tifffile.TiffFile(path / "train-volume.tif").pages)
+        return load_isbi(path, list(parse_slices(slices, depth)), norm)
+    data = load_training_folder(path, norm)
+    if slices:
+        data = [data[i] for i in parse_slices(slices, len(data))]
+    return data

@@ -197,11 +197,13 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
         from ..calibration import choose_threshold, pixel_error_by_threshold
         from ..inference.device import resolve_device
-        from ..inference.predict import TorchPredictor, predict_array
+        from ..inference.pipeline import PredictionRequest, predict_probability
+        from ..inference.predict import TorchPredictor
         from .loop import _IDENTITY_NORM
 
         predictor = TorchPredictor(ckpt.build(), resolve_device(options.device), precision=options.precision)
-        probs = [predict_array(s.image, predictor, norm=_IDENTITY_NORM) for s in val]
+        request = PredictionRequest(predictor=predictor, norm=_IDENTITY_NORM)  # one model for every slice
+        probs = [predict_probability(s.image, request) for s in val]
         errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
                                           np.concatenate([s.label.ravel() for s in val]),
                                           mask=np.concatenate([(s.mask if s.mask is not None

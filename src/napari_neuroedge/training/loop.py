@@ -24,8 +24,8 @@ import torch
 from ..config import SEED_THRESHOLD, TileConfig, TrainConfig, TTAConfig, to_dict
 from ..inference.device import resolve_device
 from ..inference.precision import autocast, resolve_precision
-from ..inference.postprocess import instances_from_probability
-from ..inference.predict import TorchPredictor, predict_array
+from ..inference.pipeline import OutputPlan, PredictionRequest, run
+from ..inference.predict import TorchPredictor
 from ..metrics import boundary_prf, instances_from_membrane, pixel_error, rand_error
 from ..models.checkpoint import Checkpoint, make_checkpoint, save_checkpoint
 from ..models.registry import build_model, resolve_arch
@@ -56,18 +56,20 @@ def validate(model: torch.nn.Module, val: Sequence[LabelledSlice], device: torch
     be used; it costs ``tta`` times the forward passes.
     """
     predictor = TorchPredictor(model, device, tta=TTAConfig(n=tta), precision=precision)
+    request = PredictionRequest(predictor=predictor, tile=TileConfig(tile=tile, batch=4), norm=_IDENTITY_NORM,
+                                threshold=threshold, seed_threshold=seed_threshold)
     was_training = model.training
     model.eval()
     rows = []
     for sl in val:
-        prob = predict_array(sl.image, predictor, tile=TileConfig(tile=tile, batch=4),
-                             norm=_IDENTITY_NORM)
-        pred = (prob >= threshold).astype(np.uint8)
+        prob = np.zeros(sl.image.shape, np.float32)
+        pred = np.zeros(sl.image.shape, np.uint8)
+        cells = np.zeros(sl.image.shape, np.uint32)
+        run(sl.image, request, OutputPlan(probability=prob, membranes=pred, instances=cells))
         prf = boundary_prf(pred, sl.label, tolerance=2.0)
         rows.append({"pixel_error": pixel_error(pred, sl.label, sl.mask), "precision": prf["precision"],
                      "recall": prf["recall"], "f1": prf["f1"],
-                     "rand_error": rand_error(instances_from_probability(prob, seed_threshold),
-                                              instances_from_membrane(sl.label))})
+                     "rand_error": rand_error(cells, instances_from_membrane(sl.label))})
     model.train(was_training)
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 

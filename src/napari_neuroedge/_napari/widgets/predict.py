@@ -1,13 +1,14 @@
 """Predict widget: boundary probability, membrane labels, instances and TTA uncertainty for an image layer.
 
-Runs :func:`napari_neuroedge.inference.predict.iter_predict` in a background worker. Output layers are named
-after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on re-runs, and keep the
-image's scale and translate. Slices the user has edited keep their membrane labels unless "replace my
+Builds a core :class:`~napari_neuroedge.inference.pipeline.PredictionRequest` from the form and runs the core
+pipeline in a background worker (:func:`predict_job`, the same code path as ``neuroedge predict``). Output layers
+are named after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on re-runs, and
+keep the image's scale and translate. Slices the user has edited keep their membrane labels unless "replace my
 corrections" is ticked (only the probability is refreshed there).
 
 Large or lazy images (memory-mapped TIFF, zarr, dask, or more than ``$NEUROEDGE_LAZY_VOXELS`` voxels) are read
-band by band and predicted into zarr arrays on disk (see :mod:`..lazy_outputs`), shown as zarr-backed layers;
-the membrane layer stays paintable. Nothing of the volume's size is held in memory on that path.
+band by band and predicted into OME-Zarr working arrays on disk (see :mod:`napari_neuroedge.workstore`), shown as
+zarr-backed layers; the membrane layer stays paintable. Nothing of the volume's size is held in memory on that path.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ SCOPES = ("current slice", "all slices")
 class PredictResult:
     """What a prediction job hands back to the GUI thread; arrays are (k, y, x) for the k predicted slices.
 
-    With ``lazy`` the arrays are staged zarr arrays of the session's :class:`~..lazy_outputs.OutputStore`
+    With ``lazy`` they are staged OME-Zarr arrays of the session's :class:`~napari_neuroedge.workstore.OutputStore`
     ((y, x) for a 2D image) that the GUI thread adopts as layer data or copies into it, then deletes.
     """
 
@@ -68,18 +69,30 @@ def _is_input_image(layer: Any) -> bool:
     return not getattr(layer, "rgb", False) and tracking.info_role(layer) in ("", "image")
 
 
-ARCH_NAMES = {"unet": "U-Net", "unet-large": "U-Net (large)", "casenet": "CASENet", "dff": "DFF"}
-
-
 def describe_model(ckpt: Any) -> str:
     """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"."""
-    arch = ARCH_NAMES.get(str(ckpt.arch), str(ckpt.arch))
+    from ...config import arch_display_name
+
+    arch = arch_display_name(ckpt.arch)
     kwargs = ckpt.arch_kwargs if isinstance(ckpt.arch_kwargs, dict) else {}
     parts = [arch + "".join(f", {str(k).replace('_', ' ')} {v}" for k, v in kwargs.items())]
     if ckpt.step:
         parts.append(f"trained {int(ckpt.step):,} steps")
     parts.append(f"threshold {ckpt.threshold:g}")
     return " \u00b7 ".join(parts)
+
+
+def voxel_size_nm(layer: Any) -> tuple[float, ...] | None:
+    """The layer's voxel size in nm per axis (its scale, where its units or the reader's metadata say nm or
+    um), or None where nothing states it: the scale of the on-disk OME-Zarr outputs."""
+    from .export import pixel_size_of
+
+    yx, unit = pixel_size_of(layer)
+    factor = {"nm": 1.0, "um": 1e3, "\u00b5m": 1e3}.get(unit)
+    if factor is None:
+        return None
+    scale = [float(s) for s in layer.scale]
+    return tuple(v * factor for v in scale[:-2] + [float(v) for v in yx])
 
 
 def _rgb_advice() -> str:
@@ -101,62 +114,48 @@ def _model_file(session: Any, model_name: str) -> str:
 
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
                 device_name: str, tile: int, context: int, tta: int, uncertainty: bool, threshold: float,
-                instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD):
-    """Generator (runs in the worker): load the model, predict the slices, post-process; returns PredictResult.
+                instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD,
+                voxel_size: tuple[float, ...] | None = None):
+    """Generator (runs in the worker): the widget's settings as a core :class:`PredictionRequest`, run by the
+    core pipeline; returns a :class:`PredictResult`.
 
-    ``data`` is read lazily, band by band. Without ``store`` the outputs are numpy arrays of the predicted slices;
-    with one they are staged zarr arrays in it and memory stays bounded by tile and chunk size.
+    ``data`` is read lazily, band by band. Without ``store`` the outputs are numpy arrays of the predicted
+    slices; with one they are staged OME-Zarr arrays in it (scale ``voxel_size`` in nm, if known) and memory
+    stays bounded by tile and chunk size.
     """
     from ...config import TileConfig, TTAConfig
-    from ...inference.device import resolve_device
-    from ...inference.postprocess import (instance_dtype, instances_from_probability, membrane_from_probability,
-                                          stack_instance_ids)
-    from ...inference.predict import TorchPredictor, iter_predict
+    from ...inference.pipeline import OutputPlan, PredictionRequest, iter_run
+    from ...inference.postprocess import instance_dtype
     from ...progress import ProgressEvent
+    from ...workstore import iter_staged
 
     yield ProgressEvent(0, 0, f"loading PyTorch and model '{model_name}' ({_model_file(session, model_name)})")
-    import torch
+    from ...inference.device import resolve_device
 
     ckpt = session.checkpoint(model_name)
     meta = session.model_meta(model_name)
     device = resolve_device(device_name)
-    if device.type == "cpu":
-        torch.set_num_threads(gui_threads())
-    arch = str(getattr(ckpt, "arch", "model"))
-    yield ProgressEvent(0, 0, f"building {ARCH_NAMES.get(arch, arch)} on {device.type}")
-    model = ckpt.build()
     variance = uncertainty and tta > 1
-    predictor = TorchPredictor(model, device, tta=TTAConfig(n=tta, variance=variance))
-    tiles = TileConfig(tile=tile, context=context, batch=4 if device.type == "cuda" else 1)
+    request = PredictionRequest(model=ckpt, tile=TileConfig(tile=tile, context=context,
+                                                            batch=4 if device.type == "cuda" else 1),
+                                tta=TTAConfig(n=tta), device=str(device), threshold=threshold,
+                                seed_threshold=seed_threshold, slices=None if is_2d else list(slices),
+                                threads=gui_threads())
     data = lazy_outputs.readable(data)  # a folder of slices: read each file once, not once per tile
+    done = [0] if is_2d else list(slices)
     if store is not None:
-        staged = yield from lazy_outputs.predict_staged(data, slices, is_2d, predictor, store, tile=tiles,
-                                                        norm=ckpt.norm, threshold=threshold, variance=variance,
-                                                        instances=instances, seed_threshold=seed_threshold)
-        return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), staged.prob,
-                             staged.membranes, staged.variance, staged.instances, threshold, meta, lazy=True)
-    h, w = int(data.shape[-2]), int(data.shape[-1])
-    k = 1 if is_2d else len(slices)
+        staged, _ = yield from iter_staged(data, request, store, variance=variance, instances=instances,
+                                           voxel_size=voxel_size)
+        return PredictResult(image_name, done, is_2d, tuple(data.shape), staged.probability, staged.membranes,
+                             staged.variance, staged.instances, threshold, meta, lazy=True)
+    k, h, w = len(done), int(data.shape[-2]), int(data.shape[-1])
     prob = np.zeros((k, h, w), np.float32)
+    membranes = np.zeros((k, h, w), np.uint8)
     var = np.zeros((k, h, w), np.float32) if variance else None
-    sinks = [prob[0] if is_2d else prob]
-    if var is not None:
-        sinks.append(var[0] if is_2d else var)
-    if not is_2d and len(slices) not in (1, int(data.shape[0])):
-        raise ValueError("predict either one slice or all slices")
-    spec = None if is_2d or len(slices) != 1 else f"{slices[0]}:{slices[0] + 1}"
-    yield from iter_predict(data, predictor, sinks, tile=tiles, norm=ckpt.norm, slices=spec)
-    membranes = membrane_from_probability(prob, threshold)
-    inst = None
-    if instances:
-        inst = np.zeros((k, h, w), instance_dtype(tuple(data.shape)))
-        for i in range(k):
-            z = 0 if is_2d else slices[i]
-            cells = instances_from_probability(prob[i], seed_threshold)
-            inst[i] = stack_instance_ids(cells, z, tuple(data.shape))  # the CLI's ids: unique across the stack
-            yield ProgressEvent(i + 1, k, "instances", unit="slices")
-    return PredictResult(image_name, [0] if is_2d else list(slices), is_2d, tuple(data.shape), prob, membranes,
-                         var, inst, threshold, meta)
+    inst = np.zeros((k, h, w), instance_dtype(tuple(data.shape))) if instances else None
+    plan = OutputPlan(*(None if a is None else (a[0] if is_2d else a) for a in (prob, membranes, var, inst)))
+    yield from iter_run(data, request, plan)
+    return PredictResult(image_name, done, is_2d, tuple(data.shape), prob, membranes, var, inst, threshold, meta)
 
 
 class PredictWidget(JobWidget):
@@ -409,7 +408,7 @@ class PredictWidget(JobWidget):
                                 self.device_combo.currentText(), int(self.tile_spin.value()),
                                 int(self.context_spin.value()), self.tta(),
                                 self.uncertainty_check.isChecked(), threshold, self.instances_check.isChecked(),
-                                store, float(self.seed_spin.value())))
+                                store, float(self.seed_spin.value()), voxel_size_nm(layer)))
 
     def _on_event(self, job: Job, event: Any) -> None:
         self.jobs.update_event(event)
@@ -506,7 +505,7 @@ class PredictWidget(JobWidget):
         store = lazy_outputs.store_for(self.session)
 
         def make(shape: tuple[int, ...]) -> Any:
-            return store.create(shape, dtype, f"{image.name}-{role}")
+            return store.create(shape, dtype, f"{image.name}-{role}", voxel_size_nm(image))
 
         if self._whole(result):  # the staged array becomes the layer's data (no copy)
             layer, created = self._output_layer(image, role, kind, dtype, make=make, initial=arr, **kwargs)

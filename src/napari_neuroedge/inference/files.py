@@ -1,0 +1,123 @@
+"""Prediction from an input file to output files: the pipeline with atomic, never-overwriting file sinks.
+
+``neuroedge predict`` is argument parsing around these. :func:`iter_predict_files` opens every requested output
+(TIFF, zarr or OME-Zarr by its name, see :func:`napari_neuroedge.io.open_output`) under a temporary name, runs
+the :mod:`.pipeline` into them and publishes them only when it finished; a failure or a cancel leaves nothing.
+:func:`predict_blockwise_files` runs the blockwise Dask job into a restartable probability zarr and thresholds
+the membranes from it with the pipeline's :func:`~.pipeline.threshold_into`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import TTAConfig
+from ..progress import Progress, ProgressEvent
+from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model,
+                       output_shape, threshold_into)
+
+
+@dataclass(frozen=True)
+class OutputFiles:
+    """Output paths: ``membranes`` (uint8, 1 = membrane) and optionally the probability, instances, TTA variance
+    and an overlay PNG."""
+
+    membranes: str | Path
+    probability: str | Path | None = None
+    instances: str | Path | None = None
+    variance: str | Path | None = None
+    overlay: str | Path | None = None
+
+    def paths(self) -> list[Path]:
+        return [Path(p) for p in (self.membranes, self.probability, self.instances, self.variance, self.overlay)
+                if p is not None]
+
+
+def refuse_existing(paths: Sequence[str | Path]) -> None:
+    """Raise OutputExistsError for the first path that exists: fail before the work, not after it."""
+    from ..atomic import OutputExistsError
+
+    for path in map(Path, paths):
+        if path.exists():
+            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+
+
+def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFiles, name: str = ""
+                       ) -> Generator[ProgressEvent, None, PredictionOutcome]:
+    """Predict ``stack`` (an :class:`~napari_neuroedge.io.EMStack`) into ``files``; yields the pipeline's events.
+
+    Outputs get the input's voxel size; OME-Zarr pyramids are built by nearest neighbour for labels and by the
+    mean for the probability and variance. ``name`` captions the overlay.
+    """
+    from ..io import open_output
+    from ..overlay import write_stack_overlay
+    from .postprocess import instance_dtype
+    from .predict import parse_slices
+
+    refuse_existing(files.paths())
+    vol, voxel = stack.data, stack.voxel_size
+    if vol.ndim == 2 and request.slices:
+        raise ValueError("slices need a 3D stack; the input is a single 2D image")
+    zs = None if vol.ndim == 2 else list(parse_slices(request.slices, int(vol.shape[0])))
+    shape = output_shape(vol.shape, zs)
+    with contextlib.ExitStack() as ctx:
+        def output(path: str | Path | None, dtype: Any, label: bool) -> Any:
+            if path is None:
+                return None
+            return ctx.enter_context(open_output(path, shape, dtype, voxel_size=voxel, label=label,
+                                                 downsample="nearest" if label else "mean"))
+
+        plan = OutputPlan(output(files.probability, np.float32, False), output(files.membranes, np.uint8, True),
+                          output(files.variance, np.float32, False),
+                          output(files.instances, instance_dtype(tuple(vol.shape)), True))
+        if plan.probability is None and files.overlay is not None:  # the overlay shows it: keep it on disk
+            folder = ctx.enter_context(tempfile.TemporaryDirectory(prefix="neuroedge-prob-"))
+            plan.probability = np.lib.format.open_memmap(Path(folder) / "prob.npy", "w+", np.float32, shape)
+        outcome = yield from iter_run(vol, replace(request, slices=zs), plan)
+        if files.overlay is not None:
+            write_stack_overlay(files.overlay, vol, plan.probability, zs, outcome.threshold, name)
+    return outcome
+
+
+def predict_blockwise_files(input_path: str | Path, request: PredictionRequest, files: OutputFiles, *,
+                            chunk: int | None = None, block: int | None = None, scheduler: Any = "threads",
+                            workers: int | None = None, devices: Sequence[str] | None = None,
+                            progress: Progress | None = None) -> None:
+    """``request`` run blockwise (Dask, restartable): the probability into ``files.probability`` (a plain
+    ``.zarr``), then the membranes thresholded from it into ``files.membranes`` (any output format). The
+    request's model must be a bundled name or a checkpoint path the workers can read. Instances and overlays
+    are not computed here (run them on the probability afterwards)."""
+    from ..io import is_zarr_path, open_output, open_stack
+    from ..ngff import is_ome_zarr_path
+    from .blockwise import predict_blockwise
+
+    prob_path = files.probability
+    if prob_path is None or not is_zarr_path(prob_path) or is_ome_zarr_path(prob_path):
+        raise ValueError("--scheduler needs --prob PATH.zarr (plain zarr, not .ome.zarr): the blockwise job writes "
+                         "the probability there (restartable), and OUT (which may be .ome.zarr) is thresholded from it")
+    if files.instances or files.overlay:
+        raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
+    if files.variance is not None and not is_zarr_path(files.variance):
+        raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
+    if not isinstance(request.model, (str, Path)):
+        raise ValueError("blockwise prediction needs the model as a bundled name or a checkpoint path")
+    refuse_existing(files.paths())
+    stack = open_stack(input_path)
+    threshold = request.threshold if request.threshold is not None else load_request_model(request).threshold
+    lead = (1,) * (len(stack.shape) - 2)
+    tta = TTAConfig(n=request.tta.n, variance=files.variance is not None)
+    predict_blockwise(input_path, prob_path, str(request.model), progress=progress, tile=request.tile,
+                      slices=request.slices, variance_output=files.variance,
+                      chunks=(*lead, chunk, chunk) if chunk else None, block=(*lead, block, block) if block else None,
+                      scheduler=scheduler, workers=workers, devices=devices, device=request.device,
+                      precision=request.precision, tta=tta)
+    prob = open_stack(prob_path).data
+    with open_output(files.membranes, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size, label=True) as out:
+        threshold_into(prob, out, threshold)

@@ -1,0 +1,212 @@
+"""Disk-backed working outputs for images too large, or too lazy, to predict into memory.
+
+The Predict widget switches to these when the image is not an in-memory numpy array (a memory-mapped TIFF, zarr,
+dask ...) or has more than :func:`lazy_voxels` voxels. Each output is an OME-Zarr (NGFF) image
+(``NNNN-name.ome.zarr``: one full-resolution level ``0`` with chunks (1, 1024, 1024), axes z/y/x or y/x and the
+image's voxel size as the scale; label outputs carry ``image-label`` metadata) in a temporary folder
+(:class:`OutputStore`, under ``$NEUROEDGE_CACHE_DIR`` or the system temp dir), created atomically (under a
+temporary name, then renamed) so the folder never holds a half-made array. ome-zarr readers, napari-ome-zarr
+and :func:`napari_neuroedge.io.open_stack` read them back with their axes and scale. No pyramid: the layers
+are painted in place, which would leave lower levels stale.
+
+:func:`iter_staged` runs a :class:`~.inference.pipeline.PredictionRequest` into new *staged* arrays holding only
+the predicted slices, one row of chunks at a time, so memory stays bounded by the tile, the chunk and one row
+of chunks, never by the volume; on an error or a cancel they are deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+from collections.abc import Generator, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .inference.sinks import chunks_for
+
+ENV_LAZY_VOXELS = "NEUROEDGE_LAZY_VOXELS"
+ENV_CACHE_DIR = "NEUROEDGE_CACHE_DIR"
+LAZY_VOXELS = 256 * 2**20  # outputs of larger (in-memory) images go to disk
+
+
+class StoreClosedError(RuntimeError):
+    """The owner of the output folder (a viewer) was closed; nothing more may be written there."""
+
+
+def lazy_voxels() -> int:
+    """Voxel count above which outputs go to disk: ``$NEUROEDGE_LAZY_VOXELS`` or :data:`LAZY_VOXELS`."""
+    env = os.environ.get(ENV_LAZY_VOXELS, "").strip()
+    if env:
+        try:
+            return max(0, int(float(env)))
+        except ValueError:
+            pass
+    return LAZY_VOXELS
+
+
+def is_in_memory(data: Any) -> bool:
+    """True for a plain in-memory numpy array (a ``np.memmap``, zarr or dask array is not)."""
+    return type(data) is np.ndarray
+
+
+def wants_lazy(data: Any) -> bool:
+    """Whether predictions of ``data`` ((y, x) or (z, y, x) array-like) should go to disk-backed outputs."""
+    voxels = int(np.prod([int(s) for s in data.shape], dtype=np.int64))
+    return not is_in_memory(data) or voxels > lazy_voxels()
+
+
+def cache_dir() -> Path:
+    """Parent folder of the per-viewer output folders: ``$NEUROEDGE_CACHE_DIR`` or the system temp dir."""
+    env = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if env:
+        path = Path(env).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return Path(tempfile.gettempdir())
+
+
+def _remove_tree(path: Path | None) -> None:
+    if path is not None:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class OutputStore:
+    """A temporary folder of OME-Zarr working arrays; created on first use, deleted by :meth:`close`."""
+
+    def __init__(self, parent: str | Path | None = None) -> None:
+        self._parent = Path(parent) if parent is not None else None
+        self._root: Path | None = None
+        self._arrays: dict[int, tuple[Any, Path]] = {}  # id(array) -> (array, folder)
+        self._lock = threading.Lock()
+        self._count = 0
+        self.closed = False
+        self._finalizer: Any = None
+
+    @property
+    def root(self) -> Path | None:
+        """The folder (None until the first array is created)."""
+        return self._root
+
+    def _ensure_root(self) -> Path:
+        if self._root is None:
+            parent = self._parent if self._parent is not None else cache_dir()
+            parent.mkdir(parents=True, exist_ok=True)
+            self._root = Path(tempfile.mkdtemp(prefix="neuroedge-layers-", dir=parent))
+            self._finalizer = weakref.finalize(self, _remove_tree, self._root)  # also runs at exit
+        return self._root
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise StoreClosedError("the viewer was closed; its temporary output folder is gone")
+
+    def create(self, shape: Sequence[int], dtype: Any, name: str = "array",
+               voxel_size: Sequence[float] | None = None, label: bool | None = None) -> Any:
+        """A new zero-filled array: level 0 of a new OME-Zarr image (chunks :func:`chunks_for`; unwritten chunks
+        take no disk space). ``voxel_size`` (nm per axis, or per y/x) becomes the NGFF scale; ``label``
+        (default: an integer dtype) marks it an NGFF label image."""
+        import zarr
+
+        from .atomic import atomic_dir
+        from .ngff import write_metadata
+
+        shape = tuple(int(s) for s in shape)
+        dtype = np.dtype(dtype)
+        with self._lock:
+            self.check_open()
+            root = self._ensure_root()
+            self._count += 1
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name) or "array"
+            path = root / f"{self._count:04d}-{safe}.ome.zarr"
+        with atomic_dir(path) as tmp:
+            group = zarr.open_group(str(tmp), mode="w-")
+            group.create_array("0", shape=shape, chunks=chunks_for(shape), dtype=dtype, fill_value=0)
+            write_metadata(group, 1, len(shape), tuple(voxel_size) if voxel_size else None, safe,
+                           label=np.issubdtype(dtype, np.integer) if label is None else label)
+        arr = zarr.open_group(str(path), mode="r+")["0"]
+        with self._lock:
+            self._arrays[id(arr)] = (arr, path)
+        return arr
+
+    def owns(self, arr: Any) -> bool:
+        return id(arr) in self._arrays and self._arrays[id(arr)][0] is arr
+
+    def path_of(self, arr: Any) -> Path | None:
+        """The OME-Zarr folder of an array made here (None for anything else)."""
+        entry = self._arrays.get(id(arr))
+        return entry[1] if entry is not None and entry[0] is arr else None
+
+    def arrays(self) -> list[Any]:
+        return [a for a, _ in self._arrays.values()]
+
+    def discard(self, arr: Any) -> None:
+        """Delete an array made here (no-op for anything else)."""
+        with self._lock:
+            entry = self._arrays.get(id(arr))
+            if entry is None or entry[0] is not arr:
+                return
+            del self._arrays[id(arr)]
+        _remove_tree(entry[1])
+
+    def close(self) -> None:
+        """Delete the folder and everything in it; later writes raise :class:`StoreClosedError`."""
+        with self._lock:
+            self.closed = True
+            self._arrays.clear()
+            root, self._root = self._root, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        _remove_tree(root)
+
+
+def discard(store: OutputStore, arrays: Iterable[Any]) -> None:
+    """Delete each of ``arrays`` made by ``store`` (None and foreign arrays are skipped)."""
+    for arr in arrays:
+        if arr is not None:
+            store.discard(arr)
+
+
+@dataclass
+class Staged:
+    """The arrays one job predicted: (y, x) for a 2D image, else (k, y, x) for its k slices (OME-Zarr level 0)."""
+
+    probability: Any
+    membranes: Any
+    variance: Any = None
+    instances: Any = None
+
+    def arrays(self) -> list[Any]:
+        return [a for a in (self.probability, self.membranes, self.variance, self.instances) if a is not None]
+
+
+def iter_staged(volume: Any, request: Any, store: OutputStore, *, variance: bool = False, instances: bool = False,
+                voxel_size: Sequence[float] | None = None) -> Generator[Any, None, tuple[Staged, Any]]:
+    """Generator: run ``request`` (a :class:`~.inference.pipeline.PredictionRequest`) on ``volume`` into new
+    staged arrays of ``store``; yields its ProgressEvents, returns (:class:`Staged`, the pipeline's outcome).
+
+    On an error or a cancel (the generator is closed) the staged arrays are deleted.
+    """
+    from .inference.pipeline import OutputPlan, iter_run, output_shape
+    from .inference.postprocess import instance_dtype
+
+    shape = output_shape(volume.shape, None if volume.ndim == 2 else request.slices)
+    staged = Staged(store.create(shape, np.float32, "boundary", voxel_size),
+                    store.create(shape, np.uint8, "membranes", voxel_size))
+    try:
+        if variance:
+            staged.variance = store.create(shape, np.float32, "uncertainty", voxel_size)
+        if instances:
+            staged.instances = store.create(shape, instance_dtype(tuple(volume.shape)), "instances", voxel_size)
+        plan = OutputPlan(staged.probability, staged.membranes, staged.variance, staged.instances,
+                          check=store.check_open)
+        outcome = yield from iter_run(volume, request, plan)
+    except BaseException:  # failed or cancelled (GeneratorExit): nothing half-done is left on disk
+        discard(store, staged.arrays())
+        raise
+    return staged, outcome
