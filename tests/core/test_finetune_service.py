@@ -154,3 +154,14 @@ def test_kept_model_is_the_parent_weighted_mix_and_reports_its_own_metrics(paren
     assert b.provenance["parent_weight"] == 0.25 and "parent_weight" not in a.provenance
     assert set(mixed.kept_metrics) >= {"f1", "rand_error"} and b.provenance["kept_metrics"] == mixed.kept_metrics
     assert FinetuneOptions().parent_weight == 0.25  # the one-click default (bench_correction_loop.py)
+
+
+def test_seed_threshold_moves_only_on_a_difference_the_held_out_pixels_resolve():
+    from napari_neuroedge.training.finetune import choose_seed_threshold
+
+    # VNC's held-out sweep: 0.4 'won' by 1e-6; the parent's 0.3 is kept
+    noisy = {0.25: 0.009219, 0.3: 0.009167, 0.35: 0.009167, 0.4: 0.009166, 0.45: 0.016991}
+    assert choose_seed_threshold(noisy, 0.3) == 0.3
+    clear = {0.2: 0.031, 0.3: 0.026, 0.4: 0.020}
+    assert choose_seed_threshold(clear, 0.3) == 0.4  # a real difference moves it
+    assert choose_seed_threshold({0.2: 0.01, 0.4: 0.01}, 0.3) == 0.2  # equidistant ties: the more cautious seed
