@@ -442,7 +442,7 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
                        "no --val-data is given (default 0.25)")
         p.add_argument("--parent-weight", type=float, dest="parent_weight",
                        help="the kept model's weights are this much the parent's, the rest the fine-tuned ones "
-                       "(WiSE-FT; default 0.25, 0 = the fine-tuned weights alone)")
+                       "(WiSE-FT; default 0.35, 0 = the fine-tuned weights alone)")
         p.add_argument("--precision", choices=list(PRECISIONS), help="auto (default), fp32, bf16, fp16")
 
 

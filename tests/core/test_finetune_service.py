@@ -153,7 +153,7 @@ def test_kept_model_is_the_parent_weighted_mix_and_reports_its_own_metrics(paren
             assert torch.allclose(b.state_dict[k], 0.25 * v + 0.75 * a.state_dict[k], atol=1e-5)
     assert b.provenance["parent_weight"] == 0.25 and "parent_weight" not in a.provenance
     assert set(mixed.kept_metrics) >= {"f1", "rand_error"} and b.provenance["kept_metrics"] == mixed.kept_metrics
-    assert FinetuneOptions().parent_weight == 0.25  # the one-click default (bench_correction_loop.py)
+    assert FinetuneOptions().parent_weight == 0.35  # the one-click default (bench_correction_loop.py)
 
 
 def test_seed_threshold_moves_only_on_a_difference_the_held_out_pixels_resolve():
