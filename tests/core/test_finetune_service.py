@@ -153,6 +153,12 @@ def test_kept_model_is_the_parent_weighted_mix_and_reports_its_own_metrics(paren
             assert torch.allclose(b.state_dict[k], 0.25 * v + 0.75 * a.state_dict[k], atol=1e-5)
     assert b.provenance["parent_weight"] == 0.25 and "parent_weight" not in a.provenance
     assert set(mixed.kept_metrics) >= {"f1", "rand_error"} and b.provenance["kept_metrics"] == mixed.kept_metrics
+    from napari_neuroedge.training.loop import validate
+
+    held_out = split_holdout(corrected, FAST.holdout)[1]  # the kept model's own validation, as the loop runs it
+    assert mixed.kept_metrics == pytest.approx(validate(b.build(), held_out, torch.device("cpu"), tile=1024,
+                                                        threshold=b.threshold, precision="fp32",
+                                                        seed_threshold=b.seed_threshold))
     assert FinetuneOptions().parent_weight == 0.35  # the one-click default (bench_correction_loop.py)
 
 

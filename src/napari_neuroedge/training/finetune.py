@@ -181,14 +181,33 @@ def seed_threshold_sweep(probs: Sequence[np.ndarray], val: Sequence[LabelledSlic
             for t in thresholds}
 
 
-def _kept_metrics(ckpt: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions) -> dict[str, float]:
-    """Held-out pixel error, boundary F1 (2 px) and Rand error of the model as it is kept (weights after the
-    interpolation, its own thresholds): what the user gets, not the checkpoint validation chose."""
+def _held_out_probabilities(ckpt: Checkpoint, val: Sequence[LabelledSlice],
+                            options: FinetuneOptions) -> list[np.ndarray]:
+    """The model's boundary probability of each held-out slice (already normalised), one model for all."""
     from ..inference.device import resolve_device
-    from .loop import validate
+    from ..inference.pipeline import PredictionRequest, predict_probability
+    from ..inference.predict import TorchPredictor
+    from .loop import _IDENTITY_NORM
 
-    return validate(ckpt.build(), val, resolve_device(options.device), tile=1024, threshold=ckpt.threshold,
-                    precision=options.precision, seed_threshold=ckpt.seed_threshold)
+    predictor = TorchPredictor(ckpt.build(), resolve_device(options.device), precision=options.precision)
+    request = PredictionRequest(predictor=predictor, norm=_IDENTITY_NORM)
+    return [predict_probability(s.image, request) for s in val]
+
+
+def _kept_metrics(ckpt: Checkpoint, probs: Sequence[np.ndarray], val: Sequence[LabelledSlice]) -> dict[str, float]:
+    """Held-out pixel error, boundary F1 (2 px) and Rand error of the model as it is kept (weights after the
+    interpolation, its own thresholds), from its held-out ``probs``: what the user gets, not the checkpoint
+    validation chose."""
+    from ..inference.pipeline import threshold_into
+    from ..inference.postprocess import instances_from_probability
+    from .loop import mean_scores, score_slice
+
+    rows = []
+    for prob, sl in zip(probs, val):
+        membranes = np.zeros(prob.shape, np.uint8)
+        threshold_into(prob, membranes, ckpt.threshold)
+        rows.append(score_slice(membranes, instances_from_probability(prob, ckpt.seed_threshold), sl))
+    return mean_scores(rows)
 
 
 def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions,
@@ -208,16 +227,10 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     ckpt.context = parent.context
     threshold, how = parent.threshold, f"carried over from the parent ({parent.threshold:g})"
     labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
+    probs = _held_out_probabilities(ckpt, val, options) if val else []  # once: calibration and kept metrics
     if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
         from ..calibration import choose_threshold, pixel_error_by_threshold
-        from ..inference.device import resolve_device
-        from ..inference.pipeline import PredictionRequest, predict_probability
-        from ..inference.predict import TorchPredictor
-        from .loop import _IDENTITY_NORM
 
-        predictor = TorchPredictor(ckpt.build(), resolve_device(options.device), precision=options.precision)
-        request = PredictionRequest(predictor=predictor, norm=_IDENTITY_NORM)  # one model for every slice
-        probs = [predict_probability(s.image, request) for s in val]
         errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
                                           np.concatenate([s.label.ravel() for s in val]),
                                           mask=np.concatenate([(s.mask if s.mask is not None
@@ -234,7 +247,7 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     ckpt.threshold = threshold
     outcome.seed_threshold = ckpt.seed_threshold
     if val:
-        outcome.kept_metrics = _kept_metrics(ckpt, val, options)
+        outcome.kept_metrics = _kept_metrics(ckpt, probs, val)
         provenance = {**provenance, "kept_metrics": outcome.kept_metrics}
     ckpt.provenance = {**ckpt.provenance, **provenance, "threshold_source": how}
     outcome.threshold, outcome.threshold_source = threshold, how
