@@ -28,7 +28,7 @@ class _TqdmProgress:
     def __init__(self, desc: str, unit: str, quiet: bool = False) -> None:
         from tqdm import tqdm
 
-        self.quiet = quiet
+        self.quiet, self.desc = quiet, desc
         self.bar = tqdm(desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
     def update(self, event: Any) -> None:
@@ -38,6 +38,10 @@ class _TqdmProgress:
                 self.bar.write(say.format(info[key]), file=sys.stderr)
         if not event.total:  # a stage line (loading, building), not progress
             return
+        unit = event.unit.rstrip("s")
+        if unit and not self.quiet and unit != self.bar.unit:  # a new stage counts other things (tiles, then instance slices)
+            self.bar.unit = unit
+            self.bar.set_description(f"{self.desc}: {event.stage}", refresh=False)
         self.bar.total = event.total
         self.bar.n = event.done
         if "loss" in info:
