@@ -64,17 +64,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .config import TileConfig, TTAConfig
-    from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files, refuse_existing
+    from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files
     from .inference.pipeline import PredictionRequest
     from .io import open_stack
     from .models.checkpoint import load_checkpoint
-    from .ngff import check_label_paths
     from .progress import drive
 
     files = OutputFiles(args.output, args.prob, args.instances, args.uncertainty, args.overlay)
     stack = open_stack(args.input)
-    refuse_existing(files.paths())
-    check_label_paths([args.output, args.prob, args.instances, args.uncertainty])  # IMAGE.ome.zarr/labels/NAME
     if args.uncertainty is not None and args.tta == 1:
         raise ValueError("--uncertainty needs --tta 6 or 8 (it is the variance over the TTA transforms)")
     if args.slices and len(stack.shape) != 3:
@@ -155,10 +152,9 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _refuse_existing(path: Path) -> Path:
     """``path``, after checking nothing is there yet: fail before the work, not after it."""
-    from .atomic import OutputExistsError
+    from .inference.files import refuse_existing
 
-    if path.exists():
-        raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+    refuse_existing([path])
     return path
 
 

@@ -40,6 +40,15 @@ class OutputFiles:
                 if p is not None]
 
 
+def check_outputs(files: OutputFiles) -> None:
+    """Before any work: no output may exist yet, and a label inside an OME-Zarr image
+    (``IMAGE.ome.zarr/labels/NAME``) needs that image, written now or already there."""
+    from ..ngff import check_label_paths
+
+    refuse_existing(files.paths())
+    check_label_paths([files.membranes, files.probability, files.instances, files.variance])
+
+
 def refuse_existing(paths: Sequence[str | Path]) -> None:
     """Raise OutputExistsError for the first path that exists: fail before the work, not after it."""
     from ..atomic import OutputExistsError
@@ -61,7 +70,7 @@ def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFile
     from .postprocess import instance_dtype
     from .predict import parse_slices
 
-    refuse_existing(files.paths())
+    check_outputs(files)
     vol, voxel = stack.data, stack.voxel_size
     if vol.ndim == 2 and request.slices:
         raise ValueError("slices need a 3D stack; the input is a single 2D image")
@@ -108,7 +117,7 @@ def predict_blockwise_files(input_path: str | Path, request: PredictionRequest, 
         raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
     if not isinstance(request.model, (str, Path)):
         raise ValueError("blockwise prediction needs the model as a bundled name or a checkpoint path")
-    refuse_existing(files.paths())
+    check_outputs(files)
     stack = open_stack(input_path)
     threshold = request.threshold if request.threshold is not None else load_request_model(request).threshold
     lead = (1,) * (len(stack.shape) - 2)

@@ -198,16 +198,12 @@ def _kept_metrics(ckpt: Checkpoint, probs: Sequence[np.ndarray], val: Sequence[L
     """Held-out pixel error, boundary F1 (2 px) and Rand error of the model as it is kept (weights after the
     interpolation, its own thresholds), from its held-out ``probs``: what the user gets, not the checkpoint
     validation chose."""
-    from ..inference.pipeline import threshold_into
-    from ..inference.postprocess import instances_from_probability
+    from ..inference.postprocess import instances_from_probability, membrane_from_probability
     from .loop import mean_scores, score_slice
 
-    rows = []
-    for prob, sl in zip(probs, val):
-        membranes = np.zeros(prob.shape, np.uint8)
-        threshold_into(prob, membranes, ckpt.threshold)
-        rows.append(score_slice(membranes, instances_from_probability(prob, ckpt.seed_threshold), sl))
-    return mean_scores(rows)
+    return mean_scores([score_slice(membrane_from_probability(prob, ckpt.threshold),
+                                    instances_from_probability(prob, ckpt.seed_threshold), sl)
+                        for prob, sl in zip(probs, val)])
 
 
 def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions,
