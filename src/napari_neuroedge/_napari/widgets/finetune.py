@@ -185,6 +185,7 @@ class FinetuneWidget(JobWidget):
         self._show_model()
         self._on_source_changed()
         self.refresh_summary()
+        self._summary_timer.stop()  # _on_source_changed started it; the summary is already shown
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Training-set folder", self.folder_edit.text() or str(Path.home()))
@@ -266,7 +267,7 @@ class FinetuneWidget(JobWidget):
                 return None
             folder = str(Path(folder).expanduser())
             try:
-                summary = folder_summary(folder)
+                summary = self.summary()  # cached by the manifest's modification time
             except Exception as exc:
                 report("Cannot read the training-set folder.", f"{reason(exc)}.", status=self.jobs.status, exc=exc)
                 return None
