@@ -123,7 +123,7 @@ def _resolve_threshold(args: argparse.Namespace, ckpt: Any) -> None:
 def _train_config(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
-    from .config import TrainConfig, load_json, parse_loss
+    from .config import TrainConfig, load_json, parse_augment, parse_loss
 
     cfg = TrainConfig()
     if getattr(args, "config", None):
@@ -147,6 +147,8 @@ def _train_config(args: argparse.Namespace) -> Any:
         changes["augment"] = replace(cfg.augment, crop=args.crop)
     if args.loss:
         changes["loss"] = parse_loss(args.loss, cfg.loss)
+    if getattr(args, "augment", None):
+        changes["augment"] = parse_augment(args.augment, changes.get("augment", cfg.augment))
     return replace(cfg, **changes)
 
 
@@ -192,7 +194,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     val = load_data(args.val_data or args.data, args.val_slices, cfg.norm) if (args.val_slices or args.val_data) else []
     prov = {"command": "neuroedge " + " ".join(sys.argv[1:]), "data": str(args.data), "name": Path(args.output).stem}
     resume = load_checkpoint(args.resume) if args.resume else None
-    return _run_fit(cfg, train, val, Path(args.output), None, [], prov, args.quiet, resume=resume)
+    init = None
+    if args.init:
+        from dataclasses import replace
+
+        init = load_checkpoint(args.init)
+        cfg = replace(cfg, model=init.arch, model_kwargs=dict(init.arch_kwargs), norm=init.norm)
+        prov["initialised_from"] = str(args.init)
+    return _run_fit(cfg, train, val, Path(args.output), init, [], prov, args.quiet, resume=resume)
 
 
 def finetune_options(args: argparse.Namespace) -> Any:
@@ -410,6 +419,10 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--model", help="unet | unet-large | casenet | dff (default unet)")
         p.add_argument("--model-kwargs", help='JSON, e.g. \'{"base": 32}\'')
         p.add_argument("--resume", help="continue an interrupted run from its last.pt")
+        p.add_argument("--init", help="start from these weights (checkpoint path or bundled name) instead of "
+                       "random ones; the architecture, normalisation and threshold come from it")
+        p.add_argument("--augment", help="augmentation settings, e.g. scale_p=0.5,gamma_p=0.3,blur_p=0.2,noise_p=0.2 "
+                       "(fields of AugmentConfig; the others keep their values)")
     p.add_argument("--steps", type=int)
     p.add_argument("--time-limit-s", type=float, dest="time_limit_s",
                    help="stop after this many seconds; the learning-rate schedule follows time")

@@ -80,6 +80,19 @@ class AugmentConfig:
     elastic_grid: int = 3
     elastic_sigma: float = 10.0  # px, std of the random displacements on the coarse grid
     crop: int = 256
+    # Transfer augmentation (off unless set; the default model's recipe turns them on): other pixel sizes,
+    # other microscopes' contrast curves, focus and noise. A scale factor s > 1 shows the crop as if imaged at
+    # s times the pixel size (structures s times smaller, membranes thinner), drawn log-uniformly.
+    scale_p: float = 0.0
+    scale_low: float = 0.5
+    scale_high: float = 2.0
+    gamma_p: float = 0.0
+    gamma_low: float = 0.7
+    gamma_high: float = 1.5
+    blur_p: float = 0.0
+    blur_sigma_high: float = 1.5  # px, gaussian blur sigma ~ U(0.3, this)
+    noise_p: float = 0.0
+    noise_std_high: float = 0.08  # gaussian noise std ~ U(0, this) in normalised intensity units
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,28 @@ def parse_loss(spec: str, base: LossConfig | None = None) -> LossConfig:
         except ValueError:
             raise ValueError(f"--loss: weight of {key!r} is not a number: {val!r}") from None
     return dataclasses.replace(base or LossConfig(), **weights)
+
+
+def parse_augment(spec: str, base: AugmentConfig | None = None) -> AugmentConfig:
+    """Augmentation settings from text such as ``"scale_p=0.5,gamma_p=0.3"``; unnamed fields keep ``base``'s."""
+    base = base or AugmentConfig()
+    types = {f.name: type(getattr(base, f.name)) for f in dataclasses.fields(AugmentConfig)}
+    changes: dict[str, Any] = {}
+    for part in spec.split(","):
+        key, sep, val = part.partition("=")
+        key = key.strip()
+        if key not in types or not sep:
+            raise ValueError(f"--augment: expected FIELD=VALUE with FIELD one of {', '.join(types)}, got {part!r}")
+        try:
+            if types[key] is bool:
+                if val.strip().lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                changes[key] = val.strip().lower() in ("true", "1")
+            else:
+                changes[key] = types[key](float(val))
+        except ValueError:
+            raise ValueError(f"--augment: {key!r} needs a {types[key].__name__}, got {val!r}") from None
+    return dataclasses.replace(base, **changes)
 
 
 @dataclass(frozen=True)

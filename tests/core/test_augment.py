@@ -16,7 +16,9 @@ from napari_neuroedge.training.augment import (
     elastic_field,
     elastic_warp,
     flip_rot_choice,
+    apply_gamma,
     random_crop,
+    rescale_sample,
 )
 
 NO_AUG = AugmentConfig(flip_rot=False, contrast_p=0.0, elastic_p=0.0, crop=0)
@@ -206,6 +208,82 @@ def test_contrast_probability_is_respected() -> None:
     rng = np.random.default_rng(7)
     hits = sum(bool(np.any(augment_sample(sample, rng, cfg)["image"] != 1.0)) for _ in range(2000))
     assert abs(hits / 2000 - 0.3) < 0.04
+
+
+# ----------------------------------------------------------------------------- transfer augmentation
+
+
+def test_rescale_by_two_halves_a_stripe_pattern_and_keeps_labels() -> None:
+    # Vertical stripes 4 px wide (period 8): shrunk by 2 they are 2 px wide (period 4).
+    x = np.arange(64)
+    label = np.tile(((x // 4) % 2).astype(np.uint8), (64, 1))
+    sample = {"image": label.astype(np.float32), "label": label}
+    out = rescale_sample(sample, 32)
+    assert out["image"].shape == out["label"].shape == (32, 32)
+    np.testing.assert_array_equal(out["label"][0], ((np.arange(32) // 2) % 2).astype(np.uint8))
+    assert set(np.unique(out["label"])) <= {0, 1}
+    # the image follows its label (low-passed, so not exactly 0/1, but on the right side of 0.5)
+    assert np.all((out["image"] > 0.5) == (out["label"] == 1))
+
+
+def test_rescale_to_larger_magnifies_around_the_centre() -> None:
+    img = np.zeros((32, 32), np.float32)
+    img[14:18, 14:18] = 1.0
+    out = rescale_sample({"image": img, "label": (img > 0).astype(np.uint8)}, 64)
+    assert int(out["label"].sum()) == 4 * 16  # a 4 x 4 square becomes 8 x 8
+    ys, xs = np.nonzero(out["label"])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (28, 35, 28, 35)
+
+
+def test_scale_augmentation_draws_factors_in_range_and_returns_the_crop_size() -> None:
+    rng = np.random.default_rng(0)
+    x = np.arange(256)
+    label = np.tile(((x // 8) % 2).astype(np.uint8), (256, 1))  # stripes 8 px wide
+    sample = {"image": label.astype(np.float32), "label": label}
+    cfg = dataclasses.replace(NO_AUG, crop=64, scale_p=1.0, scale_low=0.5, scale_high=2.0)
+    widths = []
+    for _ in range(200):
+        out = augment_sample(sample, rng, cfg)
+        assert out["label"].shape == (64, 64)
+        row = out["label"][32].astype(int)
+        edges = np.flatnonzero(np.diff(row))
+        if len(edges) >= 3:
+            widths.append(float(np.median(np.diff(edges))))
+    assert min(widths) >= 8 / 2.0 - 1 and max(widths) <= 8 * 2.0 + 1
+    assert max(widths) / min(widths) > 2.5  # both ends of the range are drawn
+
+
+def test_gamma_bends_the_normalised_range_only() -> None:
+    img = np.array([-0.2, 0.0, 0.25, 0.5, 1.0, 1.3], np.float32)
+    out = apply_gamma(img, 2.0)
+    np.testing.assert_allclose(out, [-0.2, 0.0, 0.0625, 0.25, 1.0, 1.3], atol=1e-6)
+    assert np.all(np.diff(apply_gamma(np.linspace(-1, 2, 301).astype(np.float32), 0.7)) >= 0)
+
+
+def test_blur_and_noise_touch_only_the_image_with_their_probability() -> None:
+    sample = _label_sample(32, 32)
+    for field, strength in (("blur_p", "blur_sigma_high"), ("noise_p", "noise_std_high")):
+        cfg = dataclasses.replace(NO_AUG, **{field: 0.4})
+        rng = np.random.default_rng(3)
+        hits = 0
+        for _ in range(500):
+            out = augment_sample(sample, rng, cfg)
+            np.testing.assert_array_equal(out["label"], sample["label"])
+            hits += bool(np.any(out["image"] != sample["image"]))
+        assert abs(hits / 500 - 0.4) < 0.07, field
+        assert getattr(cfg, strength) > 0
+
+
+def test_parse_augment_sets_fields_and_rejects_unknown_ones() -> None:
+    from napari_neuroedge.config import parse_augment
+
+    cfg = parse_augment("scale_p=0.5,gamma_p=0.3,crop=128,flip_rot=false")
+    assert (cfg.scale_p, cfg.gamma_p, cfg.crop, cfg.flip_rot) == (0.5, 0.3, 128, False)
+    assert cfg.elastic_p == AugmentConfig().elastic_p
+    with pytest.raises(ValueError, match="FIELD"):
+        parse_augment("zoom=2")
+    with pytest.raises(ValueError, match="crop"):
+        parse_augment("crop=big")
 
 
 def test_same_seed_same_output_different_seed_differs() -> None:

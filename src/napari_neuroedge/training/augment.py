@@ -1,4 +1,5 @@
-"""Training augmentation: random crop, the seed's flip/rotation scheme, U-Net elastic deformation, contrast.
+"""Training augmentation: random crop, the seed's flip/rotation scheme, U-Net elastic deformation, contrast, and
+the transfer augmentations (pixel size, gamma, blur, noise) that make a model meet other microscopes.
 
 A *sample* is a dict of 2D numpy arrays of identical shape (H, W): ``"image"`` is the float32 input, every
 other key (``"label"``, ``"mask"``, ``"weight"``, ``"tube"``, ``"band"``, ...) is a per-pixel map that receives
@@ -22,12 +23,14 @@ FLIP_ROT_NAMES: tuple[str, ...] = ("hflip", "vflip", "rot90", "rot180", "rot270"
 __all__ = [
     "FLIP_ROT_NAMES",
     "apply_flip_rot",
+    "apply_gamma",
     "augment_sample",
     "crop_windows_with_corners",
     "elastic_field",
     "elastic_warp",
     "flip_rot_choice",
     "random_crop",
+    "rescale_sample",
 ]
 
 
@@ -189,6 +192,50 @@ def elastic_warp(
     return out
 
 
+# ----------------------------------------------------------------------------------- transfer augmentation
+
+
+def rescale_sample(sample: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
+    """Resample every map of a square (S, S) sample to (``size``, ``size``): a change of pixel size by S / size.
+
+    Pixel centres map as y_in = (y_out + 0.5) * S / size - 0.5. ``"image"`` is sampled with a cubic spline, after
+    a gaussian low-pass of sigma 0.5 * sqrt(f^2 - 1) px when shrinking by f = S / size > 1 (so that fine texture
+    averages out as at a coarser pixel size instead of aliasing); every other map is sampled nearest-neighbour
+    (labels keep their values; membranes at least f px wide stay closed).
+    """
+    h, w = _check_sample(sample)
+    if h != w:
+        raise ValueError(f"rescale_sample needs a square sample, got {h} x {w}")
+    f = h / size
+    pos = (np.arange(size, dtype=np.float64) + 0.5) * f - 0.5
+    yy, xx = np.meshgrid(pos, pos, indexing="ij")
+    iy = _reflect_index(np.floor(yy + 0.5).astype(np.int64), h)
+    ix = _reflect_index(np.floor(xx + 0.5).astype(np.int64), w)
+    out: dict[str, np.ndarray] = {}
+    for key, arr in sample.items():
+        a = np.asarray(arr)
+        if key == IMAGE_KEY:
+            img = a.astype(np.float32, copy=False)
+            if f > 1.0:
+                img = ndimage.gaussian_filter(img, 0.5 * np.sqrt(f * f - 1.0), mode="reflect")
+            res = ndimage.map_coordinates(img, np.stack([yy, xx]), order=3, mode="reflect")
+            out[key] = res.astype(a.dtype, copy=False)
+        else:
+            out[key] = np.ascontiguousarray(a[iy, ix])
+    return out
+
+
+def apply_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
+    """Gamma curve on the normalised [0, 1] range: x -> x ** gamma there; values outside keep their offset.
+
+    ``image`` is a normalised float image (0 and 1 are the normalisation's low / high percentiles); the part
+    clipped to [0, 1] is bent, the excess beyond it is added back, so the map is monotone and continuous.
+    """
+    img = np.asarray(image)
+    clipped = np.clip(img, 0.0, 1.0)
+    return (img + (clipped ** gamma - clipped)).astype(img.dtype, copy=False)
+
+
 # ------------------------------------------------------------------------------------------ pipeline
 
 
@@ -201,12 +248,20 @@ def augment_sample(
     keeps the full image); (b) if ``cfg.flip_rot``, one draw u ~ U[0, 1) picks the flip/rotation
     (:func:`flip_rot_choice`); (c) with probability ``cfg.elastic_p`` an elastic deformation
     (:func:`elastic_field` + :func:`elastic_warp`); (d) with probability ``cfg.contrast_p`` the image is
-    multiplied by a factor ~ U(``cfg.contrast_low``, ``cfg.contrast_high``). Steps whose probability is 0 draw
-    nothing from ``rng``.
+    multiplied by a factor ~ U(``cfg.contrast_low``, ``cfg.contrast_high``); then the transfer augmentations,
+    each with its own probability: (e) gamma (:func:`apply_gamma`), (f) gaussian blur, (g) gaussian noise.
+    With probability ``cfg.scale_p`` step (a) instead crops a window ``s`` times the crop size, s log-uniform in
+    [``scale_low``, ``scale_high``], and resamples it to the crop size (:func:`rescale_sample`). Steps whose
+    probability is 0 draw nothing from ``rng`` (so older configs reproduce their crops exactly).
     """
     _check_sample(sample)
     out = {k: np.asarray(v) for k, v in sample.items()}
-    if cfg.crop > 0:
+    scale = 1.0
+    if cfg.scale_p > 0 and rng.random() < cfg.scale_p:
+        scale = float(np.exp(rng.uniform(np.log(cfg.scale_low), np.log(cfg.scale_high))))
+    if cfg.crop > 0 and scale != 1.0:
+        out = rescale_sample(random_crop(out, max(int(round(cfg.crop * scale)), 1), rng), cfg.crop)
+    elif cfg.crop > 0:
         out = random_crop(out, cfg.crop, rng)
     if cfg.flip_rot:
         name = flip_rot_choice(float(rng.random()))
@@ -218,6 +273,16 @@ def augment_sample(
         factor = rng.uniform(cfg.contrast_low, cfg.contrast_high)
         img = out[IMAGE_KEY]
         out[IMAGE_KEY] = (img * factor).astype(img.dtype, copy=False)
+    if cfg.gamma_p > 0 and rng.random() < cfg.gamma_p:
+        out[IMAGE_KEY] = apply_gamma(out[IMAGE_KEY], float(rng.uniform(cfg.gamma_low, cfg.gamma_high)))
+    if cfg.blur_p > 0 and rng.random() < cfg.blur_p:
+        img = out[IMAGE_KEY]
+        sigma = float(rng.uniform(0.3, max(cfg.blur_sigma_high, 0.3)))
+        out[IMAGE_KEY] = ndimage.gaussian_filter(img.astype(np.float32), sigma, mode="reflect").astype(img.dtype)
+    if cfg.noise_p > 0 and rng.random() < cfg.noise_p:
+        img = out[IMAGE_KEY]
+        std = float(rng.uniform(0.0, cfg.noise_std_high))
+        out[IMAGE_KEY] = (img + rng.normal(0.0, std, img.shape)).astype(img.dtype)
     # Never hand back views of the caller's arrays (e.g. full-size crop + "none").
     return {k: (v.copy() if np.may_share_memory(v, sample[k]) else v) for k, v in out.items()}
 
