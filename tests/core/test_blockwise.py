@@ -81,10 +81,10 @@ def stack() -> np.ndarray:
 
 def test_block_tiles_on_the_global_grid() -> None:
     grid = make_grid(40, 56, 16, 2)
-    assert grid.tile == 15 and grid.ys == (0, 8, 17, 25) and grid.xs == (0, 10, 20, 31, 41)
+    assert grid.tile_shape == (13, 15) and grid.ys == (0, 9, 18, 27) and grid.xs == (0, 10, 20, 31, 41)
     counts = {(b.y0, b.x0): len(bw.block_tiles(grid, b)) for b in bw.plan_blocks((40, 56), (20, 28))}
     assert counts == TILES_PER_BLOCK
-    assert bw.tiles_in_range(grid.ys, 15, 20, 40) == [8, 17, 25]
+    assert bw.tiles_in_range(grid.ys, 13, 20, 40) == [9, 18, 27]
 
 
 def test_default_chunks_and_blocks() -> None:

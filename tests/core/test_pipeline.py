@@ -188,8 +188,8 @@ def test_torch_predictor_shrinks_its_tta_batch_then_moves_to_the_cpu():
 
     pred = TorchPredictor(torch.nn.Conv2d(1, 1, 1), "cpu", tta=TTAConfig(n=6), max_batch=6)
     pred(np.zeros((1, 1, 16, 16), np.float32))
-    assert pred.shrink() and pred.batch_limit(16) == 3
-    assert pred.shrink() and pred.batch_limit(16) == 1 and not pred.shrink()
+    assert pred.shrink() and pred.batch_limit(16 * 16) == 3
+    assert pred.shrink() and pred.batch_limit(16 * 16) == 1 and not pred.shrink()
     moved = pred.on_cpu()
     assert moved.device.type == "cpu" and moved.tta.n == 6 and moved.model is pred.model
 

@@ -50,24 +50,75 @@ def test_read_window_mirrors_outside():
 def test_grid_covers_image_with_fewest_tiles():
     g = make_grid(1000, 700, 256, 32)
     # tiles start at the top/left border, neighbours overlap by >= 2 x context, the last one ends flush
-    assert g.ys[0] == 0 and g.xs[0] == 0 and g.ys[-1] + g.tile == 1000 and g.xs[-1] + g.tile == 700
-    for starts in (g.ys, g.xs):
-        assert min(g.tile - (b - a) for a, b in zip(starts, starts[1:])) >= 64
+    assert g.ys[0] == 0 and g.xs[0] == 0 and g.ys[-1] + g.tile_h == 1000 and g.xs[-1] + g.tile_w == 700
+    for starts, size in ((g.ys, g.tile_h), (g.xs, g.tile_w)):
+        assert min(size - (b - a) for a, b in zip(starts, starts[1:])) >= 64
     # no smaller number of tiles of at most 256 px could cover 1000 px with 64 px overlaps: 4 x 256 - 3 x 64 < 1000
-    assert len(g.ys) == 5 and g.tile <= 256
+    assert len(g.ys) == 5 and g.tile_h <= 256 and g.tile_w <= 256
     # an image that fits is one pass, filled up to the model's multiple
-    assert make_grid(512, 512, 1024, 80, 16).n_tiles == 1 and make_grid(512, 512, 1024, 80, 16).tile == 512
+    one = make_grid(512, 512, 1024, 80, 16)
+    assert one.n_tiles == 1 and one.tile_shape == (512, 512)
     small = make_grid(20, 30, 512, 64, multiple=16)
-    assert small.tile == 32 and small.n_tiles == 1
+    assert small.tile_shape == (32, 32) and small.n_tiles == 1
 
 
 def test_grid_starts_on_the_pooling_grid_and_saves_pixels():
     """Starts are multiples of the model's multiple; at 2048^2 the plan needs fewer tile pixels than
     MONAI's 512 px tiles at overlap 0.25 (25 tiles) while every overlap still spans 2 x 80 px of context."""
     g = make_grid(2048, 2048, 1024, 80, 16)
-    assert all(s % 16 == 0 for s in g.ys + g.xs) and g.tile % 16 == 0
-    assert min(g.tile - (b - a) for a, b in zip(g.ys, g.ys[1:])) >= 160
-    assert g.n_tiles * g.tile**2 < 25 * 512**2
+    assert all(s % 16 == 0 for s in g.ys + g.xs) and g.tile_h % 16 == 0
+    assert min(g.tile_h - (b - a) for a, b in zip(g.ys, g.ys[1:])) >= 160
+    assert g.tile_pixels < 25 * 512**2
+    # with tiles up to 2048 px the whole slice is one pass: no pixel twice
+    assert make_grid(2048, 2048, 2048, 80, 16).tile_pixels == 2048 * 2048
+
+
+def test_grid_of_a_non_square_image_uses_rectangular_tiles():
+    """A 512 x 1536 image is one 512 x 1536 pass under a 2048 px limit (a square plan would run 1536^2: 3x the
+    pixels), and under a 1024 px limit a row of 512 px high tiles."""
+    g = make_grid(512, 1536, 2048, 80, 16)
+    assert g.n_tiles == 1 and g.tile_shape == (512, 1536) and g.tile_pixels == 512 * 1536
+    g = make_grid(512, 1536, 1024, 80, 16)
+    assert g.tile_h == 512 and len(g.ys) == 1 and len(g.xs) == 2 and g.xs[-1] + g.tile_w == 1536
+    assert g.tile_pixels < 1.25 * 512 * 1536
+    # odd sizes are filled up to the multiple on each axis separately
+    assert make_grid(100, 300, 2048, 80, 16).tile_shape == (112, 304)
+
+
+def test_rectangular_tiled_prediction_equals_whole_image_for_a_local_predictor():
+    """Stitching with rectangular tiles reproduces a local (3 x 3 mean) predictor on the whole image (to the
+    blending window's tolerance), and TTA's rotations run on the transposed tiles."""
+    from scipy import ndimage
+
+    from napari_neuroedge.config import TileConfig
+    from napari_neuroedge.inference.predict import predict_array
+    from napari_neuroedge.inference.tta import TTAPredictor
+
+    rng = np.random.default_rng(0)
+    img = rng.random((60, 200)).astype(np.float32)
+
+    def local(b):
+        return np.stack([ndimage.uniform_filter(t[0], 3, mode="reflect")[None] for t in b]).astype(np.float32)
+
+    local.context = 4
+    shapes = []
+
+    def spy(b):
+        shapes.append(b.shape[-2:])
+        return local(b)
+
+    spy.context = 4
+    from napari_neuroedge.config import NormConfig
+
+    norm = NormConfig(mode="meanstd", mean=0.0, std=1.0)
+    whole = local(img[None, None])[0, 0]
+    out = predict_array(img, TTAPredictor(spy, n=6), tile=TileConfig(tile=96, context=4), norm=norm)
+    grid = make_grid(60, 200, 96, 4)
+    assert grid.tile_h == 60 and len(grid.xs) == 3  # one row of rectangular tiles
+    assert {tuple(s) for s in shapes} == {(60, grid.tile_w), (grid.tile_w, 60)}
+    # exact up to the context window's 1e-4 weight on the neighbour's edge pixels (|error| < 1e-4 here)
+    np.testing.assert_allclose(out[1:-1, 1:-1], whole[1:-1, 1:-1], atol=1e-4)
+    assert np.abs(out - whole).mean() < 2e-6
 
 
 def test_blend_window_positive_and_peaked():

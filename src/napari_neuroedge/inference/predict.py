@@ -28,12 +28,14 @@ class TorchPredictor:
     Runs under ``torch.inference_mode`` on ``device`` in ``precision`` ("auto": fp16 autocast on CUDA, bf16 on
     CPUs with native bf16, else fp32; see :mod:`.precision`), in channels_last layout on the CPU. ``amp=False``
     is the same as ``precision="fp32"``. TTA (if ``tta.n > 1``) runs on the device, its n*B transformed tiles
-    batched into forward passes of at most ``max_batch`` tiles (default: 4 on the CPU, where big batches only
-    thrash the cache; 32 on accelerators). C is 1, or 2 with the TTA variance.
+    batched into forward passes of at most ``max_batch`` tiles (default: 1 Mpx per pass on the CPU, where big
+    batches only thrash the cache; 8 Mpx on accelerators). C is 1, or 2 with the TTA variance.
+    The model runs with its batch norms folded into the convolutions (``fold_bn``, on a copy: ``model`` itself
+    is left as it is; see :mod:`.fusion`).
     """
 
     def __init__(self, model: Any, device: Any = "cpu", amp: bool = True, tta: TTAConfig | None = None,
-                 max_batch: int | None = None, precision: str | None = None) -> None:
+                 max_batch: int | None = None, precision: str | None = None, fold_bn: bool = True) -> None:
         import torch
 
         from .precision import resolve_precision, uses_channels_last
@@ -43,6 +45,10 @@ class TorchPredictor:
         self.requested_precision = precision or ("auto" if amp else "fp32")
         self.precision = resolve_precision(self.requested_precision, self.device)
         self.channels_last = uses_channels_last(self.device)
+        if fold_bn:
+            from .fusion import fold_batchnorm
+
+            model = fold_batchnorm(model)
         self.model = model.to(self.device).eval()
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -52,20 +58,20 @@ class TorchPredictor:
         self.returns_probability = bool(getattr(model, "returns_probability", False))  # else logits
         self.out_channels = 2 if (self.tta.n > 1 and self.tta.variance) else 1
         self._max_batch = max_batch
-        self._last_tile = 512  # px, the tile side of the latest call (for shrink)
+        self._last_pixels = 512 * 512  # pixels of one tile of the latest call (for shrink)
 
-    def batch_limit(self, tile: int) -> int:
-        """Tiles per forward pass: ``max_batch`` if given, else 1 Mpx per pass on the CPU (4 tiles of 512^2,
-        where bigger batches only thrash the cache) and 8 Mpx on accelerators."""
+    def batch_limit(self, tile_pixels: int) -> int:
+        """Tiles of ``tile_pixels`` px per forward pass: ``max_batch`` if given, else 1 Mpx per pass on the CPU
+        (4 tiles of 512^2, where bigger batches only thrash the cache) and 8 Mpx on accelerators."""
         if self._max_batch:
             return self._max_batch
         pixels = 2**20 if self.device.type == "cpu" else 2**23
-        return max(1, pixels // (tile * tile))
+        return max(1, pixels // max(int(tile_pixels), 1))
 
     def shrink(self) -> bool:
         """Halve the TTA batch (forward passes of fewer transformed tiles; for the out-of-memory fallback).
         False when there is nothing left to halve (no TTA, or already one tile per pass)."""
-        current = min(self.batch_limit(self._last_tile), self.tta.n)  # transformed tiles per pass, one tile
+        current = min(self.batch_limit(self._last_pixels), self.tta.n)  # transformed tiles per pass, one tile
         if self.tta.n <= 1 or current <= 1:
             return False
         self._max_batch = current // 2
@@ -74,7 +80,7 @@ class TorchPredictor:
     def on_cpu(self) -> TorchPredictor:
         """The same model and settings on the CPU (for the out-of-memory fallback)."""
         return TorchPredictor(self.model, "cpu", tta=self.tta, max_batch=self._max_batch,
-                              precision=self.requested_precision)
+                              precision=self.requested_precision, fold_bn=False)  # already folded
 
     def describe(self) -> str:
         """Device, precision and layout in one line, e.g. ``"cpu, fp32, channels_last"``."""
@@ -98,10 +104,10 @@ class TorchPredictor:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device)
-            self._last_tile = int(x.shape[-1])
+            self._last_pixels = int(x.shape[-2]) * int(x.shape[-1])
             if self.tta.n > 1:
                 y = tta_predict(self._probs, x, self.tta.n, self.tta.variance,
-                                max_batch=self.batch_limit(int(x.shape[-1])))
+                                max_batch=self.batch_limit(self._last_pixels))
             else:
                 y = self._probs(x)
             return y.float().cpu().numpy()
@@ -184,7 +190,7 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
     if tile.batch < 1:
         raise ValueError(f"batch must be >= 1, got {tile.batch}")
     grid = plan_grid(volume.shape, tile, predictor)
-    window = blend_window(grid.tile, tile.blend, grid.context)
+    window = blend_window(grid.tile_shape, tile.blend, grid.context)
     zs: Sequence[int | None] = [None] if volume.ndim == 2 else list(parse_slices(slices, int(volume.shape[0])))
     total = grid.n_tiles * len(zs)
     done = [0]

@@ -28,13 +28,13 @@ def row_batches(ys: Sequence[int], xs: Sequence[int], batch: int) -> list[list[T
 
 
 def run_batch(predictor: Predictor, tiles: np.ndarray, n_out: int) -> np.ndarray:
-    """``predictor`` on a float32 (B, t, t) stack of normalised tiles -> float32 (B, >= n_out, t, t), checked."""
+    """``predictor`` on a float32 (B, th, tw) stack of normalised tiles -> float32 (B, >= n_out, th, tw), checked."""
     batch = tiles[:, None]
     out = np.asarray(predictor(batch), dtype=np.float32)
-    b, t = int(tiles.shape[0]), int(tiles.shape[-1])
-    if out.ndim != 4 or out.shape[0] != b or out.shape[-2:] != (t, t) or out.shape[1] < n_out:
+    b, th, tw = int(tiles.shape[0]), int(tiles.shape[-2]), int(tiles.shape[-1])
+    if out.ndim != 4 or out.shape[0] != b or out.shape[-2:] != (th, tw) or out.shape[1] < n_out:
         raise ValueError(f"predictor returned shape {out.shape} for a batch of {batch.shape}; expected "
-                         f"({b}, >={n_out}, {t}, {t})")
+                         f"({b}, >={n_out}, {th}, {tw})")
     return out
 
 
@@ -45,11 +45,11 @@ def blend_batch(out: np.ndarray, tiles: Sequence[Tile], window: np.ndarray, acc:
     ``acc[:, 0, 0]`` is image pixel (``top``, ``left``); only the parts of the tiles inside ``bounds`` =
     (y0, y1, x0, x1) (image coordinates) are added.
     """
-    n_out, t = acc.shape[0], window.shape[0]
+    n_out, (th, tw) = acc.shape[0], window.shape
     y0, y1, x0, x1 = bounds
     for (ty, tx), res in zip(tiles, out):
-        a0, a1 = max(ty, y0), min(ty + t, y1)
-        c0, c1 = max(tx, x0), min(tx + t, x1)
+        a0, a1 = max(ty, y0), min(ty + th, y1)
+        c0, c1 = max(tx, x0), min(tx + tw, x1)
         win = window[a0 - ty:a1 - ty, c0 - tx:c1 - tx]
         acc[:, a0 - top:a1 - top, c0 - left:c1 - left] += res[:n_out, a0 - ty:a1 - ty, c0 - tx:c1 - tx] * win
         wsum[a0 - top:a1 - top, c0 - left:c1 - left] += win
@@ -62,15 +62,15 @@ def stitch_region(plane: Any, predictor: Predictor, grid: TileGrid, window: np.n
     Reads one input window (the union of the intersecting tiles, mirror-indexed outside the image) and runs
     only the tiles of the global ``grid`` that touch the region.
     """
-    t = grid.tile
-    ys = tiles_in_range(grid.ys, t, y0, y1)
-    xs = tiles_in_range(grid.xs, t, x0, x1)
+    th, tw = grid.tile_shape
+    ys = tiles_in_range(grid.ys, th, y0, y1)
+    xs = tiles_in_range(grid.xs, tw, x0, x1)
     ry0, rx0 = ys[0], xs[0]
-    region = apply_stats(read_window(plane, ry0, rx0, ys[-1] + t - ry0, xs[-1] + t - rx0), stats)
+    region = apply_stats(read_window(plane, ry0, rx0, ys[-1] + th - ry0, xs[-1] + tw - rx0), stats)
     acc = np.zeros((n_out, y1 - y0, x1 - x0), np.float32)
     wsum = np.zeros((y1 - y0, x1 - x0), np.float32)
     for chunk in row_batches(ys, xs, batch):
-        tiles = np.stack([region[ty - ry0:ty - ry0 + t, tx - rx0:tx - rx0 + t] for ty, tx in chunk])
+        tiles = np.stack([region[ty - ry0:ty - ry0 + th, tx - rx0:tx - rx0 + tw] for ty, tx in chunk])
         blend_batch(run_batch(predictor, tiles, n_out), chunk, window, acc, wsum, y0, x0, (y0, y1, x0, x1))
     return acc / wsum[None]
 
@@ -81,9 +81,9 @@ def stitch_plane(plane: Any, predictor: Predictor, grid: TileGrid, window: np.nd
     """Stitch one whole slice band by band, calling ``writers[c](y0, y1, rows)`` for each finished band of
     output channel c; yields a ProgressEvent(done tiles, total) after every batch (``done[0]`` is advanced).
 
-    Memory: ``t`` rows of accumulators (t: the tile size), whatever the image height.
+    Memory: ``t`` rows of accumulators (t: the tile height), whatever the image height.
     """
-    H, W, t = grid.height, grid.width, grid.tile
+    H, W, (t, tw) = grid.height, grid.width, grid.tile_shape
     n_out = len(writers)
     band_lo = 0  # first image row held in the band buffers
     # a tile row spans at most t image rows from band_lo, so t rows of accumulators suffice
@@ -91,7 +91,7 @@ def stitch_plane(plane: Any, predictor: Predictor, grid: TileGrid, window: np.nd
     wsum = np.zeros((t, W), np.float32)
     for iy, y in enumerate(grid.ys):
         for chunk in row_batches([y], grid.xs, batch):
-            tiles = np.stack([apply_stats(read_window(plane, ty, tx, t, t), stats) for ty, tx in chunk])
+            tiles = np.stack([apply_stats(read_window(plane, ty, tx, t, tw), stats) for ty, tx in chunk])
             blend_batch(run_batch(predictor, tiles, n_out), chunk, window, acc, wsum, band_lo, 0, (0, H, 0, W))
             done[0] += len(chunk)
             yield ProgressEvent(done[0], total, "predict", unit="tiles")

@@ -16,12 +16,13 @@ import numpy as np
 
 @dataclass(frozen=True)
 class TileGrid:
-    """Square tiles of ``tile`` px over an (height, width) image, starting at ``ys`` x ``xs`` (image coords);
-    neighbours overlap by at least ``2 * context`` px (the context the blending window trusts)."""
+    """Tiles of ``tile_h`` x ``tile_w`` px over an (height, width) image, starting at ``ys`` x ``xs`` (image
+    coords); neighbours overlap by at least ``2 * context`` px (the context the blending window trusts)."""
 
     height: int
     width: int
-    tile: int
+    tile_h: int
+    tile_w: int
     ys: tuple[int, ...]
     xs: tuple[int, ...]
     context: int = 0
@@ -29,6 +30,15 @@ class TileGrid:
     @property
     def n_tiles(self) -> int:
         return len(self.ys) * len(self.xs)
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return self.tile_h, self.tile_w
+
+    @property
+    def tile_pixels(self) -> int:
+        """Pixels the network runs on per slice (all tiles), against height * width the image has."""
+        return self.n_tiles * self.tile_h * self.tile_w
 
 
 def tiles_in_range(starts: Sequence[int], tile: int, lo: int, hi: int) -> list[int]:
@@ -86,14 +96,15 @@ def spread(length: int, tile: int, n: int, multiple: int = 1) -> tuple[int, ...]
 
 
 def make_grid(height: int, width: int, tile: int, context: int = DEFAULT_CONTEXT, multiple: int = 1) -> TileGrid:
-    """Plan square tiles of at most ``tile`` px for one (height, width) slice with the fewest tile pixels.
+    """Plan tiles of at most ``tile`` x ``tile`` px for one (height, width) slice with the fewest tile pixels.
 
     Neighbouring tiles overlap by ``2 * context`` px (``context``: the model's receptive context, beyond which
-    the input no longer changes its output; at most half a tile), so every pixel has a tile that sees its whole context; tiles are
-    spread evenly, start at multiples of ``multiple`` and begin at the image's top/left border, where the
-    network sees what it sees on a whole image (no mirror margin); past the bottom/right border they read the
-    mirror image, as the network's own padding to ``multiple`` does. An image that fits in one tile is
-    predicted in one pass (a non-square one is filled to the square by mirroring, for TTA's rotations).
+    the input no longer changes its output; at most half a tile), so every pixel has a tile that sees its whole
+    context; tiles are spread evenly, start at multiples of ``multiple`` and begin at the image's top/left
+    border, where the network sees what it sees on a whole image (no mirror margin); past the bottom/right
+    border they read the mirror image, as the network's own padding to ``multiple`` does. Each axis is planned
+    on its own, so tiles are rectangular where the image is (a 512 x 1024 image is one 512 x 1024 pass; TTA's
+    rotations run the transposed tiles as their own forward pass).
     """
     if tile < 1:
         raise ValueError(f"tile must be positive, got {tile}")
@@ -103,10 +114,9 @@ def make_grid(height: int, width: int, tile: int, context: int = DEFAULT_CONTEXT
     overlap = min(2 * int(context), tile // 2)  # tiles smaller than 4 x context trust less of it
     ny, ty = _axis_plan(height, tile, overlap, multiple)
     nx, tx = _axis_plan(width, tile, overlap, multiple)
-    size = max(ty, tx)
-    ys = spread(height, size, ny, multiple)
-    xs = spread(width, size, nx, multiple)
-    return TileGrid(height, width, size, ys, xs, overlap // 2)
+    ys = spread(height, ty, ny, multiple)
+    xs = spread(width, tx, nx, multiple)
+    return TileGrid(height, width, ty, tx, ys, xs, overlap // 2)
 
 
 class PlaneView:
@@ -146,29 +156,31 @@ def read_window(plane: Any, y0: int, x0: int, h: int, w: int) -> np.ndarray:
     return block[np.ix_(ry - r0, rx - c0)]
 
 
-def blend_window(tile: int, mode: str = "context", context: int = 0) -> np.ndarray:
-    """(tile, tile) float32 weights for blending overlapping tiles; strictly positive everywhere.
+def blend_window(tile: int | tuple[int, int], mode: str = "context", context: int = 0) -> np.ndarray:
+    """(h, w) float32 weights for blending overlapping tiles of ``tile`` = (h, w) px (an int: square);
+    strictly positive everywhere.
 
     "context" (the default) gives the pixels within ``context`` px of the tile's edge a weight of 1e-4 and the
     rest 1: wherever a neighbouring tile sees a pixel's whole context it alone decides it, so the stitched
     result equals whole-image inference to the model's context tolerance; a pixel no other tile covers (at
     the image border) keeps this tile's value. "gaussian", "cosine" and "constant" are the classic windows.
     """
+    h, w = (tile, tile) if isinstance(tile, int) else (int(tile[0]), int(tile[1]))
     if mode == "constant":
-        return np.ones((tile, tile), np.float32)
+        return np.ones((h, w), np.float32)
     if mode == "context":
-        dist = np.minimum(np.arange(tile), np.arange(tile)[::-1])
-        w1 = np.where(dist < context, 1e-4, 1.0)
-        return np.outer(w1, w1).astype(np.float32)
-    centre = (tile - 1) / 2
-    r = np.arange(tile) - centre
-    if mode == "gaussian":
-        sigma = max(tile * 0.125, 1e-3)
-        w1 = np.exp(-(r**2) / (2 * sigma**2))
-    elif mode == "cosine":
-        w1 = 0.5 * (1 + np.cos(np.pi * r / (tile / 2 + 0.5)))
+        def axis(n: int) -> np.ndarray:
+            dist = np.minimum(np.arange(n), np.arange(n)[::-1])
+            return np.where(dist < context, 1e-4, 1.0)
+    elif mode in ("gaussian", "cosine"):
+        def axis(n: int) -> np.ndarray:
+            r = np.arange(n) - (n - 1) / 2
+            if mode == "gaussian":
+                return np.exp(-(r**2) / (2 * max(n * 0.125, 1e-3) ** 2))
+            return 0.5 * (1 + np.cos(np.pi * r / (n / 2 + 0.5)))
     else:
         raise ValueError(f"unknown blend mode {mode!r}; expected context, gaussian, cosine or constant")
-    w = np.outer(w1, w1)
-    w = w / w.max()
-    return np.maximum(w, 1e-3).astype(np.float32)
+    win = np.outer(axis(h), axis(w))
+    if mode != "context":
+        win = np.maximum(win / win.max(), 1e-3)
+    return win.astype(np.float32)

@@ -65,31 +65,42 @@ def transform_names(n: int) -> tuple[str, ...]:
 
 def tta_predict(predict: Callable[[Array], Array], batch: Array, n: int = 6, variance: bool = False,
                 stack: Callable[[list[Array]], Array] | None = None, max_batch: int | None = None) -> Array:
-    """Average ``predict`` over the ``n`` transforms of a square (B, C, t, t) batch, inverting each exactly.
+    """Average ``predict`` over the ``n`` transforms of a (B, C, h, w) batch, inverting each exactly.
 
-    The n*B transformed copies go through ``predict`` in one call, or in calls of at most ``max_batch`` tiles
-    where memory (or CPU cache) does not allow one. Returns (B, C, t, t), or (B, 2C, t, t) with the per-pixel
-    variance over the transforms appended when ``variance`` is set.
+    The transformed copies go through ``predict`` together, in calls of at most ``max_batch`` tiles where
+    memory (or CPU cache) does not allow one call. On a square batch that is one group of n*B tiles; on a
+    non-square one the rotations by 90/270 degrees (and the transposes) give (w, h) tiles, which form their own
+    group. Returns (B, C, h, w), or (B, 2C, h, w) with the per-pixel variance over the transforms appended
+    when ``variance`` is set.
     """
     names = transform_names(n)
-    if batch.shape[-1] != batch.shape[-2] and any(nm not in ("identity", "hflip", "vflip", "rot180") for nm in names):
-        raise ValueError(f"TTA with rotations needs square tiles, got {tuple(batch.shape[-2:])}")
     is_np = isinstance(batch, np.ndarray)
+    if is_np:
+        cat = lambda xs: np.concatenate(xs, 0)  # noqa: E731
+    else:
+        import torch
+
+        cat = lambda xs: torch.cat(xs, 0)  # noqa: E731
     if stack is None:
         if is_np:
             stack = lambda xs: np.concatenate([np.ascontiguousarray(x) for x in xs], 0)  # noqa: E731
         else:
-            import torch
-
             stack = lambda xs: torch.cat([x.contiguous() for x in xs], 0)  # noqa: E731
     b = batch.shape[0]
-    stacked = stack([TRANSFORMS[nm][0](batch) for nm in names])
-    if max_batch is None or max_batch >= stacked.shape[0]:
-        out = predict(stacked)
-    else:
-        parts = [predict(stacked[i:i + max_batch]) for i in range(0, stacked.shape[0], max_batch)]
-        out = np.concatenate(parts, 0) if is_np else __import__("torch").cat(parts, 0)
-    inv = [TRANSFORMS[nm][1](out[i * b:(i + 1) * b]) for i, nm in enumerate(names)]
+    transformed = {nm: TRANSFORMS[nm][0](batch) for nm in names}
+    groups: dict[tuple[int, ...], list[str]] = {}  # tile shape -> transforms giving it, in ``names`` order
+    for nm in names:
+        groups.setdefault(tuple(transformed[nm].shape[-2:]), []).append(nm)
+    outputs: dict[str, Array] = {}
+    for members in groups.values():
+        stacked = stack([transformed[nm] for nm in members])
+        if max_batch is None or max_batch >= stacked.shape[0]:
+            out = predict(stacked)
+        else:
+            out = cat([predict(stacked[i:i + max_batch]) for i in range(0, stacked.shape[0], max_batch)])
+        for i, nm in enumerate(members):
+            outputs[nm] = out[i * b:(i + 1) * b]
+    inv = [TRANSFORMS[nm][1](outputs[nm]) for nm in names]
     if is_np:
         arr = np.stack(inv, 0)
         mean = arr.mean(0)

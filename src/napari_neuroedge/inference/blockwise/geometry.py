@@ -73,6 +73,6 @@ def check_block(shape: Sequence[int], chunks: Sequence[int], block: Sequence[int
 
 def block_tiles(grid: TileGrid, block: Block) -> list[tuple[int, int]]:
     """Tiles (y, x) of the global ``grid`` touching ``block`` in y/x, in the single-process (row-major) order."""
-    ys = tiles_in_range(grid.ys, grid.tile, block.y0, block.y1)
-    xs = tiles_in_range(grid.xs, grid.tile, block.x0, block.x1)
+    ys = tiles_in_range(grid.ys, grid.tile_h, block.y0, block.y1)
+    xs = tiles_in_range(grid.xs, grid.tile_w, block.x0, block.x1)
     return [(y, x) for y in ys for x in xs]

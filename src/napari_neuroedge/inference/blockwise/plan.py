@@ -46,7 +46,7 @@ def compute_block(plan: _Plan, block: Block, stats: Sequence[tuple[float, float]
     vol = plan.volume.open()
     predictor = cached_predictor(plan.source)
     grid = plan.grid(vol.shape)
-    window = blend_window(grid.tile, plan.tile.blend, grid.context)
+    window = blend_window(grid.tile_shape, plan.tile.blend, grid.context)
     out = np.empty((plan.n_out, *block.shape), np.float32)
     for i, k in enumerate(range(block.z0, block.z1)):
         plane = PlaneView(vol, plan.zs[k])
