@@ -471,8 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ".ome.zarr (NGFF multiscale, nearest-neighbour pyramid)")
     p.add_argument("--model", default="default", help="bundled model name, checkpoint path, or a bioimage.io "
                    "package (.zip or rdf.yaml) of a 2D one-channel boundary model (default: default)")
-    p.add_argument("--tile", type=int, default=1024, help="largest tile in px (default 1024); an image that fits is "
-                   "predicted in one pass, larger ones with the fewest tiles")
+    p.add_argument("--tile", type=int, default=0, help="largest tile in px (default 0: as large as the device's free "
+                   "memory allows, up to 2048); an image that fits is predicted in one pass, larger ones with the "
+                   "fewest tile pixels")
     p.add_argument("--context", type=int, default=0, help="tile overlap context in px on each side (default 0: the "
                    f"model's measured receptive context, {DEFAULT_CONTEXT} px for models that lack it)")
     p.add_argument("--batch", type=int, default=4, help="tiles per forward pass (default 4)")
@@ -538,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slices", help="slices to calibrate on, e.g. 0:20 (default: all)")
     p.add_argument("--tta", type=int, default=6, choices=[1, 6, 8], help="as you will predict (default 6)")
     p.add_argument("--thresholds", help="START:STOP:STEP or a comma list (default 0.3:0.7:0.05)")
-    p.add_argument("--tile", type=int, default=512, help="tile size in px (default 512)")
+    p.add_argument("--tile", type=int, default=0, help="largest tile in px (default 0: as memory allows, as predict)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default auto)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)

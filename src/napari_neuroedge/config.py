@@ -50,11 +50,12 @@ class NormConfig:
 
 @dataclass(frozen=True)
 class TileConfig:
-    """Overlap-tile inference: square tiles of at most ``tile`` px (fewer, smaller ones where that covers the
-    image with fewer pixels); neighbours overlap by twice ``context`` px (0: the model's measured receptive
-    context, see :func:`napari_neuroedge.inference.context.measure_context`)."""
+    """Overlap-tile inference: tiles of at most ``tile`` x ``tile`` px (fewer, smaller or rectangular ones
+    where that covers the image with fewer pixels; 0: as large as the device's free memory allows, up to 2048,
+    see :mod:`napari_neuroedge.inference.tile_size`); neighbours overlap by twice ``context`` px (0: the
+    model's measured receptive context, see :func:`napari_neuroedge.inference.context.measure_context`)."""
 
-    tile: int = 1024
+    tile: int = 0
     context: int = 0
     batch: int = 4
     blend: str = "context"  # "context" | "gaussian" | "cosine" | "constant"

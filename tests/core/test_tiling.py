@@ -183,3 +183,38 @@ def test_real_cnn_tiled_matches_whole_image():
     assert np.abs(short - whole).max() > 100 * diff.max()
     gauss = predict_array(img, pred, tile=TileConfig(tile=48, context=4, batch=4, blend="gaussian"), norm=RAW)
     assert np.abs(gauss - whole).max() > 10 * diff.max()
+
+
+def test_auto_tile_follows_free_memory_and_precision():
+    from napari_neuroedge.inference.tile_size import auto_tile, available_memory, resolve_tile
+
+    gib = 2**30
+    # 2048^2 x 160 B (bf16) = 640 MiB must fit in a quarter of what is free
+    assert auto_tile("bf16", available=4 * gib) == 2048
+    assert auto_tile("fp32", available=4 * gib) == 1024  # twice the bytes per pixel
+    assert auto_tile("bf16", available=1 * gib) == 1024
+    assert auto_tile("bf16", available=64 * 2**20) == 512  # nothing fits: the smallest
+    free = available_memory("cpu")
+    assert free is None or free > 0
+    assert resolve_tile(640, object()) == 640  # an explicit size wins
+    assert resolve_tile(0, lambda b: b) == 1024  # a plain callable: the generic size
+
+    class Chooses:
+        def auto_tile(self) -> int:
+            return 2048
+
+    assert resolve_tile(0, Chooses()) == 2048
+
+
+def test_default_tile_plan_runs_a_2048_slice_in_one_pass_when_memory_allows(monkeypatch):
+    from napari_neuroedge.config import TileConfig
+    from napari_neuroedge.inference import tile_size
+    from napari_neuroedge.inference.predict import TorchPredictor, plan_grid
+    from napari_neuroedge.models.unet import UNet
+
+    pred = TorchPredictor(UNet(base=4, depth=2), "cpu", precision="fp32")
+    monkeypatch.setattr(tile_size, "available_memory", lambda device="cpu": 16 * 2**30)
+    assert plan_grid((2048, 2048), TileConfig(), pred).n_tiles == 1
+    monkeypatch.setattr(tile_size, "available_memory", lambda device="cpu": 2 * 2**30)
+    small = plan_grid((2048, 2048), TileConfig(), pred)  # fp32 at 2 GiB free: 1024 px tiles at most
+    assert small.n_tiles > 1 and max(small.tile_shape) <= 1024

@@ -110,7 +110,7 @@ def test_predict_2d_image_and_defaults(qtbot, make_napari_viewer, waiter, tiny_c
     w = PredictWidget(viewer)
     viewer.window.add_dock_widget(w)
     assert w.model_combo.currentText() == "default"  # the bundled model is preselected
-    assert w.tile_spin.value() == 1024 and w.context_spin.value() == 0  # 0 = the model's context
+    assert w.tile_spin.value() == 0 and w.context_spin.value() == 0  # 0 = auto, the model's context
     assert list(TTA_CHOICES.values()) == [1, 6, 8]
     assert not w.uncertainty_check.isEnabled()  # needs TTA
     assert w.device_combo.itemText(0) == "auto" and "cpu" in w.device_found.text()
@@ -280,6 +280,6 @@ def test_unusable_saved_values_fall_back_to_the_defaults(make_napari_viewer, tmp
     (settings / "predict.json").write_text('{"device": "tpu:7", "tile": 99999, "context": 16}')
     w = PredictWidget(make_napari_viewer())
     assert w.device_combo.currentText() == "auto" and w.session.device == "auto"
-    assert w.tile_spin.value() == 1024 and w.context_spin.value() == 16
+    assert w.tile_spin.value() == 0 and w.context_spin.value() == 16
     (settings / "predict.json").write_text("{not json")
     assert PredictWidget(make_napari_viewer()).context_spin.value() == 0

@@ -35,7 +35,7 @@ def test_screenshot_with_panel(qtbot, make_napari_viewer, waiter, isbi_dir, tmp_
     panel = NeuroEdgePanel(viewer)
     viewer.window.add_dock_widget(panel, name="NeuroEdge", area="right")
     p = panel.predict
-    assert p.model_combo.currentText() == "default" and p.tile_spin.value() == 1024  # what a user starts with
+    assert p.model_combo.currentText() == "default" and p.tile_spin.value() == 0  # what a user starts with: auto
     assert p.image_combo.currentText() == image.name
     viewer.dims.set_point(0, image.data_to_world([12, 0, 0])[0])
     job = waiter(p.predict(scope="current slice"), timeout=300)

@@ -18,6 +18,7 @@ from ..config import NormConfig, TileConfig, TTAConfig
 from ..progress import Progress, ProgressEvent, drive
 from .normalize import slice_stats
 from .stitch import Predictor, stitch_plane
+from .tile_size import resolve_tile
 from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 
 
@@ -81,6 +82,12 @@ class TorchPredictor:
         """The same model and settings on the CPU (for the out-of-memory fallback)."""
         return TorchPredictor(self.model, "cpu", tta=self.tta, max_batch=self._max_batch,
                               precision=self.requested_precision, fold_bn=False)  # already folded
+
+    def auto_tile(self) -> int:
+        """The largest tile this device's free memory allows in this precision (see :mod:`.tile_size`)."""
+        from .tile_size import auto_tile
+
+        return auto_tile(self.precision, self.device)
 
     def describe(self) -> str:
         """Device, precision and layout in one line, e.g. ``"cpu, fp32, channels_last"``."""
@@ -162,7 +169,7 @@ def resolve_context(tile: TileConfig, predictor: Any) -> int:
 
 def plan_grid(shape: Sequence[int], tile: TileConfig, predictor: Any) -> TileGrid:
     """The tile grid :func:`iter_predict` uses for slices of ``shape`` (..., y, x) with ``predictor``."""
-    return make_grid(int(shape[-2]), int(shape[-1]), tile.tile, resolve_context(tile, predictor),
+    return make_grid(int(shape[-2]), int(shape[-1]), resolve_tile(tile.tile, predictor), resolve_context(tile, predictor),
                      int(getattr(predictor, "multiple", 1)))
 
 

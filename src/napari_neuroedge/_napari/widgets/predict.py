@@ -174,8 +174,9 @@ class PredictWidget(JobWidget):
         # plain-value options: magicgui widgets whose values outlive the session (common.persisted_form); the
         # thresholds are the chosen model's (set in _show_model_info) and "replace my corrections" is asked anew
         self.form = persisted_form("predict", [
-            SpinBox(name="tile", label="tile size (px)", min=32, max=4096, step=32, value=1024,
-                    tooltip="largest tile; an image that fits is predicted in one pass"),
+            SpinBox(name="tile", label="tile size (px, 0 = auto)", min=0, max=4096, step=32, value=0,
+                    tooltip="largest tile; auto (0) = as large as free memory allows, up to 2048 px; an image "
+                    "that fits is predicted in one pass"),
             SpinBox(name="context", label="tile context (px)", min=0, max=512, step=8, value=0,
                     tooltip="tile overlap on each side; 0 = the model's measured receptive context"),
             ComboBox(name="tta", label="TTA", choices=list(TTA_CHOICES.items()), value=1),

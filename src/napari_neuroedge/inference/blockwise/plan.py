@@ -18,6 +18,12 @@ from .geometry import Block
 from .sources import ModelSpec, PredictorSource, VolumeRef, as_source, cached_predictor, volume_ref
 
 
+#: Largest tile of a blockwise job when the request leaves it to us: blocks are chunk-aligned (1024 px by
+#: default), and a tile larger than a block would be recomputed by each block it touches; several workers
+#: share the machine's memory.
+BLOCKWISE_TILE = 1024
+
+
 @dataclass
 class _Plan:
     """Everything a block task needs; built on the client, shipped once per worker."""
@@ -70,6 +76,8 @@ def _make_plan(volume: Any, model: Any, tile: TileConfig | None, norm: NormConfi
         raise ValueError(f"batch must be >= 1, got {tile.batch}")
     info = source.describe()
     norm = norm or info.get("norm") or NormConfig()
+    if not tile.tile:  # tiles larger than the blocks would be recomputed for every block they touch
+        tile = replace(tile, tile=BLOCKWISE_TILE)
     if not tile.context:  # the model's measured receptive context, fixed here so every worker tiles alike
         tile = replace(tile, context=int(info.get("context") or DEFAULT_CONTEXT))
     zs: tuple[int | None, ...] = (None,) if vol.ndim == 2 else tuple(parse_slices(slices, int(vol.shape[0])))
