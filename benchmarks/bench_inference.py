@@ -2,12 +2,15 @@
 
 All in one run, same model (the bundled ``default``), same synthetic EM input, printed as ratios:
 
-1. at each size (``--sizes``, default 512, 1024, 2048; add 4096 and 9958 for the full table), TTA off and 6-way
-   (``--tta-sizes``): ours (``predict_array`` with ``TileConfig()`` defaults: tiles of at most 1024 px
-   overlapping by the model's measured context, precision ``auto``, channels_last on the CPU) / MONAI
+1. at each size (``--sizes``, default 512, 1024, 2048, 4096), TTA off and 6-way (``--tta-sizes``): ours
+   (``predict_array`` with ``TileConfig()`` defaults: tiles as large as free memory allows (up to 2048 px,
+   rectangular where that saves pixels) overlapping by the model's measured context, precision ``auto``,
+   channels_last and batch norms folded on the CPU) / MONAI
    ``sliding_window_inference`` (fp32, roi 512, overlap 0.25, gaussian, sw_batch_size 4: the script a user
    writes) and / the floor (one bare forward pass over the whole slice in our precision and layout, TTA
-   transforms included); targets ours/MONAI <= 0.35, ours/floor <= 1.15;
+   transforms included); targets ours/MONAI <= 0.35, ours/floor <= 1.15. Sizes above 2048 are timed once
+   without a warm-up. Then 9958 x 9959, TTA off, once: ours / MONAI, and ours / the floor estimated from the
+   largest size's floor per pixel (one forward pass over 99 Mpx would need ~15 GiB);
 2. peak RSS of the whole job (uint8 TIFF in -> uint8 labels out) on a 2048^2 image, each in a fresh subprocess:
    ours is ``neuroedge predict`` (memory-mapped input, streamed output), MONAI's needs the whole image as a
    tensor; target: less memory;
@@ -44,10 +47,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes, < 1 minute (smoke test)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2; 0 = torch's default)")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--sizes", help="square image sizes of the timing cases (default 512,1024,2048; quick 96,192)")
-    p.add_argument("--tta-sizes", help="sizes also timed with 6-way TTA (default 512,1024; quick 96)")
+    p.add_argument("--sizes", help="square image sizes of the timing cases (default 512,1024,2048,4096; quick "
+                   "96,192)")
+    p.add_argument("--tta-sizes", help="sizes also timed with 6-way TTA (default 512,1024,2048,4096; quick 96)")
     p.add_argument("--mem-size", type=int, help="square image of the memory runs (default 2048; quick 128)")
-    p.add_argument("--tile", type=int, help="our largest tile (default: TileConfig's, 1024; quick 64)")
+    p.add_argument("--tile", type=int, help="our largest tile (default: TileConfig's, 0 = as memory allows; quick 64)")
     p.add_argument("--monai-tile", type=int, help="MONAI's roi (default 512; quick 64)")
     p.add_argument("--overlap", type=float, default=0.25, help="MONAI's overlap fraction (default 0.25)")
     p.add_argument("--batch", type=int, default=4)
@@ -58,10 +62,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--child", help=argparse.SUPPRESS)  # JSON job description: run one memory job and exit
     args = p.parse_args(argv)
     q = args.quick
-    args.sizes = [int(v) for v in (args.sizes or ("96,192" if q else "512,1024,2048")).split(",")]
-    args.tta_sizes = [int(v) for v in (args.tta_sizes or ("96" if q else "512,1024")).split(",") if v]
+    args.sizes = [int(v) for v in (args.sizes or ("96,192" if q else "512,1024,2048,4096")).split(",")]
+    args.tta_sizes = [int(v) for v in (args.tta_sizes or ("96" if q else "512,1024,2048,4096")).split(",") if v]
     args.mem_size = args.mem_size or (128 if q else 2048)
-    args.tile = args.tile or (64 if q else 1024)
+    args.tile = args.tile or (64 if q else 0)
     args.monai_tile = args.monai_tile or (64 if q else 512)
     args.repeats = args.repeats or (2 if q else 3)
     args.huge = (320, 321) if q else HUGE
@@ -216,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p1 = TorchPredictor(model, args.device)
     p6 = TorchPredictor(model, args.device, tta=TTAConfig(n=6))
     print(f"  model: default ({ckpt.arch} {ckpt.arch_kwargs}, context {ckpt.context} px); ours: tiles <= "
-          f"{args.tile}, {p1.describe()}; MONAI: fp32, roi {args.monai_tile}, overlap {args.overlap}, batch "
+          f"{args.tile or p1.auto_tile()} px, {p1.describe()}, batch norms folded; MONAI: fp32, roi {args.monai_tile}, overlap {args.overlap}, batch "
           f"{args.batch}; median of {args.repeats} interleaved repeats after a warm-up")
     big = max(*args.sizes, args.mem_size)
     full = synthetic_em((big, big), cell_size=40, seed=0).image
@@ -253,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
                     last["monai"] = y[0, 0].cpu().numpy()
                 candidates["MONAI sliding_window"] = monai
             label = f"{size}^2, TTA {'off' if tta == 1 else tta}"
-            print(f"\n[1] {label}: ours {grid.n_tiles} tile(s) of {grid.tile}^2", flush=True)
-            tm = C.interleaved(candidates, args.repeats, warmup=1, device=args.device)
+            big_case = size > 2048
+            print(f"\n[1] {label}: ours {grid.n_tiles} tile(s) of {grid.tile_h} x {grid.tile_w} "
+                  f"({grid.tile_pixels / size**2:.2f}x the image's pixels)", flush=True)
+            tm = C.interleaved(candidates, 1 if big_case else args.repeats, warmup=0 if big_case else 1,
+                               device=args.device)
             for name, timing in tm.items():
                 print(f"  {name:22s} {timing}")
             key = f"{size}_tta{tta}"
@@ -263,13 +270,46 @@ def main(argv: list[str] | None = None) -> int:
             row = [label, f"{tm['ours'].median:.2f} s", f"{r_floor:.2f}"]
             if "MONAI sliding_window" in tm:
                 r_monai = tm["ours"].median / tm["MONAI sliding_window"].median
-                n_monai = count[0] // (args.repeats + 1) // (1 if tta == 1 else 6)
+                n_monai = count[0] // (1 if big_case else args.repeats + 1) // (1 if tta == 1 else 6)
                 diff = np.abs(last["ours"] - last["monai"]).mean()
                 print(f"  MONAI ran {n_monai} windows of {args.monai_tile}^2 per pass; mean |ours - MONAI| {diff:.4f}")
                 C.ratio_line(f"ours_over_monai_{key}", r_monai, C.target_note(r_monai, "<=", 0.35))
                 row.append(f"{r_monai:.2f}")
             rows.append(row)
-    per_mpx = tm["ours"].median / (args.sizes[-1] ** 2 / 1e6) / (6 if args.sizes[-1] in args.tta_sizes else 1)
+            if tta == 1:
+                floor_per_mpx = tm["floor (bare forward)"].median / (size**2 / 1e6)
+                per_mpx = tm["ours"].median / (size**2 / 1e6)
+
+    # ---- 1b: 9958 x 9959, TTA off, timed once; the floor from the largest size's floor per pixel
+    if not args.skip_huge:
+        hh, hw = args.huge
+        huge_img = np.tile(full, (math.ceil(hh / big), math.ceil(hw / big)))[:hh, :hw]
+        hgrid = plan_grid(huge_img.shape, ours_tile, p1)
+        print(f"\n[1b] {hh} x {hw}, TTA off: ours {hgrid.n_tiles} tiles of {hgrid.tile_h} x {hgrid.tile_w} "
+              f"({hgrid.tile_pixels / (hh * hw):.2f}x the image's pixels); timed once", flush=True)
+        candidates = {"ours": lambda: predict_array(huge_img, p1, tile=ours_tile, norm=norm)}
+        if sliding_window_inference is not None:
+            def monai_huge() -> None:
+                xh = torch.from_numpy(apply_stats(huge_img, slice_stats(huge_img, norm)))[None, None].to(dev)
+                with torch.inference_mode():
+                    sliding_window_inference(xh, (args.monai_tile,) * 2, args.batch,
+                                             lambda b: torch.sigmoid(fp32_model(b)), overlap=args.overlap,
+                                             mode="gaussian")
+            candidates["MONAI sliding_window"] = monai_huge
+        tm_h = C.interleaved(candidates, 1, warmup=0, device=args.device)
+        for name, timing in tm_h.items():
+            print(f"  {name:22s} {timing}")
+        est_floor = floor_per_mpx * hh * hw / 1e6
+        r_floor = tm_h["ours"].median / est_floor
+        print(f"  floor estimated from the {args.sizes[-1]}^2 floor: {est_floor:.1f} s")
+        C.ratio_line("ours_over_floor_huge_tta1", r_floor, C.target_note(r_floor, "<=", 1.15))
+        row = [f"{hh} x {hw}, TTA off (once; floor estimated)", f"{tm_h['ours'].median:.1f} s", f"{r_floor:.2f}"]
+        if "MONAI sliding_window" in tm_h:
+            r_monai = tm_h["ours"].median / tm_h["MONAI sliding_window"].median
+            C.ratio_line("ours_over_monai_huge_tta1", r_monai, C.target_note(r_monai, "<=", 0.35))
+            row.append(f"{r_monai:.2f}")
+        rows.append(row)
+        del huge_img
 
     # ---- 3: the hardware: conv throughput fp32 vs bf16, and the model's cost
     gflop = model_gflop_per_mpx(model, dev)
