@@ -143,17 +143,24 @@ def slice_warnings(name: str, row: dict[str, Any]) -> list[str]:
     return out
 
 
+def describe_row(name: Any, label: np.ndarray, mask: np.ndarray | None = None,
+                 corrected: np.ndarray | None = None, **extra: Any) -> dict[str, Any]:
+    """The :func:`describe_slice` row of one slice, with its ``slice`` name (and ``extra`` keys) first."""
+    return {"slice": name, **extra, **describe_slice(label, mask, corrected)}
+
+
+def rows_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The :func:`slice_warnings` of :func:`describe_row` rows, in order."""
+    return [w for row in rows
+            for w in slice_warnings(f"slice {'?' if row['slice'] is None else row['slice']}", row)]
+
+
 def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
-    """What a fine-tune will train on: one :func:`describe_slice` row per slice (with its ``slice`` and
-    ``source``) and the :func:`slice_warnings` of all of them."""
-    warnings: list[str] = []
-    rows = []
-    for sl in slices:
-        row = {"slice": sl.meta.get("slice"), "source": sl.meta.get("source"),
-               **describe_slice(sl.label, sl.mask, sl.corrected)}
-        rows.append(row)
-        warnings += slice_warnings(f"slice {sl.meta.get('slice', '?')}", row)
-    return {"slices": rows, "warnings": warnings}
+    """What a fine-tune will train on: one :func:`describe_row` per slice (with its ``slice`` and ``source``)
+    and the :func:`slice_warnings` of all of them."""
+    rows = [describe_row(sl.meta.get("slice"), sl.label, sl.mask, sl.corrected, source=sl.meta.get("source"))
+            for sl in slices]
+    return {"slices": rows, "warnings": rows_warnings(rows)}
 
 
 #: Held-out Rand errors within this fraction of the lowest (or 1e-4) are ties: a few hundred rows cannot tell them

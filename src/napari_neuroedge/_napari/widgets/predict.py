@@ -566,6 +566,7 @@ class PredictWidget(JobWidget):
             tracking.forget_slices(membranes, result.slices)
         meta["predicted"] |= set(result.slices)
         meta["threshold"] = result.threshold
+        tracking.drop_rows(membranes)  # a prediction is rare: the summary rows are read again once
         for z in set(result.slices) - keep:  # a kept slice keeps the provenance of the prediction it corrects
             meta["slice_model"][z] = dict(result.model)
             meta["slice_threshold"][z] = result.threshold
