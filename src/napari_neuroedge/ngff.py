@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +133,8 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
     chunks = chunks or slice_chunks(shape)
     inside = label_of(path)
     key = str(path.resolve())
-    with atomic_dir(path) if inside is None else _label_dir(path, *inside, tuple(shape)) as tmp:
+    commit = None if inside is None else _label_commit(path, *inside, tuple(shape))
+    with atomic_dir(path, commit, beside=None if inside is None else inside[0].parent) as tmp:
         _WRITING[key] = tmp
         try:
             group = zarr.open_group(str(tmp), mode="w-")
@@ -148,18 +147,14 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
             _WRITING.pop(key, None)
 
 
-@contextlib.contextmanager
-def _label_dir(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> Iterator[Path]:
-    """Like :func:`atomic_dir` for ``IMAGE/labels/NAME``: a temporary folder beside ``image`` that is moved to
-    ``labels/NAME`` of the image (or of its temporary folder while this process still writes it) and listed in
+def _label_commit(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> Callable[[Path], None]:
+    """The :func:`~napari_neuroedge.atomic.atomic_dir` commit of ``IMAGE/labels/NAME``: move the finished folder
+    to ``labels/NAME`` of the image (or of its temporary folder while this process still writes it) and list it in
     ``labels``' metadata. The image must then be an NGFF 0.5 image of the same ``shape``."""
-    import zarr
 
-    image.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{image.name}.{name}.", suffix=".part", dir=image.parent))
-    shutil.rmtree(tmp)
-    try:
-        yield tmp
+    def commit(tmp: Path) -> None:
+        import zarr
+
         base = _WRITING.get(str(image.resolve()))  # still being written: its level 0 is there, metadata not yet
         ome = {} if base is not None or not image.exists() else dict(zarr.open_group(str(image), mode="r").attrs)
         if base is None and not ome.get("ome", {}).get("multiscales"):
@@ -178,9 +173,8 @@ def _label_dir(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> It
         meta = dict(labels.attrs.get("ome", {}))
         meta.update(version=ome.get("ome", {}).get("version", "0.5"), labels=[*meta.get("labels", []), name])
         labels.attrs["ome"] = meta
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    return commit
 
 
 def ngff_multiscales(attrs: Any) -> list[dict[str, Any]] | None:

@@ -131,3 +131,23 @@ def test_atomic_bytes_and_unique_names(tmp_path):
     assert p.read_bytes() == b"1"
     assert unique_path(p).name == "a-1.json"
     assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
+    """atomic_dir(commit=...): the hook publishes the finished folder (here into another folder); when it refuses,
+    the temporary folder (made ``beside``) is deleted and the destination's parent was never created."""
+    from napari_neuroedge.atomic import atomic_dir
+
+    dest, elsewhere = tmp_path / "image" / "labels" / "x", tmp_path / "published"
+    with atomic_dir(dest, commit=lambda tmp: tmp.rename(elsewhere), beside=tmp_path) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_bytes(b"1")
+    assert (elsewhere / "a").read_bytes() == b"1" and not (tmp_path / "image").exists()
+
+    def refuse(tmp):
+        raise ValueError("not an image")
+
+    with pytest.raises(ValueError, match="not an image"):
+        with atomic_dir(dest, commit=refuse, beside=tmp_path) as tmp:
+            tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]
