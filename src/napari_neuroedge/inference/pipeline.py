@@ -151,6 +151,13 @@ def output_shape(volume_shape: Sequence[int], slices: Sequence[int] | None) -> t
     return (k, int(volume_shape[-2]), int(volume_shape[-1]))
 
 
+def scratch_probability(stack: contextlib.ExitStack, shape: Sequence[int]) -> np.ndarray:
+    """A zero float32 array of ``shape`` in a temporary ``.npy`` file, deleted when ``stack`` closes: a
+    probability read back after the prediction (instances, overlay) without holding the volume in memory."""
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="neuroedge-prob-"))
+    return np.lib.format.open_memmap(Path(folder) / "prob.npy", "w+", np.float32, tuple(shape))
+
+
 def threshold_into(prob: Any, membranes: Any, threshold: float, band: int = 1024) -> None:
     """Membranes (uint8, ``prob >= threshold``) of a finished probability array, ``band`` rows at a time."""
     sink = ThresholdSink(membranes, threshold)
@@ -216,8 +223,7 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
     with contextlib.ExitStack() as scratch:
         prob = outputs.probability
         if prob is None and outputs.instances is not None:  # instances read the probability back: keep it on disk
-            folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="neuroedge-prob-"))
-            prob = np.lib.format.open_memmap(Path(folder) / "prob.npy", "w+", np.float32, shape)
+            prob = scratch_probability(scratch, shape)
         flush: list[BandSink] = []
         first = [_band_sink(prob, outputs.check, flush)] if prob is not None else []
         if outputs.membranes is not None:
