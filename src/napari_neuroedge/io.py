@@ -245,7 +245,8 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
     path = Path(path)
     if path.exists():
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-    from .ngff import is_ome_zarr_path, open_ngff_output, slice_chunks
+    from .inference.sinks import chunks_for
+    from .ngff import is_ome_zarr_path, open_ngff_output
 
     if is_ome_zarr_path(path):
         with open_ngff_output(path, shape, dtype, chunks, voxel_size, downsample, label) as arr:
@@ -255,7 +256,7 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
         import zarr
 
         with atomic_dir(path) as tmp:
-            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks or slice_chunks(shape), dtype=dtype)
+            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks or chunks_for(shape), dtype=dtype)
             if voxel_size is not None:
                 arr.attrs["voxel_size"] = list(voxel_size)
             yield arr

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import OutputExistsError, atomic_dir
+from .inference.sinks import chunks_for
 
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
 _BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
@@ -55,11 +56,6 @@ def check_label_paths(outputs: list[str | Path | None]) -> None:
 def is_ome_zarr_path(path: str | Path) -> bool:
     """True for a path ending in ``.ome.zarr`` or a label inside one (``IMAGE.ome.zarr/labels/NAME``)."""
     return str(path).rstrip("/").lower().endswith(".ome.zarr") or label_of(path) is not None
-
-
-def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Default zarr chunks: one slice deep, up to 1024 x 1024 px."""
-    return (1,) * (len(shape) - 2) + tuple(min(int(s), 1024) for s in shape[-2:])
 
 
 def _axes(ndim: int) -> list[str]:
@@ -130,7 +126,7 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
     if downsample not in ("nearest", "mean"):
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
-    chunks = chunks or slice_chunks(shape)
+    chunks = chunks or chunks_for(shape)
     inside = label_of(path)
     key = str(path.resolve())
     commit = None if inside is None else _label_commit(path, *inside, tuple(shape))

@@ -151,3 +151,15 @@ def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
         with atomic_dir(dest, commit=refuse, beside=tmp_path) as tmp:
             tmp.mkdir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]
+
+
+@pytest.mark.parametrize("name", ["c.zarr", "c.ome.zarr"])
+def test_zarr_outputs_default_to_the_one_chunk_shape(tmp_path, name):
+    """Plain and OME-Zarr outputs take sinks.chunks_for: one slice deep, at most 1024 px in y and x."""
+    from napari_neuroedge.inference.sinks import chunks_for
+
+    assert chunks_for((3, 2500, 700)) == (1, 1024, 700) and chunks_for((0, 5)) == (1, 5)
+    with open_output(tmp_path / name, (3, 2500, 700), np.uint8) as out:
+        out[0, :2, :2] = 1
+    arr = zarr.open_array(str(tmp_path / name / "0") if name.endswith(".ome.zarr") else str(tmp_path / name), mode="r")
+    assert tuple(arr.chunks) == (1, 1024, 700)

@@ -18,9 +18,10 @@ import numpy as np
 CHUNK = 1024  # px: default (y, x) chunk side of chunked outputs; stacks use (1, CHUNK, CHUNK)
 
 
-def chunks_for(shape: Sequence[int]) -> tuple[int, ...]:
-    """Output chunks: one slice deep, at most CHUNK x CHUNK in (y, x)."""
-    yx = tuple(max(1, min(int(s), CHUNK)) for s in shape[-2:])
+def chunks_for(shape: Sequence[int], chunk: int = CHUNK) -> tuple[int, ...]:
+    """The default chunks of every zarr output (plain, OME-Zarr, the viewer's work store): one slice deep, at
+    most ``chunk`` x ``chunk`` px in (y, x)."""
+    yx = tuple(max(1, min(int(s), chunk)) for s in shape[-2:])
     return (1,) * (len(shape) - 2) + yx
 
 
