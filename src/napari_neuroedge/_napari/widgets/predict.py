@@ -25,6 +25,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ...config import SEED_THRESHOLD
+from ...inference.sinks import copy_slices, readable
+from ...workstore import OutputStore, discard, wants_lazy
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
 from ..session import LOAD_CHECKPOINT
@@ -114,7 +116,7 @@ def _model_file(session: Any, model_name: str) -> str:
 
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
                 device_name: str, tile: int, context: int, tta: int, uncertainty: bool, threshold: float,
-                instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD,
+                instances: bool, store: OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD,
                 voxel_size: tuple[float, ...] | None = None):
     """Generator (runs in the worker): the widget's settings as a core :class:`PredictionRequest`, run by the
     core pipeline; returns a :class:`PredictResult`.
@@ -141,7 +143,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
                                 tta=TTAConfig(n=tta), device=str(device), threshold=threshold,
                                 seed_threshold=seed_threshold, slices=None if is_2d else list(slices),
                                 threads=gui_threads())
-    data = lazy_outputs.readable(data)  # a folder of slices: read each file once, not once per tile
+    data = readable(data)  # a folder of slices: read each file once, not once per tile
     done = [0] if is_2d else list(slices)
     if store is not None:
         staged, _ = yield from iter_staged(data, request, store, variance=variance, instances=instances,
@@ -401,7 +403,7 @@ class PredictWidget(JobWidget):
         else:
             slices = list(range(int(data.shape[0])))
         threshold = float(self.threshold_spin.value())
-        store = lazy_outputs.store_for(self.session) if lazy_outputs.wants_lazy(data) else None
+        store = lazy_outputs.store_for(self.session) if wants_lazy(data) else None
         return self.start_job(
             f"Predict {layer.name}", {f"layer:{layer.name}"},
             lambda _job: predict_job(data, slices, is_2d, layer.name, self.session, self.session.selected_model,
@@ -515,21 +517,21 @@ class PredictWidget(JobWidget):
                     keep = [(None, None)] if 0 in skip else []
                 else:
                     keep = [(z, z) for z in sorted(skip)]
-                lazy_outputs.copy_slices(old, arr, keep)  # the user's corrected slices stay
+                copy_slices(old, arr, keep)  # the user's corrected slices stay
                 layer.data = arr
                 self._release(old)
             layer.refresh()
             return layer, created
         layer, created = self._output_layer(image, role, kind, dtype, make=make, **kwargs)
         pairs = [(i, z) for i, z in enumerate(result.slices) if z not in skip]
-        lazy_outputs.copy_slices(arr, layer.data, pairs)
+        copy_slices(arr, layer.data, pairs)
         store.discard(arr)
         layer.refresh()
         return layer, created
 
     def _discard(self, result: PredictResult) -> None:
         if result.lazy:
-            lazy_outputs.discard(lazy_outputs.store_for(self.session), result.arrays())
+            discard(lazy_outputs.store_for(self.session), result.arrays())
 
     def apply_result(self, result: PredictResult) -> list[int]:
         """Write a prediction into the output layers; returns edited slices whose labels were kept."""
