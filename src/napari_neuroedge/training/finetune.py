@@ -188,6 +188,21 @@ def seed_threshold_sweep(probs: Sequence[np.ndarray], val: Sequence[LabelledSlic
             for t in thresholds}
 
 
+def calibrate_thresholds(probs: Sequence[np.ndarray], slices: Sequence[LabelledSlice], parent_seed: float
+                         ) -> tuple[float, float, dict[float, float], dict[float, float]]:
+    """(membrane threshold, seed threshold, pixel error by threshold, Rand error by seed threshold) of the
+    probabilities ``probs`` against the labels of ``slices`` (only their labelled pixels): the membrane threshold
+    with the lowest pixel error, the seed threshold by :func:`choose_seed_threshold` (ties go to ``parent_seed``)."""
+    from ..calibration import choose_threshold, pixel_error_by_threshold
+
+    errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
+                                      np.concatenate([s.label.ravel() for s in slices]),
+                                      mask=np.concatenate([(s.mask if s.mask is not None
+                                                            else np.ones_like(s.label)).ravel() for s in slices]))
+    seeds = seed_threshold_sweep(probs, slices)
+    return choose_threshold(errors), choose_seed_threshold(seeds, parent_seed), errors, seeds
+
+
 def _held_out_probabilities(ckpt: Checkpoint, val: Sequence[LabelledSlice],
                             options: FinetuneOptions) -> list[np.ndarray]:
     """The model's boundary probability of each held-out slice (already normalised), one model for all."""
@@ -232,16 +247,8 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
     probs = _held_out_probabilities(ckpt, val, options) if val else []  # once: calibration and kept metrics
     if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
-        from ..calibration import choose_threshold, pixel_error_by_threshold
-
-        errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
-                                          np.concatenate([s.label.ravel() for s in val]),
-                                          mask=np.concatenate([(s.mask if s.mask is not None
-                                                                else np.ones_like(s.label)).ravel() for s in val]))
-        threshold = choose_threshold(errors)
+        threshold, ckpt.seed_threshold, errors, seeds = calibrate_thresholds(probs, val, parent.seed_threshold)
         how = f"recalibrated on {labelled} held-out corrected pixels"
-        seeds = seed_threshold_sweep(probs, val)
-        ckpt.seed_threshold = choose_seed_threshold(seeds, parent.seed_threshold)
         provenance = {**provenance, "threshold_sweep": errors, "seed_threshold_sweep": seeds}
     else:
         ckpt.seed_threshold = parent.seed_threshold
