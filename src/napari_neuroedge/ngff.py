@@ -27,10 +27,10 @@ import numpy as np
 
 from .atomic import OutputExistsError, atomic_dir
 from .inference.sinks import chunks_for
+from .io import nm_per_unit
 
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
 _BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
-_UNIT_NM = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "angstrom": 0.1}
 _WRITING: dict[str, Path] = {}  # resolved final path -> temporary folder of the NGFF images being written here
 
 
@@ -194,7 +194,7 @@ def open_ngff_level0(group: Any) -> tuple[Any, tuple[float, ...] | None] | None:
     for i, ax in enumerate(axes):
         ax = ax if isinstance(ax, dict) else {"name": ax}
         if ax.get("name") in ("z", "y", "x"):
-            factor = _UNIT_NM.get(ax.get("unit", ""))
+            factor = nm_per_unit(ax.get("unit", ""))
             voxel.append(float(scale[i]) * factor if scale is not None and factor else float("nan"))
     return data, (tuple(voxel) if voxel and not all(v != v for v in voxel) else None)
 

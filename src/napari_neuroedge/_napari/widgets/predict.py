@@ -85,16 +85,23 @@ def describe_model(ckpt: Any) -> str:
 
 
 def voxel_size_nm(layer: Any) -> tuple[float, ...] | None:
-    """The layer's voxel size in nm per axis (its scale, where its units or the reader's metadata say nm or
-    um), or None where nothing states it: the scale of the on-disk OME-Zarr outputs."""
-    from .export import pixel_size_of
+    """The layer's voxel size in nm per axis, NaN where nothing states it (None: no axis): the voxel size the
+    NeuroEdge reader stored (its NaN stays NaN: the reader shows it as scale 1), else the layer's scale on the
+    axes whose unit is a length (:func:`~napari_neuroedge.io.nm_per_unit`). The scale of the on-disk OME-Zarr
+    outputs."""
+    from ...io import nm_per_unit
 
-    yx, unit = pixel_size_of(layer)
-    factor = {"nm": 1.0, "um": 1e3, "\u00b5m": 1e3}.get(unit)
-    if factor is None:
-        return None
-    scale = [float(s) for s in layer.scale]
-    return tuple(v * factor for v in scale[:-2] + [float(v) for v in yx])
+    nan = float("nan")
+    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+    stored = meta.get("voxel_size")
+    if stored is not None:
+        out = [float(v) if float(v) > 0 else nan for v in list(stored)[-layer.ndim:]]
+        out = [nan] * (layer.ndim - len(out)) + out
+    else:
+        units = [str(u) for u in (getattr(layer, "units", None) or ())]
+        factors = [nm_per_unit(u) for u in units] if len(units) == layer.ndim else [None] * layer.ndim
+        out = [float(s) * f if f else nan for s, f in zip(layer.scale, factors)]
+    return tuple(out) if any(v == v for v in out) else None
 
 
 def _rgb_advice() -> str:
