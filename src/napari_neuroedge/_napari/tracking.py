@@ -13,6 +13,10 @@ model provenance of the prediction shown / corrected), ``slice_threshold`` (slic
 threshold), ``threshold`` (the last prediction's), ``reference`` (slice -> the prediction the user corrected,
 kept when they first edited or marked the slice, so a later prediction does not change what "corrected" means).
 Slices are ints (0 for a 2D image).
+
+:func:`track_viewer` connects the paint events (and undo / redo) of every membrane and ignore layer of a viewer:
+the bookkeeping above, the session's ``corrections_changed`` / ``slices_painted`` signals, and the per-slice
+summary rows of :func:`cached_rows`, dropped only for the slices a stroke changed.
 """
 
 from __future__ import annotations
@@ -274,10 +278,10 @@ def attach_tracking(layer: Any, session: Any) -> None:
 
     layer.events.paint.connect(lambda event: changed(slices_from_paint(event, layer_ref().ndim)))
     for name in ("undo", "redo"):  # napari emits no event for them: wrap the layer's own methods
-        method = getattr(layer, name, None)
-        if callable(method):
-            def wrapped(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
-                out = _method(*args, **kwargs)
+        if callable(getattr(type(layer), name, None)):
+            def wrapped(*args: Any, _name: str = name, **kwargs: Any) -> Any:
+                lay = layer_ref()  # (not the bound method: the layer would hold itself)
+                out = getattr(type(lay), _name)(lay, *args, **kwargs)
                 changed(None)
                 return out
 
