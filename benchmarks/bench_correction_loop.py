@@ -142,12 +142,12 @@ def pretrain_peer(args: argparse.Namespace, minutes: float) -> Any:
     """smp Unet(resnet18) trained from scratch with our from-scratch recipe on ISBI 0-19 (synthetic with
     --quick) for ``minutes`` of wall time, thresholds calibrated on those slices like our parent's."""
     import bench_peer
-    from napari_neuroedge.calibration import choose_threshold, pixel_error_by_threshold
+    from napari_neuroedge.config import SEED_THRESHOLD
     from napari_neuroedge.inference.predict import TorchPredictor, predict_array
     from napari_neuroedge.models.checkpoint import load_checkpoint
     from napari_neuroedge.progress import drive
     from napari_neuroedge.training.dataset import load_isbi, slices_from_arrays
-    from napari_neuroedge.training.finetune import seed_threshold_sweep
+    from napari_neuroedge.training.finetune import calibrate_thresholds
     from napari_neuroedge.training.loop import _IDENTITY_NORM, iter_fit
 
     base, source = bench_peer.recipe()
@@ -173,11 +173,8 @@ def pretrain_peer(args: argparse.Namespace, minutes: float) -> Any:
     ckpt.optimizer = None
     predictor = TorchPredictor(ckpt.build(), "cpu")
     probs = [predict_array(s.image, predictor, norm=_IDENTITY_NORM) for s in train]
-    errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
-                                      np.concatenate([s.label.ravel() for s in train]))
-    ckpt.threshold = choose_threshold(errors)
-    seeds = seed_threshold_sweep(probs, train)
-    ckpt.seed_threshold = min(seeds, key=lambda t: (seeds[t], abs(t - 0.3)))
+    # the fine-tune's own calibration (ties of the seed sweep go to the default seed threshold, the parent's here)
+    ckpt.threshold, ckpt.seed_threshold, _, _ = calibrate_thresholds(probs, train, SEED_THRESHOLD)
     ckpt.provenance.update({"pretrain_steps": result.steps, "pretrain_minutes": minutes,
                             "calibrated_on": data})
     print(f"  [peer] {result.steps} steps; threshold {ckpt.threshold:g}, seed threshold {ckpt.seed_threshold:g} "

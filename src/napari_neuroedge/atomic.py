@@ -64,20 +64,29 @@ def atomic_path(dest: str | Path, suffix: str | None = None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_dir(dest: str | Path) -> Iterator[Path]:
+def atomic_dir(dest: str | Path, commit: Callable[[Path], None] | None = None,
+               beside: str | Path | None = None) -> Iterator[Path]:
     """Yield a not-yet-existing temporary folder path beside ``dest`` (a zarr store, say); on success it is
-    renamed to ``dest``, on error deleted. ``dest`` must not exist (checked first and again before the rename)."""
+    renamed to ``dest``, on error deleted. ``dest`` must not exist (checked first and again before the rename).
+
+    ``commit(tmp)``, when given, publishes the finished folder instead of that rename (e.g. into a store another
+    writer has not finished yet): it moves ``tmp`` or raises. ``beside``: the folder to make the temporary one in
+    (default ``dest``'s parent, which is then created)."""
     dest = Path(dest)
     if dest.exists():
         raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent))
+    folder = dest.parent if beside is None else Path(beside)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".part", dir=folder))
     shutil.rmtree(tmp)
     try:
         yield tmp
-        if dest.exists():
+        if commit is not None:
+            commit(tmp)
+        elif dest.exists():
             raise OutputExistsError(f"{dest} already exists; choose another name (nothing was overwritten)")
-        os.rename(tmp, dest)
+        else:
+            os.rename(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -77,7 +77,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.slices and len(stack.shape) != 3:
         raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
     ckpt = load_checkpoint(args.model)
-    _resolve_threshold(args, ckpt)
+    if args.threshold is None and not args.quiet and float(ckpt.threshold) != 0.5:  # the pipeline applies it
+        print(f"membrane threshold {float(ckpt.threshold):g} (calibrated, from the model)", file=sys.stderr)
     request = PredictionRequest(model=ckpt, tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch),
                                 tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
                                 threshold=args.threshold, seed_threshold=args.seed_threshold,
@@ -106,16 +107,6 @@ def _slice_list(spec: str | None, stack: Any) -> list[int] | None:
     from .inference.predict import parse_slices
 
     return list(parse_slices(spec, stack.shape[0])) if spec and len(stack.shape) == 3 else None
-
-
-def _resolve_threshold(args: argparse.Namespace, ckpt: Any) -> None:
-    """``--threshold`` if given, else the model's calibrated membrane threshold (0.5 unless calibrated)."""
-    if args.threshold is None:
-        args.threshold = float(ckpt.threshold)
-        if not args.quiet and args.threshold != 0.5:
-            print(f"membrane threshold {args.threshold:g} (calibrated, from the model)", file=sys.stderr)
-    if getattr(args, "seed_threshold", 0) is None:
-        args.seed_threshold = float(ckpt.seed_threshold)
 
 
 # -------------------------------------------------------------------------------------------- train / finetune

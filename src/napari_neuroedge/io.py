@@ -21,6 +21,14 @@ from .atomic import OutputExistsError, atomic_dir, atomic_path
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32", "float64")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+#: nm per unit, for every spelling a file (OME-XML, ImageJ, NGFF) or a napari layer uses
+NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "\\u00B5m": 1e3, "micron": 1e3,
+               "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "angstrom": 0.1, "\u00c5": 0.1}
+
+
+def nm_per_unit(unit: Any, default: float | None = None) -> float | None:
+    """How many nm one ``unit`` is (:data:`NM_PER_UNIT`; ``default`` for anything else, e.g. "pixel")."""
+    return NM_PER_UNIT.get(str(unit), default)
 
 
 class InputError(ValueError):
@@ -126,12 +134,11 @@ def _tiff_voxel_size(tif: Any) -> tuple[float, ...] | None:
 
             root = ET.fromstring(tif.ome_metadata)
             pixels = next(el for el in root.iter() if el.tag.endswith("Pixels"))
-            scale = {"nm": 1.0, "µm": 1e3, "um": 1e3, "mm": 1e6}
             out = []
             for ax in ("Z", "Y", "X"):
                 val = pixels.get(f"PhysicalSize{ax}")
                 unit = pixels.get(f"PhysicalSize{ax}Unit", "µm")
-                out.append(float(val) * scale.get(unit, 1e3) if val else float("nan"))
+                out.append(float(val) * nm_per_unit(unit, 1e3) if val else float("nan"))
             if not all(np.isnan(out)):
                 return tuple(out)
         ij = tif.imagej_metadata
@@ -139,7 +146,7 @@ def _tiff_voxel_size(tif: Any) -> tuple[float, ...] | None:
         if ij is not None and "XResolution" in page.tags:
             num, den = page.tags["XResolution"].value
             unit = str(ij.get("unit", "micron"))
-            factor = {"nm": 1.0, "nanometer": 1.0, "micron": 1e3, "um": 1e3, "µm": 1e3, "\\u00B5m": 1e3}.get(unit, 1e3)
+            factor = nm_per_unit(unit, 1e3)
             xy = den / num * factor if num else float("nan")
             z = float(ij.get("spacing", float("nan"))) * factor
             return (z, xy, xy)
@@ -245,7 +252,8 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
     path = Path(path)
     if path.exists():
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-    from .ngff import is_ome_zarr_path, open_ngff_output, slice_chunks
+    from .inference.sinks import chunks_for
+    from .ngff import is_ome_zarr_path, open_ngff_output
 
     if is_ome_zarr_path(path):
         with open_ngff_output(path, shape, dtype, chunks, voxel_size, downsample, label) as arr:
@@ -255,7 +263,7 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
         import zarr
 
         with atomic_dir(path) as tmp:
-            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks or slice_chunks(shape), dtype=dtype)
+            arr = zarr.open(str(tmp), mode="w-", shape=shape, chunks=chunks or chunks_for(shape), dtype=dtype)
             if voxel_size is not None:
                 arr.attrs["voxel_size"] = list(voxel_size)
             yield arr

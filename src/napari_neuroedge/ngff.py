@@ -19,19 +19,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .atomic import OutputExistsError, atomic_dir
+from .inference.sinks import chunks_for
+from .io import nm_per_unit
 
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
 _BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
-_UNIT_NM = {"nanometer": 1.0, "micrometer": 1e3, "millimeter": 1e6, "angstrom": 0.1}
 _WRITING: dict[str, Path] = {}  # resolved final path -> temporary folder of the NGFF images being written here
 
 
@@ -57,11 +56,6 @@ def check_label_paths(outputs: list[str | Path | None]) -> None:
 def is_ome_zarr_path(path: str | Path) -> bool:
     """True for a path ending in ``.ome.zarr`` or a label inside one (``IMAGE.ome.zarr/labels/NAME``)."""
     return str(path).rstrip("/").lower().endswith(".ome.zarr") or label_of(path) is not None
-
-
-def slice_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Default zarr chunks: one slice deep, up to 1024 x 1024 px."""
-    return (1,) * (len(shape) - 2) + tuple(min(int(s), 1024) for s in shape[-2:])
 
 
 def _axes(ndim: int) -> list[str]:
@@ -132,10 +126,11 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
         raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
     if downsample not in ("nearest", "mean"):
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
-    chunks = chunks or slice_chunks(shape)
+    chunks = chunks or chunks_for(shape)
     inside = label_of(path)
     key = str(path.resolve())
-    with atomic_dir(path) if inside is None else _label_dir(path, *inside, tuple(shape)) as tmp:
+    commit = None if inside is None else _label_commit(path, *inside, tuple(shape))
+    with atomic_dir(path, commit, beside=None if inside is None else inside[0].parent) as tmp:
         _WRITING[key] = tmp
         try:
             group = zarr.open_group(str(tmp), mode="w-")
@@ -148,18 +143,14 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
             _WRITING.pop(key, None)
 
 
-@contextlib.contextmanager
-def _label_dir(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> Iterator[Path]:
-    """Like :func:`atomic_dir` for ``IMAGE/labels/NAME``: a temporary folder beside ``image`` that is moved to
-    ``labels/NAME`` of the image (or of its temporary folder while this process still writes it) and listed in
+def _label_commit(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> Callable[[Path], None]:
+    """The :func:`~napari_neuroedge.atomic.atomic_dir` commit of ``IMAGE/labels/NAME``: move the finished folder
+    to ``labels/NAME`` of the image (or of its temporary folder while this process still writes it) and list it in
     ``labels``' metadata. The image must then be an NGFF 0.5 image of the same ``shape``."""
-    import zarr
 
-    image.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{image.name}.{name}.", suffix=".part", dir=image.parent))
-    shutil.rmtree(tmp)
-    try:
-        yield tmp
+    def commit(tmp: Path) -> None:
+        import zarr
+
         base = _WRITING.get(str(image.resolve()))  # still being written: its level 0 is there, metadata not yet
         ome = {} if base is not None or not image.exists() else dict(zarr.open_group(str(image), mode="r").attrs)
         if base is None and not ome.get("ome", {}).get("multiscales"):
@@ -178,9 +169,8 @@ def _label_dir(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> It
         meta = dict(labels.attrs.get("ome", {}))
         meta.update(version=ome.get("ome", {}).get("version", "0.5"), labels=[*meta.get("labels", []), name])
         labels.attrs["ome"] = meta
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    return commit
 
 
 def ngff_multiscales(attrs: Any) -> list[dict[str, Any]] | None:
@@ -204,7 +194,7 @@ def open_ngff_level0(group: Any) -> tuple[Any, tuple[float, ...] | None] | None:
     for i, ax in enumerate(axes):
         ax = ax if isinstance(ax, dict) else {"name": ax}
         if ax.get("name") in ("z", "y", "x"):
-            factor = _UNIT_NM.get(ax.get("unit", ""))
+            factor = nm_per_unit(ax.get("unit", ""))
             voxel.append(float(scale[i]) * factor if scale is not None and factor else float("nan"))
     return data, (tuple(voxel) if voxel and not all(v != v for v in voxel) else None)
 

@@ -171,3 +171,25 @@ def test_seed_threshold_moves_only_on_a_difference_the_held_out_pixels_resolve()
     clear = {0.2: 0.031, 0.3: 0.026, 0.4: 0.020}
     assert choose_seed_threshold(clear, 0.3) == 0.4  # a real difference moves it
     assert choose_seed_threshold({0.2: 0.01, 0.4: 0.01}, 0.3) == 0.2  # equidistant ties: the more cautious seed
+
+
+def test_calibrate_thresholds_uses_only_labelled_pixels_and_the_tie_rule():
+    """calibrate_thresholds (finalise's and the benchmark peer's calibration): the membrane threshold with no
+    error on the labelled pixels, a wrong region under mask 0 ignored; the seed by choose_seed_threshold."""
+    from napari_neuroedge.training.finetune import (calibrate_thresholds, choose_seed_threshold,
+                                                    seed_threshold_sweep)
+    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.training.dataset import LabelledSlice
+
+    stack = synthetic_em((1, 96, 96), cell_size=24, seed=5)
+    label = (stack.membrane[0] > 0).astype(np.uint8)
+    prob = np.where(label > 0, 0.72, 0.18).astype(np.float32)
+    prob[:20] = 1.0 - prob[:20]  # wrong everywhere in the top rows...
+    mask = np.ones_like(label)
+    mask[:20] = 0  # ...which are not labelled
+    sl = LabelledSlice(np.zeros(label.shape, np.float32), label, mask)
+    thr, seed, errors, seeds = calibrate_thresholds([prob], [sl], 0.3)
+    assert 0.18 < thr <= 0.72 and errors[thr] == 0.0
+    assert seeds == seed_threshold_sweep([prob], [sl]) and seed == choose_seed_threshold(seeds, 0.3)
+    unmasked = calibrate_thresholds([prob], [LabelledSlice(sl.image, label)], 0.3)[2]
+    assert unmasked[thr] > 0.05  # the masked rows would count otherwise

@@ -131,3 +131,35 @@ def test_atomic_bytes_and_unique_names(tmp_path):
     assert p.read_bytes() == b"1"
     assert unique_path(p).name == "a-1.json"
     assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
+    """atomic_dir(commit=...): the hook publishes the finished folder (here into another folder); when it refuses,
+    the temporary folder (made ``beside``) is deleted and the destination's parent was never created."""
+    from napari_neuroedge.atomic import atomic_dir
+
+    dest, elsewhere = tmp_path / "image" / "labels" / "x", tmp_path / "published"
+    with atomic_dir(dest, commit=lambda tmp: tmp.rename(elsewhere), beside=tmp_path) as tmp:
+        tmp.mkdir()
+        (tmp / "a").write_bytes(b"1")
+    assert (elsewhere / "a").read_bytes() == b"1" and not (tmp_path / "image").exists()
+
+    def refuse(tmp):
+        raise ValueError("not an image")
+
+    with pytest.raises(ValueError, match="not an image"):
+        with atomic_dir(dest, commit=refuse, beside=tmp_path) as tmp:
+            tmp.mkdir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["published"]
+
+
+@pytest.mark.parametrize("name", ["c.zarr", "c.ome.zarr"])
+def test_zarr_outputs_default_to_the_one_chunk_shape(tmp_path, name):
+    """Plain and OME-Zarr outputs take sinks.chunks_for: one slice deep, at most 1024 px in y and x."""
+    from napari_neuroedge.inference.sinks import chunks_for
+
+    assert chunks_for((3, 2500, 700)) == (1, 1024, 700) and chunks_for((0, 5)) == (1, 5)
+    with open_output(tmp_path / name, (3, 2500, 700), np.uint8) as out:
+        out[0, :2, :2] = 1
+    arr = zarr.open_array(str(tmp_path / name / "0") if name.endswith(".ome.zarr") else str(tmp_path / name), mode="r")
+    assert tuple(arr.chunks) == (1, 1024, 700)

@@ -275,3 +275,82 @@ def test_difference_view_keeps_the_prediction_that_was_corrected(qtbot, predicte
     import tifffile
 
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "set" / pred), before)
+
+
+def _count_reads(monkeypatch):
+    """Record the slices whose label / ignore / prediction the summaries read (training_data.slice_arrays)."""
+    from napari_neuroedge._napari import training_data
+
+    reads: list[int] = []
+    real = training_data.slice_arrays
+
+    def counting(viewer, membranes, z):
+        reads.append(int(z))
+        return real(viewer, membranes, z)
+
+    monkeypatch.setattr(training_data, "slice_arrays", counting)
+    return reads
+
+
+def _fresh_summary(viewer, mem):
+    """The summary text computed from scratch (no cached rows)."""
+    from napari_neuroedge._napari.training_data import viewer_summary
+
+    tracking.drop_rows(mem)
+    return viewer_summary(viewer, mem).text
+
+
+def test_a_stroke_rereads_only_the_slice_it_painted(qtbot, predicted, monkeypatch):
+    """Export and Fine-tune share per-slice rows: after a stroke on slice 1 only slice 1 is read again (once, for
+    both summaries); an undo reads them all again; the summaries always equal one computed from scratch."""
+    viewer, panel, mem = predicted
+    reads = _count_reads(monkeypatch)
+    for z in range(3):
+        mem.paint((z, *_cell_pixel(mem, z)), 1)
+    qtbot.waitUntil(lambda: "3 corrected slice(s)" in panel.export.info.text()
+                    and "3 corrected slice(s)" in panel.finetune.data_label.text(), timeout=3000)
+    assert sorted(reads) == [0, 1, 2]  # one read per slice for the two summaries together
+    reads.clear()
+    mem.brush_size = 5
+    mem.paint((1, *_cell_pixel(mem, 1)), 1)
+    qtbot.wait(700)  # both debounced summaries ran
+    assert reads == [1]
+    shown = panel.export.info.text()
+    assert shown.endswith(_fresh_summary(viewer, mem)) and panel.finetune.data_label.text().startswith(
+        "Will train on " + _fresh_summary(viewer, mem))
+    reads.clear()
+    mem.undo()  # napari says nothing about an undo: tracking drops every row of the layer
+    qtbot.wait(700)
+    assert sorted(reads) == [0, 1, 2]
+    assert panel.export.info.text() != shown and panel.export.info.text().endswith(_fresh_summary(viewer, mem))
+
+
+def test_any_ignore_layer_is_tracked_without_recomputing_differences(qtbot, predicted, monkeypatch):
+    """An ignore layer the user made (not Correct's button) is tracked: a stroke on it re-reads only its slice,
+    and recomputes no difference map; a membrane stroke recomputes the difference of its own slice only."""
+    from napari_neuroedge._napari.widgets import correct
+
+    viewer, panel, mem = predicted
+    for z in range(3):
+        mem.paint((z, *_cell_pixel(mem, z)), 1)
+    panel.correct.diff_check.setChecked(True)
+    ignore = viewer.add_labels(np.zeros(mem.data.shape, np.uint8), name="em ignore", scale=mem.scale,
+                               translate=mem.translate)
+    qtbot.wait(700)
+    reads = _count_reads(monkeypatch)
+    diffs: list[list[int]] = []
+    real = correct.update_difference
+    monkeypatch.setattr(correct, "update_difference",
+                        lambda v, m, slices=None, create=True: diffs.append(sorted(slices)) or real(v, m, slices, create))
+    ignore.brush_size = 15
+    ignore.paint((2, 40, 50), 1)
+    qtbot.wait(700)
+    assert reads == [2] and diffs == []
+    row = [line for line in panel.export.info.text().splitlines() if line.startswith("  slice 2:")][0]
+    labelled = float(np.mean(np.asarray(ignore.data[2]) == 0))
+    assert 0.9 < labelled < 1.0 and row.startswith(f"  slice 2: {labelled:.0%} labelled")
+    assert panel.export.info.text().endswith(_fresh_summary(viewer, mem))
+    reads.clear()
+    mem.paint((0, *_cell_pixel(mem, 0)), 1)
+    qtbot.wait(700)
+    assert reads == [0] and diffs == [[0]]

@@ -78,3 +78,14 @@ def test_working_arrays_get_the_layers_voxel_size_in_nm(make_napari_viewer):
     assert voxel_size_nm(nm) == (40.0, 4.0, 4.0)
     np.testing.assert_allclose(voxel_size_nm(um), (40.0, 4.0, 4.0))
     assert voxel_size_nm(plain) is None
+    # a TIFF whose z spacing is unknown: the reader shows z as scale 1 (in "nm"); the outputs keep it unknown
+    from napari_neuroedge._napari.reader import stack_layer_data
+    from napari_neuroedge.io import EMStack
+
+    data, kwargs, _ = stack_layer_data(EMStack(img, (float("nan"), 4.0, 4.0), "x.tif"))
+    no_z = viewer.add_image(data, **kwargs)
+    assert list(no_z.scale) == [1.0, 4.0, 4.0]
+    got = voxel_size_nm(no_z)
+    assert got[1:] == (4.0, 4.0) and got[0] != got[0]  # NaN, not 1 nm
+    mixed = voxel_size_nm(viewer.add_image(img, scale=(2.0, 5.0, 5.0), units=("pixel", "nm", "nm")))
+    assert mixed[1:] == (5.0, 5.0) and mixed[0] != mixed[0]  # 2 pixels is no length

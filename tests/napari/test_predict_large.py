@@ -17,7 +17,9 @@ import pytest
 import torch
 import zarr
 
+from napari_neuroedge import workstore
 from napari_neuroedge._napari import lazy_outputs, tracking
+from napari_neuroedge.inference import sinks
 from napari_neuroedge.config import NormConfig
 
 TILE = 64
@@ -27,8 +29,8 @@ TILE = 64
 def lazy_env(monkeypatch, tmp_path) -> Path:
     """Everything above 1000 voxels is 'large'; output folders go to tmp_path/cache."""
     cache = tmp_path / "cache"
-    monkeypatch.setenv(lazy_outputs.ENV_LAZY_VOXELS, "1000")
-    monkeypatch.setenv(lazy_outputs.ENV_CACHE_DIR, str(cache))
+    monkeypatch.setenv(workstore.ENV_LAZY_VOXELS, "1000")
+    monkeypatch.setenv(workstore.ENV_CACHE_DIR, str(cache))
     return cache
 
 
@@ -95,17 +97,17 @@ def _is_zarr(data) -> bool:
 # ---------------------------------------------------------------------------------------------- Qt-free units
 
 def test_lazy_decision_and_chunks(monkeypatch, tmp_path):
-    monkeypatch.delenv(lazy_outputs.ENV_LAZY_VOXELS, raising=False)
-    assert lazy_outputs.lazy_voxels() == 256 * 2**20
+    monkeypatch.delenv(workstore.ENV_LAZY_VOXELS, raising=False)
+    assert workstore.lazy_voxels() == 256 * 2**20
     small = np.zeros((3, 96, 112), np.uint8)
-    assert not lazy_outputs.wants_lazy(small)  # in memory and small: plain numpy layers
-    assert lazy_outputs.wants_lazy(_memmap_input(tmp_path, small))  # memory-mapped: always lazy
-    monkeypatch.setenv(lazy_outputs.ENV_LAZY_VOXELS, "32256")  # = 3 * 96 * 112
-    assert not lazy_outputs.wants_lazy(small)
-    monkeypatch.setenv(lazy_outputs.ENV_LAZY_VOXELS, "32255")
-    assert lazy_outputs.wants_lazy(small)
-    assert lazy_outputs.chunks_for((5, 3000, 700)) == (1, 1024, 700)
-    assert lazy_outputs.chunks_for((2048, 100)) == (1024, 100)
+    assert not workstore.wants_lazy(small)  # in memory and small: plain numpy layers
+    assert workstore.wants_lazy(_memmap_input(tmp_path, small))  # memory-mapped: always lazy
+    monkeypatch.setenv(workstore.ENV_LAZY_VOXELS, "32256")  # = 3 * 96 * 112
+    assert not workstore.wants_lazy(small)
+    monkeypatch.setenv(workstore.ENV_LAZY_VOXELS, "32255")
+    assert workstore.wants_lazy(small)
+    assert sinks.chunks_for((5, 3000, 700)) == (1, 1024, 700)
+    assert sinks.chunks_for((2048, 100)) == (1024, 100)
 
 
 class _Recorder:
@@ -125,8 +127,7 @@ class _Recorder:
 def test_band_sink_writes_each_chunk_once():
     src = np.arange(2 * 10 * 7, dtype=np.float32).reshape(2, 10, 7)
     rec = _Recorder((2, 10, 7))
-    seen = []
-    sink = lazy_outputs.BandSink(rec, also=lambda key, block: seen.append((key, block.copy())))
+    sink = sinks.BandSink(rec)
     for z, bands in ((0, [(0, 3), (3, 5), (5, 10)]), (1, [(0, 6), (6, 10)])):
         for y0, y1 in bands:  # iter_predict's order: top to bottom, bands of any height
             sink[z, y0:y1, :] = src[z, y0:y1]
@@ -135,12 +136,9 @@ def test_band_sink_writes_each_chunk_once():
     # chunk rows [0,4) [4,8) [8,10) x chunk columns [0,4) [4,7): 6 writes per slice, each chunk once
     per_slice = [(0, 4, 0, 4), (0, 4, 4, 7), (4, 8, 0, 4), (4, 8, 4, 7), (8, 10, 0, 4), (8, 10, 4, 7)]
     assert rec.log == [(z, *w) for z in (0, 1) for w in per_slice]
-    assert len(seen) == 12
-    for key, block in seen:
-        np.testing.assert_array_equal(block, src[key])
     # a write that does not continue the buffered rows flushes them first (nothing lost, nothing reordered)
     rec2 = _Recorder((2, 10, 7))
-    sink2 = lazy_outputs.BandSink(rec2)
+    sink2 = sinks.BandSink(rec2)
     sink2[1, 0:2, :] = src[1, 0:2]
     sink2[0, 5:7, :] = src[0, 5:7]
     sink2.flush()
@@ -151,7 +149,7 @@ def test_band_sink_writes_each_chunk_once():
 
 
 def test_output_store_create_discard_close(tmp_path):
-    store = lazy_outputs.OutputStore(tmp_path)
+    store = workstore.OutputStore(tmp_path)
     assert store.root is None  # nothing on disk until used
     a = store.create((3, 10, 12), np.uint8, "em membranes")
     b = store.create((10, 12), np.float32, "x")
@@ -162,11 +160,11 @@ def test_output_store_create_discard_close(tmp_path):
     assert root is not None and root.parent == tmp_path and len(list(root.iterdir())) == 2
     store.discard(a)
     assert len(list(root.iterdir())) == 1 and not store.owns(a)
-    lazy_outputs.copy_slices(np.full((1, 10, 12), 0.5, np.float32), b, [(0, None)])
+    sinks.copy_slices(np.full((1, 10, 12), 0.5, np.float32), b, [(0, None)])
     assert float(np.asarray(b).sum()) == pytest.approx(60.0)
     store.close()
     assert not root.exists()
-    with pytest.raises(lazy_outputs.StoreClosedError):
+    with pytest.raises(workstore.StoreClosedError):
         store.create((2, 2), np.uint8)
 
 
@@ -202,7 +200,7 @@ def test_peak_memory_does_not_scale_with_the_volume(tmp_path):
     yy, xx = np.mgrid[:2048, :2048]
     for z in range(2):
         vol[z] = ((xx * (3 + z) + yy * 7) % 251).astype(np.uint8)
-    store = lazy_outputs.OutputStore(tmp_path / "cache")
+    store = workstore.OutputStore(tmp_path / "cache")
     session = _StubSession()
 
     def run(slices):
@@ -214,7 +212,7 @@ def test_peak_memory_does_not_scale_with_the_volume(tmp_path):
     try:
         run_small = drive(predict_job(np.asarray(vol[:, :64, :64]), [0, 1], False, "w", session, "conv", "cpu", 64,
                                       0.25, 1, False, 0.5, False, store))  # warm-up: imports are not counted
-        lazy_outputs.discard(store, run_small.arrays())
+        workstore.discard(store, run_small.arrays())
         peaks = {}
         for slices in ([1], [0, 1]):
             tracemalloc.start()
@@ -222,7 +220,7 @@ def test_peak_memory_does_not_scale_with_the_volume(tmp_path):
                 result = run(slices)
                 if len(slices) == 1:  # what the GUI then does: copy the slice into the layer's array
                     target = store.create(shape, np.float32, "layer")
-                    lazy_outputs.copy_slices(result.prob, target, [(0, 1)])
+                    sinks.copy_slices(result.prob, target, [(0, 1)])
                 peaks[len(slices)] = tracemalloc.get_traced_memory()[1]
             finally:
                 tracemalloc.stop()
@@ -261,13 +259,13 @@ def test_slice_folder_is_read_once_per_slice(tmp_path, monkeypatch):
     reads: list[str] = []
     real = io._imread_2d
     monkeypatch.setattr(io, "_imread_2d", lambda path: reads.append(Path(path).name) or real(path))
-    store = lazy_outputs.OutputStore(tmp_path / "cache")
+    store = workstore.OutputStore(tmp_path / "cache")
     result = drive(predict_job(data, [0, 1, 2], False, "f", _StubSession(), "conv", "cpu", 32, 0.25, 1, False,
                                0.5, False, store))  # 2 x 2 tiles of 32 px per slice
     assert reads == ["s00.tif", "s01.tif", "s02.tif"]
     ref = _reference_conv(stack)
     np.testing.assert_allclose(np.asarray(result.prob), ref, atol=1e-5)
-    cache = lazy_outputs.SliceCache(stack)
+    cache = sinks.SliceCache(stack)
     np.testing.assert_array_equal(cache[1, 3:7, -5:], stack[1, 3:7, -5:])
     np.testing.assert_array_equal(cache[-1], stack[2])
     np.testing.assert_array_equal(cache[0:2, 1], stack[0:2, 1])

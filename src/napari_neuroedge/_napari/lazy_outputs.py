@@ -1,9 +1,9 @@
 """The viewer's disk-backed output layers: one :class:`~napari_neuroedge.workstore.OutputStore` per widget session.
 
 The store itself, the decision when outputs go to disk and the staged prediction live in the Qt-free core
-(:mod:`napari_neuroedge.workstore`, :mod:`napari_neuroedge.inference.sinks`); they are re-exported here for the
-widgets. What is left is the GUI glue: :func:`store_for` ties a store to a session and deletes its folder when
-the viewer's window closes (or at interpreter exit). This module imports neither Qt nor napari.
+(:mod:`napari_neuroedge.workstore`, :mod:`napari_neuroedge.inference.sinks`). This is the GUI glue only:
+:func:`store_for` ties a store to a session and deletes its folder when the viewer's window closes (or at
+interpreter exit). This module imports neither Qt nor napari.
 """
 
 from __future__ import annotations
@@ -11,13 +11,9 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ..inference.sinks import CHUNK, BandSink, SliceCache, chunks_for, copy_slices, readable
-from ..workstore import (ENV_CACHE_DIR, ENV_LAZY_VOXELS, LAZY_VOXELS, OutputStore, Staged, StoreClosedError,
-                         cache_dir, discard, is_in_memory, lazy_voxels, wants_lazy)
+from ..workstore import OutputStore
 
-__all__ = ["CHUNK", "ENV_CACHE_DIR", "ENV_LAZY_VOXELS", "LAZY_VOXELS", "BandSink", "OutputStore", "SliceCache",
-           "Staged", "StoreClosedError", "cache_dir", "chunks_for", "copy_slices", "discard", "is_in_memory",
-           "lazy_voxels", "readable", "store_for", "wants_lazy"]
+__all__ = ["store_for"]
 
 _STORES: weakref.WeakKeyDictionary[Any, OutputStore] = weakref.WeakKeyDictionary()
 

@@ -38,7 +38,8 @@ class Session(QObject):
 
     models_changed = Signal()
     model_selected = Signal(str)  # display name
-    corrections_changed = Signal(str)  # membrane layer name
+    corrections_changed = Signal(str)  # membrane layer name: its training data changed
+    slices_painted = Signal(str, object)  # membrane layer name, the slices whose labels the user changed (list)
     exported = Signal(str)  # training-set folder
 
     def __init__(self, viewer: Any) -> None:
@@ -199,4 +200,7 @@ def get_session(viewer: Any) -> Session:
     if session is None:
         session = Session(viewer)
         _SESSIONS[viewer] = session
+        from .tracking import track_viewer
+
+        track_viewer(viewer, session)
     return session

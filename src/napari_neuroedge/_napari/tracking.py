@@ -13,6 +13,10 @@ model provenance of the prediction shown / corrected), ``slice_threshold`` (slic
 threshold), ``threshold`` (the last prediction's), ``reference`` (slice -> the prediction the user corrected,
 kept when they first edited or marked the slice, so a later prediction does not change what "corrected" means).
 Slices are ints (0 for a 2D image).
+
+:func:`track_viewer` connects the paint events (and undo / redo) of every membrane and ignore layer of a viewer:
+the bookkeeping above, the session's ``corrections_changed`` / ``slices_painted`` signals, and the per-slice
+summary rows of :func:`cached_rows`, dropped only for the slices a stroke changed.
 """
 
 from __future__ import annotations
@@ -174,44 +178,134 @@ def forget_slices(membranes: Any, slices: Any) -> None:
         meta[name] -= zs
     for z in zs:
         meta["reference"].pop(z, None)
+    drop_rows(membranes, zs)
 
 
+def take_as_corrected(viewer: Any, membranes: Any, slices: Any, scratch_too: bool) -> set[int]:
+    """Make ``slices`` training data: keep their current prediction as the one corrected and mark them corrected.
+    A slice never predicted is scratch (its labels are not a corrected prediction) and is marked corrected only
+    with ``scratch_too`` (the user said its labels are ground truth everywhere). Returns the scratch slices."""
+    meta = info(membranes)
+    zs = set(slices)
+    if viewer is not None:
+        remember_reference(viewer, membranes, zs)
+    scratch = zs - meta["predicted"]
+    meta["scratch"] |= scratch
+    meta["corrected"] |= zs if scratch_too else zs - scratch
+    return scratch
+
+
+def has_role(layer: Any, role: str) -> bool:
+    """Whether ``layer`` is the plugin's ``role`` layer: by its metadata, or by its name suffix when it has none."""
+    own = info_role(layer)
+    return own == role or (own == "" and str(layer.name).endswith(SUFFIXES[role]))
+
+
+# ---------------------------------------------------------------- per-slice rows, and what drops them
+_ROWS: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
+
+
+def cached_rows(membranes: Any) -> dict[int, Any]:
+    """{slice: value} derived from a membrane layer's slice, its ignore paint and the prediction it corrects
+    (``training_data`` keeps the summary rows here, shared by Export and Fine-tune); a paint or erase stroke on
+    the layer or on its ignore layer, an undo / redo and a new prediction drop the slices they change."""
+    return _ROWS.setdefault(membranes, {})
+
+
+def drop_rows(membranes: Any, slices: Any = None) -> None:
+    """Forget the cached rows of ``slices`` of ``membranes`` (all when None)."""
+    rows = _ROWS.get(membranes)
+    if rows is None:
+        return
+    if slices is None:
+        rows.clear()
+    for z in slices or ():
+        rows.pop(z, None)
+
+
+# ---------------------------------------------------------------- paint tracking
 _TRACKED: weakref.WeakSet[Any] = weakref.WeakSet()  # layers whose paint events are connected
 
 
+def _membranes_of(viewer: Any, layer: Any) -> Any:
+    """The membrane layer whose training data ``layer`` (a membrane or ignore layer) is, or None."""
+    if has_role(layer, "membranes"):
+        return layer
+    image = image_of(viewer, layer) if viewer is not None else None
+    return companion(viewer, image.name, "membranes") if image is not None else None
+
+
 def attach_tracking(layer: Any, session: Any) -> None:
-    """Track the user's paint/erase/fill on a membrane layer: an edited slice that was predicted becomes edited +
-    corrected (its prediction kept as the reference); one that was never predicted becomes edited + scratch,
-    NOT corrected (a warning says so): one stroke on an empty slice is not a corrected slice."""
-    if layer in _TRACKED:
+    """Track the user's paint/erase/fill (and undo / redo) on a membrane or ignore Labels layer.
+
+    Membrane layer: an edited slice that was predicted becomes edited + corrected (its prediction kept as the
+    reference); one that was never predicted becomes edited + scratch, NOT corrected (a warning says so): one
+    stroke on an empty slice is not a corrected slice. ``session.slices_painted`` says which slices changed.
+    Ignore layer (whoever made it): the training data of the painted slices changed. Either way the cached rows of
+    the painted slices are dropped and ``session.corrections_changed`` is emitted with the membrane layer's name.
+    """
+    if layer in _TRACKED or not hasattr(getattr(layer, "events", None), "paint"):
         return
     _TRACKED.add(layer)
     session_ref = weakref.ref(session)
     layer_ref = weakref.ref(layer)
 
-    def on_paint(event: Any) -> None:
-        lay = layer_ref()
+    def changed(zs: set[int] | None) -> None:
+        """``zs`` (None: unknown, e.g. an undo) of the layer changed."""
+        lay, sess = layer_ref(), session_ref()
         if lay is None:
             return
-        zs = slices_from_paint(event, lay.ndim)
-        m = info(lay)
-        new = zs - m["edited"]
-        sess = session_ref()
-        if sess is not None and sess.viewer is not None:
-            remember_reference(sess.viewer, lay, new)
-        m["edited"] |= zs
-        scratch = new - m["predicted"]
-        m["corrected"] |= new - scratch
-        m["scratch"] |= scratch
-        if scratch:
-            from ._qt_utils import notify
+        viewer = sess.viewer if sess is not None else None
+        membranes = _membranes_of(viewer, lay)
+        if membranes is None:
+            return
+        drop_rows(membranes, zs)
+        if lay is membranes:
+            m = info(lay)
+            if zs is not None:
+                new = zs - m["edited"]
+                m["edited"] |= zs
+                scratch = take_as_corrected(viewer, lay, new, scratch_too=False)
+                if scratch:
+                    from ._qt_utils import notify
 
-            notify(f"Slice {', '.join(map(str, sorted(scratch)))} was never predicted: not marked corrected "
-                   "(see Correct).", "warning")
+                    notify(f"Slice {', '.join(map(str, sorted(scratch)))} was never predicted: not marked "
+                           "corrected (see Correct).", "warning")
+            if sess is not None:
+                sess.slices_painted.emit(lay.name, sorted(m["edited"] if zs is None else zs))
         if sess is not None:
-            sess.corrections_changed.emit(lay.name)
+            sess.corrections_changed.emit(membranes.name)
 
-    layer.events.paint.connect(on_paint)
+    layer.events.paint.connect(lambda event: changed(slices_from_paint(event, layer_ref().ndim)))
+    for name in ("undo", "redo"):  # napari emits no event for them: wrap the layer's own methods
+        if callable(getattr(type(layer), name, None)):
+            def wrapped(*args: Any, _name: str = name, **kwargs: Any) -> Any:
+                lay = layer_ref()  # (not the bound method: the layer would hold itself)
+                out = getattr(type(lay), _name)(lay, *args, **kwargs)
+                changed(None)
+                return out
+
+            setattr(layer, name, wrapped)
+
+
+def track_viewer(viewer: Any, session: Any) -> None:
+    """Track every membrane and ignore Labels layer of ``viewer`` (:func:`attach_tracking`): those there now,
+    those added later, and a layer renamed into one (e.g. a new Labels layer renamed '<image> ignore')."""
+    session_ref = weakref.ref(session)
+
+    def consider(layer: Any) -> None:
+        sess = session_ref()
+        if sess is not None and (has_role(layer, "membranes") or has_role(layer, "ignore")):
+            attach_tracking(layer, sess)
+
+    def watch(layer: Any) -> None:
+        consider(layer)
+        layer_ref = weakref.ref(layer)
+        layer.events.name.connect(lambda _event: (lambda lay: lay is not None and consider(lay))(layer_ref()))
+
+    for layer in list(viewer.layers):
+        watch(layer)
+    viewer.layers.events.inserted.connect(lambda event: watch(event.value))
 
 
 def membrane_colormap(extra: dict[int, Any] | None = None) -> Any:

@@ -83,22 +83,39 @@ def _compose(what: str, rows: list[dict[str, Any]], scratch: set[Any], warnings:
     return "\n".join(lines)
 
 
+def slice_row(viewer: Any, membranes: Any, z: int, arrays: Any = None) -> dict[str, Any]:
+    """The :func:`~napari_neuroedge.training.finetune.describe_row` of slice ``z``, cached per slice in
+    :func:`.tracking.cached_rows` (shared by Export and Fine-tune): a stroke re-reads only the slice it painted.
+
+    ``arrays``: the slice's label, mask and prediction already read (the row is then computed from them)."""
+    from ..training.finetune import describe_row
+
+    image = tracking.image_of(viewer, membranes)
+    ignore = tracking.companion(viewer, image.name, "ignore") if image is not None else None
+    key = None if ignore is None else (id(ignore), tuple(ignore.data.shape))  # an ignore layer added or replaced
+    cache = tracking.cached_rows(membranes)
+    hit = cache.get(z)
+    if arrays is None and hit is not None and hit[0] == key:
+        return hit[1]
+    a = arrays if arrays is not None else slice_arrays(viewer, membranes, z)
+    row = describe_row(z, a.label, a.mask, None if a.prediction is None else a.prediction != a.label)
+    cache[z] = (key, row)
+    return row
+
+
 def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> Summary:
     """The corrected slices of a membrane layer as Export / Fine-tune will take them, and what is left out
     (``text`` continues a sentence such as "Will export ").
 
-    ``arrays``: {slice: object with label, mask, prediction} already read (else read with :func:`slice_arrays`).
+    ``arrays``: {slice: object with label, mask, prediction} already read (else cached rows, see
+    :func:`slice_row`).
     """
-    from ..training.finetune import describe_slice, slice_warnings
+    from ..training.finetune import rows_warnings
 
     meta = tracking.info(membranes)
     out = Summary(slices=sorted(meta["corrected"]))
-    for z in out.slices:
-        arrays_z = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
-        corrected = None if arrays_z.prediction is None else arrays_z.prediction != arrays_z.label
-        row = {"slice": z, **describe_slice(arrays_z.label, arrays_z.mask, corrected)}
-        out.rows.append(row)
-        out.warnings += slice_warnings(f"slice {z}", row)
+    out.rows = [slice_row(viewer, membranes, z, (arrays or {}).get(z)) for z in out.slices]
+    out.warnings = rows_warnings(out.rows)
     left_out = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
     if left_out:
         out.notes.append(f"Not included: slice {', '.join(map(str, left_out))}, painted but never predicted (mark "
@@ -115,7 +132,7 @@ def folder_summary(folder: str | Path) -> Summary:
     import tifffile
 
     from ..training.dataset import read_manifest
-    from ..training.finetune import describe_slice, slice_warnings
+    from ..training.finetune import describe_row, rows_warnings
 
     folder = Path(folder)
     items = read_manifest(folder)["items"]
@@ -124,9 +141,8 @@ def folder_summary(folder: str | Path) -> Summary:
         label = (tifffile.imread(folder / item["label"]) > 0).astype(np.uint8)
         mask = tifffile.imread(folder / item["mask"]) if item.get("mask") else None
         pred = (tifffile.imread(folder / item["prediction"]) > 0) if item.get("prediction") else None
-        row = {"slice": name, **describe_slice(label, mask, None if pred is None else pred != label)}
-        out.rows.append(row)
-        out.warnings += slice_warnings(f"slice {name}", row)
+        out.rows.append(describe_row(name, label, mask, None if pred is None else pred != label))
+    out.warnings = rows_warnings(out.rows)
     pixels = sum(r["pixels"] for r in out.rows)
     out.text = _compose(f"{len(items)} exported slice(s) in {folder.name}, {pixels:,} labelled pixels:", out.rows,
                         set(), out.warnings, out.notes)

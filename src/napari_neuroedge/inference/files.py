@@ -10,7 +10,6 @@ the membranes from it with the pipeline's :func:`~.pipeline.threshold_into`.
 from __future__ import annotations
 
 import contextlib
-import tempfile
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,8 +19,8 @@ import numpy as np
 
 from ..config import TTAConfig
 from ..progress import Progress, ProgressEvent
-from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model,
-                       output_shape, threshold_into)
+from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model, output_shape,
+                       scratch_probability, threshold_into)
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,7 @@ def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFile
                           output(files.variance, np.float32, False),
                           output(files.instances, instance_dtype(tuple(vol.shape)), True))
         if plan.probability is None and files.overlay is not None:  # the overlay shows it: keep it on disk
-            folder = ctx.enter_context(tempfile.TemporaryDirectory(prefix="neuroedge-prob-"))
-            plan.probability = np.lib.format.open_memmap(Path(folder) / "prob.npy", "w+", np.float32, shape)
+            plan.probability = scratch_probability(ctx, shape)
         outcome = yield from iter_run(vol, replace(request, slices=zs), plan)
         if files.overlay is not None:
             write_stack_overlay(files.overlay, vol, plan.probability, zs, outcome.threshold, name)

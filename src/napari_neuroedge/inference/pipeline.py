@@ -113,11 +113,12 @@ def load_request_model(request: PredictionRequest) -> Any:
     return request.model if hasattr(request.model, "build") else load_checkpoint(request.model)
 
 
-def prepare(request: PredictionRequest, variance: bool = False, checkpoint: Any = None) -> Prepared:
-    """Load the model (unless the request has a predictor, or ``checkpoint`` is it, loaded) and resolve device,
-    precision and thresholds. ``variance``: the predictor must also return the TTA variance (channel 1).
+def prepare(request: PredictionRequest, checkpoint: Any, variance: bool = False) -> Prepared:
+    """Build the predictor and resolve device, precision and thresholds. ``checkpoint``: the request's model,
+    loaded (:func:`load_request_model`; None when the request brings its own predictor). ``variance``: the
+    predictor must also return the TTA variance (channel 1).
     """
-    ckpt = None
+    ckpt = checkpoint
     if request.predictor is not None:
         predictor = request.predictor
         if variance and int(getattr(predictor, "out_channels", 1)) < 2:
@@ -128,7 +129,6 @@ def prepare(request: PredictionRequest, variance: bool = False, checkpoint: Any 
 
         if variance and request.tta.n < 2:
             raise ValueError("the TTA variance needs TTA 6 or 8 (it is the variance over the TTA transforms)")
-        ckpt = checkpoint if checkpoint is not None else load_request_model(request)
         device = resolve_device(request.device)
         if request.threads > 0 and device.type == "cpu":
             import torch
@@ -149,6 +149,13 @@ def output_shape(volume_shape: Sequence[int], slices: Sequence[int] | None) -> t
         return tuple(int(s) for s in volume_shape)
     k = len(parse_slices(slices, int(volume_shape[0])))
     return (k, int(volume_shape[-2]), int(volume_shape[-1]))
+
+
+def scratch_probability(stack: contextlib.ExitStack, shape: Sequence[int]) -> np.ndarray:
+    """A zero float32 array of ``shape`` in a temporary ``.npy`` file, deleted when ``stack`` closes: a
+    probability read back after the prediction (instances, overlay) without holding the volume in memory."""
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="neuroedge-prob-"))
+    return np.lib.format.open_memmap(Path(folder) / "prob.npy", "w+", np.float32, tuple(shape))
 
 
 def threshold_into(prob: Any, membranes: Any, threshold: float, band: int = 1024) -> None:
@@ -207,7 +214,7 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
 
         arch = arch_display_name(getattr(ckpt, "arch", "model"))
         yield ProgressEvent(0, 0, f"building {arch} on {resolve_device(request.device).type}")
-    prep = prepare(request, variance=outputs.variance is not None, checkpoint=ckpt)
+    prep = prepare(request, ckpt, variance=outputs.variance is not None)
     predictor = OOMFallback(prep.predictor)
     notes = predictor.notes
     device = str(getattr(prep.predictor, "describe", lambda: "")() or "")
@@ -216,8 +223,7 @@ def iter_run(volume: Any, request: PredictionRequest, outputs: OutputPlan
     with contextlib.ExitStack() as scratch:
         prob = outputs.probability
         if prob is None and outputs.instances is not None:  # instances read the probability back: keep it on disk
-            folder = scratch.enter_context(tempfile.TemporaryDirectory(prefix="neuroedge-prob-"))
-            prob = np.lib.format.open_memmap(Path(folder) / "prob.npy", "w+", np.float32, shape)
+            prob = scratch_probability(scratch, shape)
         flush: list[BandSink] = []
         first = [_band_sink(prob, outputs.check, flush)] if prob is not None else []
         if outputs.membranes is not None:

@@ -18,9 +18,10 @@ import numpy as np
 CHUNK = 1024  # px: default (y, x) chunk side of chunked outputs; stacks use (1, CHUNK, CHUNK)
 
 
-def chunks_for(shape: Sequence[int]) -> tuple[int, ...]:
-    """Output chunks: one slice deep, at most CHUNK x CHUNK in (y, x)."""
-    yx = tuple(max(1, min(int(s), CHUNK)) for s in shape[-2:])
+def chunks_for(shape: Sequence[int], chunk: int = CHUNK) -> tuple[int, ...]:
+    """The default chunks of every zarr output (plain, OME-Zarr, the viewer's work store): one slice deep, at
+    most ``chunk`` x ``chunk`` px in (y, x)."""
+    yx = tuple(max(1, min(int(s), chunk)) for s in shape[-2:])
     return (1,) * (len(shape) - 2) + yx
 
 
@@ -62,14 +63,13 @@ class BandSink:
     """Array-like sink that writes whole rows of chunks to a chunked (zarr) ``target``.
 
     Rows are buffered (one reused buffer of one row of chunks) until a chunk row is complete, then written chunk
-    by chunk; ``check()`` runs before every write (e.g. to refuse writing into a deleted folder) and
-    ``also(key, block)`` after it with each written block and its index. A write that does not continue the
-    buffered rows flushes them first, so any write order stays correct. Call :meth:`flush` at the end.
+    by chunk; ``check()`` runs before every write (e.g. to refuse writing into a deleted folder). A write that does
+    not continue the buffered rows flushes them first, so any write order stays correct. Call :meth:`flush` at the
+    end.
     """
 
-    def __init__(self, target: Any, check: Callable[[], None] | None = None,
-                 also: Callable[[tuple[Any, ...], np.ndarray], None] | None = None) -> None:
-        self.target, self.check, self.also = target, check, also
+    def __init__(self, target: Any, check: Callable[[], None] | None = None) -> None:
+        self.target, self.check = target, check
         self.shape = tuple(int(s) for s in target.shape)
         self.ndim = len(self.shape)
         self.dtype = np.dtype(target.dtype)
@@ -90,8 +90,6 @@ class BandSink:
             x1 = min(x0 + self.col, width)
             block = rows[:, x0:x1] if (x0, x1) != (0, width) else rows
             self.target[(*lead, slice(y0, y1), slice(x0, x1))] = block
-            if self.also is not None:
-                self.also((*lead, slice(y0, y1), slice(x0, x1)), block)
 
     def flush(self) -> None:
         """Write whatever rows are buffered."""

@@ -143,17 +143,24 @@ def slice_warnings(name: str, row: dict[str, Any]) -> list[str]:
     return out
 
 
+def describe_row(name: Any, label: np.ndarray, mask: np.ndarray | None = None,
+                 corrected: np.ndarray | None = None, **extra: Any) -> dict[str, Any]:
+    """The :func:`describe_slice` row of one slice, with its ``slice`` name (and ``extra`` keys) first."""
+    return {"slice": name, **extra, **describe_slice(label, mask, corrected)}
+
+
+def rows_warnings(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The :func:`slice_warnings` of :func:`describe_row` rows, in order."""
+    return [w for row in rows
+            for w in slice_warnings(f"slice {'?' if row['slice'] is None else row['slice']}", row)]
+
+
 def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
-    """What a fine-tune will train on: one :func:`describe_slice` row per slice (with its ``slice`` and
-    ``source``) and the :func:`slice_warnings` of all of them."""
-    warnings: list[str] = []
-    rows = []
-    for sl in slices:
-        row = {"slice": sl.meta.get("slice"), "source": sl.meta.get("source"),
-               **describe_slice(sl.label, sl.mask, sl.corrected)}
-        rows.append(row)
-        warnings += slice_warnings(f"slice {sl.meta.get('slice', '?')}", row)
-    return {"slices": rows, "warnings": warnings}
+    """What a fine-tune will train on: one :func:`describe_row` per slice (with its ``slice`` and ``source``)
+    and the :func:`slice_warnings` of all of them."""
+    rows = [describe_row(sl.meta.get("slice"), sl.label, sl.mask, sl.corrected, source=sl.meta.get("source"))
+            for sl in slices]
+    return {"slices": rows, "warnings": rows_warnings(rows)}
 
 
 #: Held-out Rand errors within this fraction of the lowest (or 1e-4) are ties: a few hundred rows cannot tell them
@@ -179,6 +186,21 @@ def seed_threshold_sweep(probs: Sequence[np.ndarray], val: Sequence[LabelledSlic
     gts = [instances_from_membrane(s.label) for s in val]
     return {float(t): float(np.mean([rand_error(instances_from_probability(p, t), g) for p, g in zip(probs, gts)]))
             for t in thresholds}
+
+
+def calibrate_thresholds(probs: Sequence[np.ndarray], slices: Sequence[LabelledSlice], parent_seed: float
+                         ) -> tuple[float, float, dict[float, float], dict[float, float]]:
+    """(membrane threshold, seed threshold, pixel error by threshold, Rand error by seed threshold) of the
+    probabilities ``probs`` against the labels of ``slices`` (only their labelled pixels): the membrane threshold
+    with the lowest pixel error, the seed threshold by :func:`choose_seed_threshold` (ties go to ``parent_seed``)."""
+    from ..calibration import choose_threshold, pixel_error_by_threshold
+
+    errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
+                                      np.concatenate([s.label.ravel() for s in slices]),
+                                      mask=np.concatenate([(s.mask if s.mask is not None
+                                                            else np.ones_like(s.label)).ravel() for s in slices]))
+    seeds = seed_threshold_sweep(probs, slices)
+    return choose_threshold(errors), choose_seed_threshold(seeds, parent_seed), errors, seeds
 
 
 def _held_out_probabilities(ckpt: Checkpoint, val: Sequence[LabelledSlice],
@@ -225,16 +247,8 @@ def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSl
     labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
     probs = _held_out_probabilities(ckpt, val, options) if val else []  # once: calibration and kept metrics
     if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
-        from ..calibration import choose_threshold, pixel_error_by_threshold
-
-        errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
-                                          np.concatenate([s.label.ravel() for s in val]),
-                                          mask=np.concatenate([(s.mask if s.mask is not None
-                                                                else np.ones_like(s.label)).ravel() for s in val]))
-        threshold = choose_threshold(errors)
+        threshold, ckpt.seed_threshold, errors, seeds = calibrate_thresholds(probs, val, parent.seed_threshold)
         how = f"recalibrated on {labelled} held-out corrected pixels"
-        seeds = seed_threshold_sweep(probs, val)
-        ckpt.seed_threshold = choose_seed_threshold(seeds, parent.seed_threshold)
         provenance = {**provenance, "threshold_sweep": errors, "seed_threshold_sweep": seeds}
     else:
         ckpt.seed_threshold = parent.seed_threshold

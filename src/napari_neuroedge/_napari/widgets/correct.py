@@ -34,8 +34,7 @@ _KEY_BOUND: weakref.WeakSet[Any] = weakref.WeakSet()  # membrane layers with the
 
 
 def _is_membrane_layer(layer: Any) -> bool:
-    role = tracking.info_role(layer)
-    return role == "membranes" or (role == "" and layer.name.endswith(tracking.SUFFIXES["membranes"]))
+    return tracking.has_role(layer, "membranes")
 
 
 def prediction_of(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
@@ -182,6 +181,7 @@ class CorrectWidget(NeuroEdgeWidget):
         self.slice_list.itemDoubleClicked.connect(self._on_item_double_clicked)
         self.membranes_combo.currentIndexChanged.connect(lambda *_: self.refresh())
         self.session.corrections_changed.connect(self._on_corrections_changed)
+        self.session.slices_painted.connect(self._on_slices_painted)
         self.refresh()
 
     # ------------------------------------------------------------------ helpers
@@ -241,14 +241,17 @@ class CorrectWidget(NeuroEdgeWidget):
             layer = self.membranes(quiet=True)
         if layer is not None and layer.name == name:
             self.refresh()
-            if self.diff_check.isChecked():
-                # napari emits ``paint`` just before it writes the pixels: update once the stroke has landed
-                QTimer.singleShot(0, self._update_difference_later)
 
-    def _update_difference_later(self) -> None:
+    def _on_slices_painted(self, name: str, slices: list[int]) -> None:
+        """The user changed the labels of ``slices``: their difference to the prediction (not all slices')."""
+        if self.diff_check.isChecked():
+            # napari emits ``paint`` just before it writes the pixels: update once the stroke has landed
+            QTimer.singleShot(0, lambda: self._update_difference_later(name, slices))
+
+    def _update_difference_later(self, name: str, slices: list[int]) -> None:
         layer = self.membranes(quiet=True)
-        if layer is not None and self.diff_check.isChecked():
-            update_difference(self.viewer, layer, tracking.info(layer)["edited"], create=True)
+        if layer is not None and layer.name == name and self.diff_check.isChecked():
+            update_difference(self.viewer, layer, slices, create=True)
 
     def _on_item_changed(self, item: QListWidgetItem) -> None:
         layer = self.membranes(quiet=True)
@@ -302,10 +305,7 @@ class CorrectWidget(NeuroEdgeWidget):
         corrected; on a never-predicted slice the notification and the summary say what marking means."""
         meta = tracking.info(layer)
         if corrected:
-            tracking.remember_reference(self.viewer, layer, [z])
-            if z not in meta["predicted"]:
-                meta["scratch"].add(z)
-            meta["corrected"].add(z)
+            tracking.take_as_corrected(self.viewer, layer, [z], scratch_too=True)
         else:
             meta["corrected"].discard(z)
         self.session.corrections_changed.emit(layer.name)
@@ -365,14 +365,7 @@ class CorrectWidget(NeuroEdgeWidget):
                                             metadata={tracking.KEY: {"role": "ignore", "image": image.name}})
             meta = tracking.info(ignore)
             meta["role"], meta["image"] = "ignore", image.name
-            session_ref, name = weakref.ref(self.session), layer.name
-
-            def on_paint(_event: Any) -> None:  # the training data changed: Export and Fine-tune re-list it
-                session = session_ref()
-                if session is not None:
-                    session.corrections_changed.emit(name)
-
-            ignore.events.paint.connect(on_paint)
+        tracking.attach_tracking(ignore, self.session)  # painting it changes the training data: Export, Fine-tune
         self.viewer.layers.selection.active = ignore
         ignore.selected_label = 1
         ignore.brush_size = 15

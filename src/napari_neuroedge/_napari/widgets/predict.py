@@ -25,6 +25,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ...config import SEED_THRESHOLD
+from ...inference.sinks import copy_slices, readable
+from ...workstore import OutputStore, discard, wants_lazy
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
 from ..session import LOAD_CHECKPOINT
@@ -83,16 +85,23 @@ def describe_model(ckpt: Any) -> str:
 
 
 def voxel_size_nm(layer: Any) -> tuple[float, ...] | None:
-    """The layer's voxel size in nm per axis (its scale, where its units or the reader's metadata say nm or
-    um), or None where nothing states it: the scale of the on-disk OME-Zarr outputs."""
-    from .export import pixel_size_of
+    """The layer's voxel size in nm per axis, NaN where nothing states it (None: no axis): the voxel size the
+    NeuroEdge reader stored (its NaN stays NaN: the reader shows it as scale 1), else the layer's scale on the
+    axes whose unit is a length (:func:`~napari_neuroedge.io.nm_per_unit`). The scale of the on-disk OME-Zarr
+    outputs."""
+    from ...io import nm_per_unit
 
-    yx, unit = pixel_size_of(layer)
-    factor = {"nm": 1.0, "um": 1e3, "\u00b5m": 1e3}.get(unit)
-    if factor is None:
-        return None
-    scale = [float(s) for s in layer.scale]
-    return tuple(v * factor for v in scale[:-2] + [float(v) for v in yx])
+    nan = float("nan")
+    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
+    stored = meta.get("voxel_size")
+    if stored is not None:
+        out = [float(v) if float(v) > 0 else nan for v in list(stored)[-layer.ndim:]]
+        out = [nan] * (layer.ndim - len(out)) + out
+    else:
+        units = [str(u) for u in (getattr(layer, "units", None) or ())]
+        factors = [nm_per_unit(u) for u in units] if len(units) == layer.ndim else [None] * layer.ndim
+        out = [float(s) * f if f else nan for s, f in zip(layer.scale, factors)]
+    return tuple(out) if any(v == v for v in out) else None
 
 
 def _rgb_advice() -> str:
@@ -114,7 +123,7 @@ def _model_file(session: Any, model_name: str) -> str:
 
 def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
                 device_name: str, tile: int, context: int, tta: int, uncertainty: bool, threshold: float,
-                instances: bool, store: lazy_outputs.OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD,
+                instances: bool, store: OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD,
                 voxel_size: tuple[float, ...] | None = None):
     """Generator (runs in the worker): the widget's settings as a core :class:`PredictionRequest`, run by the
     core pipeline; returns a :class:`PredictResult`.
@@ -141,7 +150,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
                                 tta=TTAConfig(n=tta), device=str(device), threshold=threshold,
                                 seed_threshold=seed_threshold, slices=None if is_2d else list(slices),
                                 threads=gui_threads())
-    data = lazy_outputs.readable(data)  # a folder of slices: read each file once, not once per tile
+    data = readable(data)  # a folder of slices: read each file once, not once per tile
     done = [0] if is_2d else list(slices)
     if store is not None:
         staged, _ = yield from iter_staged(data, request, store, variance=variance, instances=instances,
@@ -402,7 +411,7 @@ class PredictWidget(JobWidget):
         else:
             slices = list(range(int(data.shape[0])))
         threshold = float(self.threshold_spin.value())
-        store = lazy_outputs.store_for(self.session) if lazy_outputs.wants_lazy(data) else None
+        store = lazy_outputs.store_for(self.session) if wants_lazy(data) else None
         return self.start_job(
             f"Predict {layer.name}", {f"layer:{layer.name}"},
             lambda _job: predict_job(data, slices, is_2d, layer.name, self.session, self.session.selected_model,
@@ -516,21 +525,21 @@ class PredictWidget(JobWidget):
                     keep = [(None, None)] if 0 in skip else []
                 else:
                     keep = [(z, z) for z in sorted(skip)]
-                lazy_outputs.copy_slices(old, arr, keep)  # the user's corrected slices stay
+                copy_slices(old, arr, keep)  # the user's corrected slices stay
                 layer.data = arr
                 self._release(old)
             layer.refresh()
             return layer, created
         layer, created = self._output_layer(image, role, kind, dtype, make=make, **kwargs)
         pairs = [(i, z) for i, z in enumerate(result.slices) if z not in skip]
-        lazy_outputs.copy_slices(arr, layer.data, pairs)
+        copy_slices(arr, layer.data, pairs)
         store.discard(arr)
         layer.refresh()
         return layer, created
 
     def _discard(self, result: PredictResult) -> None:
         if result.lazy:
-            lazy_outputs.discard(lazy_outputs.store_for(self.session), result.arrays())
+            discard(lazy_outputs.store_for(self.session), result.arrays())
 
     def apply_result(self, result: PredictResult) -> list[int]:
         """Write a prediction into the output layers; returns edited slices whose labels were kept."""
@@ -567,6 +576,7 @@ class PredictWidget(JobWidget):
             tracking.forget_slices(membranes, result.slices)
         meta["predicted"] |= set(result.slices)
         meta["threshold"] = result.threshold
+        tracking.drop_rows(membranes)  # a prediction is rare: the summary rows are read again once
         for z in set(result.slices) - keep:  # a kept slice keeps the provenance of the prediction it corrects
             meta["slice_model"][z] = dict(result.model)
             meta["slice_threshold"][z] = result.threshold

@@ -11,6 +11,7 @@ import numpy as np
 
 from ...config import NormConfig, TileConfig
 from ..normalize import slice_stats
+from ..pipeline import output_shape
 from ..predict import parse_slices
 from ..stitch import stitch_region
 from ..tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
@@ -81,6 +82,6 @@ def _make_plan(volume: Any, model: Any, tile: TileConfig | None, norm: NormConfi
     if not tile.context:  # the model's measured receptive context, fixed here so every worker tiles alike
         tile = replace(tile, context=int(info.get("context") or DEFAULT_CONTEXT))
     zs: tuple[int | None, ...] = (None,) if vol.ndim == 2 else tuple(parse_slices(slices, int(vol.shape[0])))
-    out_shape = tuple(int(s) for s in vol.shape) if vol.ndim == 2 else (len(zs), *(int(s) for s in vol.shape[1:]))
+    out_shape = output_shape(vol.shape, None if vol.ndim == 2 else zs)
     plan = _Plan(ref, source, zs, tile, norm, int(info.get("multiple", 1)), int(info.get("out_channels", 1)))
     return plan, out_shape
