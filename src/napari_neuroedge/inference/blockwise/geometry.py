@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..sinks import CHUNK, chunks_for
 from ..tiling import TileGrid, tiles_in_range
 
-DEFAULT_CHUNK = 1024  # px, output zarr chunk side in y/x
+DEFAULT_CHUNK = CHUNK  # px, output zarr chunk side in y/x (the one default of every zarr output, sinks.CHUNK)
 DEFAULT_BLOCK = 4096  # px, largest task block side in y/x before a slice is split
 
 
@@ -33,8 +34,8 @@ class Block:
 
 
 def default_chunks(shape: Sequence[int], chunk: int = DEFAULT_CHUNK) -> tuple[int, ...]:
-    """Output zarr chunks: one slice deep, ``chunk`` px (or the whole extent) in y and x."""
-    return (1,) * (len(shape) - 2) + tuple(min(int(s), chunk) for s in shape[-2:])
+    """Output zarr chunks: one slice deep, ``chunk`` px (or the whole extent) in y and x (:func:`chunks_for`)."""
+    return chunks_for(shape, chunk)
 
 
 def default_block(shape: Sequence[int], chunks: Sequence[int], target: int = DEFAULT_BLOCK) -> tuple[int, ...]:
