@@ -60,6 +60,15 @@ def test_bench_inference_quick() -> None:
         expected |= {"ours_over_monai_96_tta1", "ours_over_monai_96_tta6", "ours_over_monai_peak_rss"}
     assert expected <= set(ratios), f"missing {expected - set(ratios)}"
     assert "target < 2048 MiB" in out
+    assert "ours_over_floor_huge_tta1" in ratios  # the 9958 x 9959 timing row (320 x 321 in --quick)
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "isbi2012" / "train-volume.tif").exists(),
+                    reason="../shared/data/isbi2012 not found")
+def test_bench_default_model_quick() -> None:
+    out, ratios = run_quick("bench_default_model.py")
+    assert {"default_isbi_pixel", "default_isbi_f1_2px", "default_isbi_rand"} <= set(ratios)
+    assert "| default | isbi | 6 |" in out and "| default | isbi-coarse | 1 |" in out
 
 
 def test_bench_training_quick() -> None:
