@@ -156,14 +156,18 @@ def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt
                  "--quiet"]) == 2
     assert "dicey" in capsys.readouterr().err and not (tmp_path / "u.pt").exists()
     assert main(["train", "--data", str(ds), "--steps", "1", "-o", str(tmp_path / "t.pt"), "--quiet"]) == 2
-    # --init continues from a checkpoint's weights (its architecture wins), --augment sets augmentation fields
-    rc = main(["train", "--init", str(tiny_ckpt), "--data", str(ds), "--steps", "2", "--crop", "48", "--batch", "2",
+    # --init continues from a checkpoint's weights (its architecture and measured context win), --augment sets
+    # augmentation fields
+    with_context = load_checkpoint(tiny_ckpt)
+    with_context.context = 24
+    save_checkpoint(with_context, tmp_path / "ctx.pt")
+    rc = main(["train", "--init", str(tmp_path / "ctx.pt"), "--data", str(ds), "--steps", "2", "--crop", "48", "--batch", "2",
                "--augment", "scale_p=1,gamma_p=0.5,noise_p=0.5", "-o", str(tmp_path / "w.pt"), "--quiet"])
     assert rc == 0
     warm, parent = load_checkpoint(tmp_path / "w.pt"), load_checkpoint(tiny_ckpt)
-    assert (warm.arch, warm.arch_kwargs) == (parent.arch, parent.arch_kwargs)
+    assert (warm.arch, warm.arch_kwargs) == (parent.arch, parent.arch_kwargs) and warm.context == 24
     assert warm.train_config["augment"]["scale_p"] == 1.0 and warm.train_config["augment"]["noise_p"] == 0.5
-    assert warm.provenance["initialised_from"] == str(tiny_ckpt)
+    assert warm.provenance["initialised_from"] == str(tmp_path / "ctx.pt")
     capsys.readouterr()
     assert main(["train", "--data", str(ds), "--steps", "1", "--augment", "zoom=2", "-o", str(tmp_path / "z.pt"),
                  "--quiet"]) == 2

@@ -215,7 +215,9 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     step = step0
 
     def checkpoint(extra: dict[str, Any]) -> Checkpoint:
-        return make_checkpoint(served, arch, arch_kwargs, norm, cfg_dict, {**prov, **extra}, step, opt.state_dict())
+        ckpt = make_checkpoint(served, arch, arch_kwargs, norm, cfg_dict, {**prov, **extra}, step, opt.state_dict())
+        ckpt.context = start.context if start is not None else 0  # the architecture's receptive context carries over
+        return ckpt
 
     finished = False
     saved_step = step0
