@@ -143,7 +143,9 @@ def test_predict_and_evaluate_use_the_models_threshold(tmp_path, stack_and_label
 def test_average_is_the_elementwise_mean_and_resets_threshold(tmp_path):
     a, b, c = _tiny(0), _tiny(1), _tiny(2)
     a = dataclasses.replace(a, threshold=0.6, step=10)
+    b = dataclasses.replace(b, context=48)  # a run that lost its measured context still gets the architecture's
     avg = average_checkpoints([a, b, c], {"note": "x"})
+    assert avg.context == 48
     for k, v in a.state_dict.items():
         if v.is_floating_point():
             torch.testing.assert_close(avg.state_dict[k], (v + b.state_dict[k] + c.state_dict[k]) / 3)

@@ -60,6 +60,12 @@ def test_recipe_inherits_the_parent(parent):
     assert finetune_config(parent, FinetuneOptions(), has_replay=True).replay_fraction == 0.3
     assert cfg.model == "unet" and cfg.model_kwargs == {"base": 4, "depth": 2} and cfg.select == "f1-rand"
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg  # saved beside the checkpoint, read back the same
+    # the parent's elastic/contrast scheme is kept, its transfer augmentation is not (the user's own microscope)
+    parent.train_config = {"augment": {"elastic_p": 0.7, "scale_p": 0.5, "gamma_p": 0.3, "blur_p": 0.2,
+                                       "noise_p": 0.2, "crop": 512}}
+    aug = finetune_config(parent, FinetuneOptions(crop=128), has_replay=False).augment
+    assert aug.elastic_p == 0.7 and aug.crop == 128
+    assert (aug.scale_p, aug.gamma_p, aug.blur_p, aug.noise_p) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_finetune_lowers_loss_and_writes_a_small_honest_model(parent, corrected, tmp_path):

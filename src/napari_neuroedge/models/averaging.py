@@ -25,7 +25,8 @@ def average_checkpoints(ckpts: Sequence[Checkpoint], provenance: dict[str, Any] 
 
     All must share architecture, its arguments, the input normalisation and the tensor names and shapes;
     integer buffers (batch-norm step counters) are taken from the first. The result has no optimiser state,
-    step = the largest step, and threshold 0.5 (calibrate it again: the averaged model is a new model).
+    step = the largest step, the largest measured context, and threshold 0.5 (calibrate it again: the averaged
+    model is a new model).
     """
     if not ckpts:
         raise ValueError("nothing to average: give at least one checkpoint")
@@ -55,8 +56,10 @@ def average_checkpoints(ckpts: Sequence[Checkpoint], provenance: dict[str, Any] 
         else:
             state[key] = value.clone()
     prov = {"versions": library_versions(), **(provenance or {})}
+    # one architecture, so one receptive context: the measured one where only some checkpoints carry it
+    context = max(int(c.context) for c in ckpts)
     return Checkpoint(first.arch, dict(first.arch_kwargs), state, first.norm, first.train_config, prov,
-                      max(c.step for c in ckpts), None, 0.5)
+                      max(c.step for c in ckpts), None, 0.5, context)
 
 
 def interpolate_towards(parent: Checkpoint, child: Checkpoint, parent_weight: float) -> Checkpoint:

@@ -68,6 +68,13 @@ def parent_recipe(parent: Checkpoint) -> tuple[LossConfig, AugmentConfig]:
     return LossConfig(), AugmentConfig()
 
 
+def local_augment(parent: AugmentConfig, crop: int) -> AugmentConfig:
+    """The parent's augmentation for a fine-tune on the user's own slices: its geometric and contrast scheme at
+    ``crop`` px, without the transfer augmentations (pixel size, gamma, blur, noise). Those prepare a released
+    model for microscopes it has not seen; the user's slices come from the microscope the model is fitted to."""
+    return dataclasses.replace(parent, crop=crop, scale_p=0.0, gamma_p=0.0, blur_p=0.0, noise_p=0.0)
+
+
 def finetune_config(parent: Checkpoint, options: FinetuneOptions, has_replay: bool) -> TrainConfig:
     """The TrainConfig of a fine-tune of ``parent``: the same for the button and the CLI given the same options."""
     loss, augment = parent_recipe(parent)
@@ -75,7 +82,7 @@ def finetune_config(parent: Checkpoint, options: FinetuneOptions, has_replay: bo
         model=parent.arch, model_kwargs=dict(parent.arch_kwargs), lr_backbone=options.lr * options.backbone_lr_factor,
         lr_head=options.lr, batch=options.batch, steps=options.steps, val_every=options.val_every,
         seed=options.seed, device=options.device, threads=options.threads, precision=options.precision,
-        loss=options.loss or loss, augment=dataclasses.replace(augment, crop=options.crop), norm=parent.norm,
+        loss=options.loss or loss, augment=local_augment(augment, options.crop), norm=parent.norm,
         replay_fraction=options.replay_fraction if has_replay else 0.0, corrected_weight=options.corrected_weight,
         select="f1-rand", time_limit_s=options.time_limit_s, val_tile=1024, ema_decay=options.ema_decay,
         val_tta=options.val_tta, keep_validated=options.keep_validated)
