@@ -218,3 +218,14 @@ def test_default_tile_plan_runs_a_2048_slice_in_one_pass_when_memory_allows(monk
     monkeypatch.setattr(tile_size, "available_memory", lambda device="cpu": 2 * 2**30)
     small = plan_grid((2048, 2048), TileConfig(), pred)  # fp32 at 2 GiB free: 1024 px tiles at most
     assert small.n_tiles > 1 and max(small.tile_shape) <= 1024
+
+
+def test_large_tiles_are_not_batched_past_the_predictors_pass_size():
+    from napari_neuroedge.inference.predict import TorchPredictor
+    from napari_neuroedge.inference.stitch import tiles_per_pass
+    from napari_neuroedge.models.unet import UNet
+
+    pred = TorchPredictor(UNet(base=4, depth=2), "cpu", precision="fp32")
+    assert tiles_per_pass(4, make_grid(2048, 2048, 512, 80, 16), pred) == 4  # 512^2 tiles: 1 Mpx per pass
+    assert tiles_per_pass(4, make_grid(9958, 9959, 2048, 80, 16), pred) == 1  # 1808^2 tiles: one per pass
+    assert tiles_per_pass(4, make_grid(100, 100, 64, 4), lambda b: b) == 4  # a plain callable: as asked

@@ -17,7 +17,7 @@ import numpy as np
 from ..config import NormConfig, TileConfig, TTAConfig
 from ..progress import Progress, ProgressEvent, drive
 from .normalize import slice_stats
-from .stitch import Predictor, stitch_plane
+from .stitch import Predictor, stitch_plane, tiles_per_pass
 from .tile_size import resolve_tile
 from .tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 
@@ -198,13 +198,14 @@ def iter_predict(volume: Any, predictor: Predictor, sinks: Sequence[Any], *, til
         raise ValueError(f"batch must be >= 1, got {tile.batch}")
     grid = plan_grid(volume.shape, tile, predictor)
     window = blend_window(grid.tile_shape, tile.blend, grid.context)
+    batch = tiles_per_pass(tile.batch, grid, predictor)
     zs: Sequence[int | None] = [None] if volume.ndim == 2 else list(parse_slices(slices, int(volume.shape[0])))
     total = grid.n_tiles * len(zs)
     done = [0]
     for k, z in enumerate(zs):
         plane = PlaneView(volume, z)
         writers = [_plane_writer(s, None if z is None else k) for s in sinks]
-        yield from stitch_plane(plane, predictor, grid, window, tile.batch, slice_stats(plane, norm), writers,
+        yield from stitch_plane(plane, predictor, grid, window, batch, slice_stats(plane, norm), writers,
                                 done, total)
 
 

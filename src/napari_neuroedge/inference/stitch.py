@@ -22,6 +22,16 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 Tile = tuple[int, int]  # (y, x) start of a tile in image coordinates
 
 
+def tiles_per_pass(batch: int, grid: TileGrid, predictor: Any) -> int:
+    """Tiles per predictor call: ``batch``, but no more than the predictor's own limit for tiles of this size
+    (``predictor.batch_limit(tile pixels)``, e.g. 1 Mpx per pass on the CPU), so large auto-sized tiles do not
+    multiply the forward pass's memory by the batch (four 1808^2 tiles would need 2 GiB in bf16)."""
+    limit = getattr(predictor, "batch_limit", None)
+    if callable(limit):
+        return max(1, min(int(batch), int(limit(grid.tile_h * grid.tile_w))))
+    return max(1, int(batch))
+
+
 def row_batches(ys: Sequence[int], xs: Sequence[int], batch: int) -> list[list[Tile]]:
     """Tiles (y, x) in row-major order, cut into batches of at most ``batch`` along each tile row."""
     return [[(ty, tx) for tx in xs[b0:b0 + batch]] for ty in ys for b0 in range(0, len(xs), batch)]

@@ -13,7 +13,7 @@ from ...config import NormConfig, TileConfig
 from ..normalize import slice_stats
 from ..pipeline import output_shape
 from ..predict import parse_slices
-from ..stitch import stitch_region
+from ..stitch import stitch_region, tiles_per_pass
 from ..tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 from .geometry import Block
 from .sources import ModelSpec, PredictorSource, VolumeRef, as_source, cached_predictor, volume_ref
@@ -54,11 +54,12 @@ def compute_block(plan: _Plan, block: Block, stats: Sequence[tuple[float, float]
     predictor = cached_predictor(plan.source)
     grid = plan.grid(vol.shape)
     window = blend_window(grid.tile_shape, plan.tile.blend, grid.context)
+    batch = tiles_per_pass(plan.tile.batch, grid, predictor)
     out = np.empty((plan.n_out, *block.shape), np.float32)
     for i, k in enumerate(range(block.z0, block.z1)):
         plane = PlaneView(vol, plan.zs[k])
-        out[:, i] = stitch_region(plane, predictor, grid, window, plan.tile.batch, stats[i],
-                                        block.y0, block.y1, block.x0, block.x1, plan.n_out)
+        out[:, i] = stitch_region(plane, predictor, grid, window, batch, stats[i],
+                                  block.y0, block.y1, block.x0, block.x1, plan.n_out)
     return out
 
 
