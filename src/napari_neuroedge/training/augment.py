@@ -175,17 +175,25 @@ def elastic_warp(
     """
     h, w = _check_sample(sample)
     yy, xx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-    sy = yy + dy
-    sx = xx + dx
+    return _sample_at(sample, yy + dy, xx + dx)
+
+
+def _sample_at(sample: dict[str, np.ndarray], sy: np.ndarray, sx: np.ndarray,
+               image_sigma: float = 0.0) -> dict[str, np.ndarray]:
+    """Every map of ``sample`` read at source coordinates (``sy``, ``sx``) (float arrays of the output shape,
+    reflective boundaries): ``"image"`` bicubic (after a gaussian low-pass of ``image_sigma`` px if > 0), all
+    other maps nearest-neighbour by rounding and indexing (any dtype, only existing values)."""
+    h, w = _check_sample(sample)
     iy = _reflect_index(np.floor(sy + 0.5).astype(np.int64), h)
     ix = _reflect_index(np.floor(sx + 0.5).astype(np.int64), w)
     out: dict[str, np.ndarray] = {}
     for key, arr in sample.items():
         a = np.asarray(arr)
         if key == IMAGE_KEY:
-            warped = ndimage.map_coordinates(
-                a.astype(np.float32, copy=False), np.stack([sy, sx]), order=3, mode="reflect"
-            )
+            img = a.astype(np.float32, copy=False)
+            if image_sigma > 0:
+                img = ndimage.gaussian_filter(img, image_sigma, mode="reflect")
+            warped = ndimage.map_coordinates(img, np.stack([sy, sx]), order=3, mode="reflect")
             out[key] = warped.astype(a.dtype, copy=False)
         else:
             out[key] = np.ascontiguousarray(a[iy, ix])
@@ -209,20 +217,7 @@ def rescale_sample(sample: dict[str, np.ndarray], size: int) -> dict[str, np.nda
     f = h / size
     pos = (np.arange(size, dtype=np.float64) + 0.5) * f - 0.5
     yy, xx = np.meshgrid(pos, pos, indexing="ij")
-    iy = _reflect_index(np.floor(yy + 0.5).astype(np.int64), h)
-    ix = _reflect_index(np.floor(xx + 0.5).astype(np.int64), w)
-    out: dict[str, np.ndarray] = {}
-    for key, arr in sample.items():
-        a = np.asarray(arr)
-        if key == IMAGE_KEY:
-            img = a.astype(np.float32, copy=False)
-            if f > 1.0:
-                img = ndimage.gaussian_filter(img, 0.5 * np.sqrt(f * f - 1.0), mode="reflect")
-            res = ndimage.map_coordinates(img, np.stack([yy, xx]), order=3, mode="reflect")
-            out[key] = res.astype(a.dtype, copy=False)
-        else:
-            out[key] = np.ascontiguousarray(a[iy, ix])
-    return out
+    return _sample_at(sample, yy, xx, 0.5 * np.sqrt(f * f - 1.0) if f > 1.0 else 0.0)
 
 
 def apply_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
