@@ -411,7 +411,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--model-kwargs", help='JSON, e.g. \'{"base": 32}\'')
         p.add_argument("--resume", help="continue an interrupted run from its last.pt")
         p.add_argument("--init", help="start from these weights (checkpoint path or bundled name) instead of "
-                       "random ones; the architecture, normalisation and threshold come from it")
+                       "random ones; its architecture, normalisation and measured context carry over (calibrate the "
+                       "threshold afterwards)")
         p.add_argument("--augment", help="augmentation settings, e.g. scale_p=0.5,gamma_p=0.3,blur_p=0.2,noise_p=0.2 "
                        "(fields of AugmentConfig; the others keep their values)")
     p.add_argument("--steps", type=int)
