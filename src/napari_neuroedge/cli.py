@@ -399,7 +399,7 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
                    "(non-zero = membrane); training windows are read lazily from both")
     p.add_argument("--windows", type=int, default=64, help="with --labels: how many windows to sample (64)")
     p.add_argument("--window", type=int, default=512, help="with --labels: window size in px (512)")
-    p.add_argument("--train-slices", help="slices of --data to train on, e.g. 0:20 (default: all)")
+    p.add_argument("--train-slices", help="slices of --data to train on, e.g. 0:20 or 0:20,25:30 (default: all)")
     p.add_argument("--val-data", help="folder for validation slices (default: --data)")
     p.add_argument("--val-slices", help="slices used for validation, e.g. 20:25 (default: none)")
     p.add_argument("-o", "--output", required=True, help="checkpoint to write (.pt; never overwritten); the run "

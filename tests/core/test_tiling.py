@@ -141,6 +141,16 @@ def test_slices_selects_and_orders_output():
     np.testing.assert_allclose(out, 2 * vol[2:5], atol=1e-5)
 
 
+def test_slice_spec_joins_ranges_with_commas():
+    from napari_neuroedge.inference.predict import parse_slices
+
+    assert list(parse_slices("0:3, 5:7,-1", 10)) == [0, 1, 2, 5, 6, 9]
+    with pytest.raises(ValueError, match="more than once"):
+        parse_slices("0:3,2", 10)
+    with pytest.raises(ValueError, match="select nothing"):
+        parse_slices("0:3,12:14", 10)
+
+
 def test_cancel_stops_within_one_batch():
     vol = np.zeros((3, 200, 200), np.float32)
     calls = []

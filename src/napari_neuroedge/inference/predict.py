@@ -134,10 +134,17 @@ SliceSpec = str | slice | Sequence[int] | None
 
 
 def parse_slices(spec: SliceSpec, depth: int) -> Sequence[int]:
-    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed), "i", a slice or
-    a sequence of indices (kept in its order; negatives count from the end)."""
+    """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed), "i", several
+    of these joined by commas ("0:20,25:30", in that order; a slice named twice is an error), a slice or a
+    sequence of indices (kept in its order; negatives count from the end)."""
     if spec is None or spec == "":
         return range(depth)
+    if isinstance(spec, str) and "," in spec:
+        zs = [z for part in spec.split(",") for z in parse_slices(part.strip(), depth)]
+        twice = sorted({z for z in zs if zs.count(z) > 1})
+        if twice:
+            raise ValueError(f"slices {spec!r} name slice(s) {twice} more than once")
+        return zs
     if isinstance(spec, slice):
         return range(depth)[spec]
     if not isinstance(spec, str):
