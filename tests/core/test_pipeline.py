@@ -116,6 +116,37 @@ def test_the_models_thresholds_are_the_default(tmp_path):
                                                                              device="cpu")), prob)
 
 
+def test_a_predictor_cache_reuses_the_prepared_model_and_gives_the_same_result():
+    from napari_neuroedge.inference.predictor_cache import PredictorCache
+    from napari_neuroedge.models.checkpoint import make_checkpoint
+    from napari_neuroedge.models.registry import build_model
+
+    torch.manual_seed(0)
+    ckpt = make_checkpoint(build_model("unet", base=4, depth=2), "unet", {"base": 4, "depth": 2}, NormConfig())
+    built = []
+    original = ckpt.build
+    ckpt.build = lambda: built.append(1) or original()  # count the model builds
+    vol = _volume((1, 48, 48))
+    cache = PredictorCache(size=2)
+    request = PredictionRequest(model=ckpt, tile=TileConfig(tile=48), device="cpu", cache=cache)
+    first, again = predict_probability(vol, request), predict_probability(vol, request)
+    assert len(built) == 1 and len(cache) == 1
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(first, predict_probability(vol, PredictionRequest(
+        model=ckpt, tile=TileConfig(tile=48), device="cpu")))  # uncached: the same numbers
+    assert len(built) == 2
+    # other settings, or a new checkpoint object (a fine-tune's new weights), get their own predictor
+    predict_probability(vol, PredictionRequest(model=ckpt, tile=TileConfig(tile=48), tta=TTAConfig(n=6),
+                                               device="cpu", cache=cache))
+    assert len(built) == 3 and len(cache) == 2
+    other = make_checkpoint(build_model("unet", base=4, depth=2), "unet", {"base": 4, "depth": 2}, NormConfig())
+    assert not np.array_equal(predict_probability(vol, PredictionRequest(
+        model=other, tile=TileConfig(tile=48), device="cpu", cache=cache)), first)
+    assert len(cache) == 2  # bounded: the least recently used entry went
+    predict_probability(vol, request)
+    assert len(built) == 4  # ... and it was the first one
+
+
 def test_cancel_stops_between_tile_batches():
     vol = _volume((3, 64, 64))
     calls = []

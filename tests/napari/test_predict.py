@@ -92,8 +92,12 @@ def test_current_slice_only_and_in_place(qtbot, panel_viewer, waiter, goto):
     assert data[1].max() > 0.5 and data[0].max() == 0 and data[2].max() == 0  # only slice 1 predicted
     n_layers = len(viewer.layers)
     membranes = viewer.layers["em membranes"]
+    assert len(p.session.predictors) == 1
+    [prepared] = p.session.predictors.predictors()
     goto(viewer, image, 2)
     waiter(p.predict())
+    # the second click ran the model the first one prepared (no rebuild, no second copy)
+    assert p.session.predictors.predictors() == [prepared]
     assert len(viewer.layers) == n_layers  # no new layers piled up
     assert viewer.layers["em boundary"] is boundary and viewer.layers["em membranes"] is membranes
     assert np.asarray(boundary.data)[2].max() > 0.5 and np.asarray(boundary.data)[0].max() == 0

@@ -17,6 +17,7 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
+from ..inference.predictor_cache import PredictorCache
 from ._qt_utils import log, notify
 from .workers import JobRunner
 
@@ -55,6 +56,7 @@ class Session(QObject):
         self.predict_widget_ref: Any = lambda: None
         self._cache: dict[tuple[str, float], Any] = {}
         self._cache_lock = threading.Lock()
+        self.predictors = PredictorCache()  # prepared predictors, so a repeated Predict does not rebuild its model
         self._watched: set[int] = set()  # ids of the windows whose closing shuts this session down
         self._on_close: list[Any] = []  # called after the jobs stopped when the window goes (e.g. temp stores)
         self._refresh_bundled()
@@ -136,6 +138,7 @@ class Session(QObject):
     def shutdown(self) -> None:
         """Stop all jobs (the viewer is closing), then run the close callbacks."""
         self.jobs.shutdown(wait=10.0)
+        self.predictors.clear()
         callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
             try:

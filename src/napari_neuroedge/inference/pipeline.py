@@ -47,7 +47,9 @@ class PredictionRequest:
 
     ``threshold``/``seed_threshold``/``norm`` default (None) to the model's (0.5 / 0.3 / percentile for a bare
     predictor). ``slices``: indices of the stack's slices to predict, in output order (None: all; ignored for a
-    2D image). ``threads`` > 0 sets torch's CPU threads (the GUI keeps one core for itself).
+    2D image). ``threads`` > 0 sets torch's CPU threads (the GUI keeps one core for itself). ``cache``: a
+    :class:`~.predictor_cache.PredictorCache` to take the prepared predictor from and keep it in (a long-lived
+    caller predicting again with the same model; None: build it for this run).
     """
 
     model: Any = "default"
@@ -61,6 +63,7 @@ class PredictionRequest:
     slices: Sequence[int] | None = None
     norm: NormConfig | None = None
     threads: int = 0
+    cache: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -135,7 +138,14 @@ def prepare(request: PredictionRequest, checkpoint: Any, variance: bool = False)
 
             torch.set_num_threads(request.threads)
         tta = TTAConfig(n=request.tta.n, variance=variance)
-        predictor = TorchPredictor(ckpt.build(), device, tta=tta, precision=request.precision)
+
+        def build() -> TorchPredictor:
+            return TorchPredictor(ckpt.build(), device, tta=tta, precision=request.precision)
+
+        if request.cache is None:
+            predictor = build()
+        else:
+            predictor = request.cache.get(ckpt, (str(device), request.precision, tta.n, tta.variance), build)
     norm = request.norm or getattr(ckpt, "norm", None) or NormConfig()
     threshold = request.threshold if request.threshold is not None else getattr(ckpt, "threshold", 0.5)
     seed = request.seed_threshold if request.seed_threshold is not None else getattr(

@@ -149,7 +149,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
                                                             batch=4 if device.type == "cuda" else 1),
                                 tta=TTAConfig(n=tta), device=str(device), threshold=threshold,
                                 seed_threshold=seed_threshold, slices=None if is_2d else list(slices),
-                                threads=gui_threads())
+                                threads=gui_threads(), cache=getattr(session, "predictors", None))
     data = readable(data)  # a folder of slices: read each file once, not once per tile
     done = [0] if is_2d else list(slices)
     if store is not None:

@@ -1,0 +1,61 @@
+"""Prepared predictors kept between runs of the same model, so a repeated prediction does not rebuild them.
+
+Building a :class:`~.predict.TorchPredictor` means building the network from the checkpoint's weights, folding
+its batch norms, moving it to the device and, on the CPU, to channels_last: about 0.05 s for the default U-Net
+on an idle core, 0.1 s beside a busy GUI thread, which is a quarter of a 512^2 prediction without TTA. A
+long-lived caller that predicts again and again with the same model (the napari session) keeps one
+:class:`PredictorCache` and passes it in its requests; one-shot callers (the CLI) pass none.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+#: Predictors kept: each holds a copy of its model's weights (8 MB for the default, 100+ MB for large ones).
+CACHE_SIZE = 2
+
+
+class PredictorCache:
+    """A small least-recently-used map (checkpoint object, device, precision, TTA) -> prepared predictor.
+
+    Keys hold the checkpoint *object*, not its path: a checkpoint reloaded from a changed file (a fine-tune's
+    new weights) is a new object and gets a new predictor. Thread-safe; a predictor may be used by one job at a
+    time (the widgets run one prediction at a time).
+    """
+
+    def __init__(self, size: int = CACHE_SIZE) -> None:
+        self.size = max(1, int(size))
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, checkpoint: Any, settings: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """The predictor of ``checkpoint`` with ``settings`` (hashable: device, precision, TTA), from
+        ``build()`` if there is none yet."""
+        key = (id(checkpoint), *settings)
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None and entry[0] is checkpoint:  # the same object, not a reused id
+                self._entries.move_to_end(key)
+                return entry[1]
+        predictor = build()
+        with self._lock:
+            self._entries[key] = (checkpoint, predictor)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return predictor
+
+    def predictors(self) -> list[Any]:
+        """The kept predictors, least recently used first."""
+        with self._lock:
+            return [predictor for _, predictor in self._entries.values()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
