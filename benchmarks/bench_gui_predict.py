@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     import napari
     import numpy as np
     import torch
+    from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
     from napari_neuroedge._napari.widgets.predict import PredictWidget
@@ -60,11 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance()
 
     def click_and_wait() -> float:
+        # the main thread waits in Qt's own event loop, as in napari (a Python polling loop would hold the GIL
+        # that the worker needs); a 2 ms timer checks for the end of the job
+        loop = QEventLoop()
+        timer = QTimer()
+        timer.setInterval(2)
         t0 = time.perf_counter()
         job = widget.predict()
-        while job.running or job.worker is not None:
-            app.processEvents()
-            time.sleep(0.001)
+        timer.timeout.connect(lambda: None if (job.running or job.worker is not None) else loop.quit())
+        timer.start()
+        loop.exec()
+        timer.stop()
         dt = time.perf_counter() - t0
         if job.state != "done":
             raise RuntimeError(f"prediction ended {job.state}")
