@@ -22,8 +22,9 @@ class PredictorCache:
     """A small least-recently-used map (checkpoint object, device, precision, TTA) -> prepared predictor.
 
     Keys hold the checkpoint *object*, not its path: a checkpoint reloaded from a changed file (a fine-tune's
-    new weights) is a new object and gets a new predictor. Thread-safe; a predictor may be used by one job at a
-    time (the widgets run one prediction at a time).
+    new weights) is a new object and gets a new predictor. Thread-safe; two jobs may run one predictor at once
+    (its model is in eval and inference mode and keeps no state between calls). A smaller batch that the
+    out-of-memory fallback chose (``TorchPredictor.shrink``) stays with the kept predictor.
     """
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
