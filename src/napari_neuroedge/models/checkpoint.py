@@ -77,10 +77,12 @@ def library_versions() -> dict[str, str]:
 
 def make_checkpoint(model: nn.Module, arch: str, arch_kwargs: dict[str, Any], norm: NormConfig,
                     train_config: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None,
-                    step: int = 0, optimizer: dict[str, Any] | None = None) -> Checkpoint:
+                    step: int = 0, optimizer: dict[str, Any] | None = None, context: int = 0) -> Checkpoint:
+    """A checkpoint of ``model``'s current weights (copied to the CPU); ``context``: the architecture's measured
+    receptive context in px (0 = not measured)."""
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     prov = {"versions": library_versions(), **(provenance or {})}
-    return Checkpoint(arch, dict(arch_kwargs), state, norm, train_config, prov, step, optimizer)
+    return Checkpoint(arch, dict(arch_kwargs), state, norm, train_config, prov, step, optimizer, context=context)
 
 
 def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True) -> Path:

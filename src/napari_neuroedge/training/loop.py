@@ -215,9 +215,8 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     step = step0
 
     def checkpoint(extra: dict[str, Any]) -> Checkpoint:
-        ckpt = make_checkpoint(served, arch, arch_kwargs, norm, cfg_dict, {**prov, **extra}, step, opt.state_dict())
-        ckpt.context = start.context if start is not None else 0  # the architecture's receptive context carries over
-        return ckpt
+        return make_checkpoint(served, arch, arch_kwargs, norm, cfg_dict, {**prov, **extra}, step, opt.state_dict(),
+                               context=start.context if start is not None else 0)  # the architecture's, carried over
 
     finished = False
     saved_step = step0
