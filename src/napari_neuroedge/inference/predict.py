@@ -9,6 +9,7 @@ rows, so besides the model only O(tile x width) floats are held, whatever the im
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
@@ -141,7 +142,7 @@ def parse_slices(spec: SliceSpec, depth: int) -> Sequence[int]:
         return range(depth)
     if isinstance(spec, str) and "," in spec:
         zs = [z for part in spec.split(",") for z in parse_slices(part.strip(), depth)]
-        twice = sorted({z for z in zs if zs.count(z) > 1})
+        twice = sorted(z for z, n in Counter(zs).items() if n > 1)
         if twice:
             raise ValueError(f"slices {spec!r} name slice(s) {twice} more than once")
         return zs
