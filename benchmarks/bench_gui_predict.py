@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import torch
     from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
 
     from napari_neuroedge._napari.widgets.predict import PredictWidget
     from napari_neuroedge.config import TTAConfig
@@ -58,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     viewer.add_image(image, name="em")
     widget = PredictWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    app = QApplication.instance()
 
     def click_and_wait() -> float:
         # the main thread waits in Qt's own event loop, as in napari (a Python polling loop would hold the GIL
