@@ -250,7 +250,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .inference.postprocess import instances_from_probability
     from .io import open_stack
-    from .metrics import evaluate
+    from .metrics import evaluate, to_membrane
 
     pred = np.asarray(open_stack(args.pred).data[:])
     gt_raw = np.asarray(open_stack(args.gt).data[:])
@@ -272,10 +272,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed = ckpt.seed_threshold if seed is None else seed
     threshold = 0.5 if threshold is None else threshold
     seed = SEED_THRESHOLD if seed is None else seed
+    _check_label_convention(gt_raw, gt, to_membrane(pred, threshold), args.gt_membrane_value, args.force)
     fn = (lambda p: instances_from_probability(p, seed)) if pred.dtype.kind == "f" else None
     result = evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=args.tolerance)
     print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
     return 0
+
+
+def _check_label_convention(gt_raw: np.ndarray, gt: np.ndarray, pred_membrane: np.ndarray, value: int,
+                            force: bool) -> None:
+    """Catch a wrong label convention before it gives numbers (membranes are 10-30% of an EM slice).
+
+    A ground truth with no membrane, or mostly membrane, is read the wrong way round: refused (ValueError, one
+    line naming ``--gt-membrane-value``) unless ``force``; every metric against it would be meaningless. A
+    prediction that disagrees with the ground truth on most pixels may be inverted (``--pred-membrane-value``)
+    or just a bad model (an untrained one disagrees on about half): its numbers are true, so a one-line warning.
+    """
+    which = "give the value that means membrane (default 1; ISBI 2012 labels: 0), or --force"
+    if not gt.any() and not force:
+        values = ", ".join(str(v) for v in np.unique(gt_raw)[:8])
+        raise ValueError(f"no ground-truth pixel equals --gt-membrane-value {value} (its values: {values}); {which}")
+    share = float(gt.mean())
+    if share > 0.5 and not force:
+        raise ValueError(f"--gt-membrane-value {value} makes {share:.0%} of the ground truth membrane (EM membranes "
+                         f"are 10-30%): inverted labels? {which[0].upper()}{which[1:]}")
+    disagree = float(np.count_nonzero(pred_membrane != gt.astype(bool)) / gt.size)
+    if disagree > 0.5:
+        print(f"neuroedge: warning: prediction and ground truth disagree on {disagree:.0%} of pixels: an inverted "
+              f"--pred-membrane-value or --gt-membrane-value ({value})?", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -507,8 +531,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="pixel error, boundary F1 and Rand error of a prediction; prints JSON")
     p.add_argument("pred", help="probability (float) or membrane labels (uint8, non-zero = membrane)")
     p.add_argument("gt", help="ground-truth membrane labels")
-    p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (ISBI: 0)")
+    p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (default 1, as in "
+                   "this project's labels and the VNC stacks; ISBI 2012's train-labels.tif: 0)")
     p.add_argument("--pred-membrane-value", type=int, help="prediction value meaning membrane (default: non-zero)")
+    p.add_argument("--force", action="store_true", help="evaluate even when the ground truth has no membrane or is "
+                   "mostly membrane (refused by default: an inverted --gt-membrane-value makes every figure "
+                   "meaningless)")
     p.add_argument("--gt-slices", help="compare with these GT slices only, e.g. 20:25")
     p.add_argument("--threshold", type=float, help="membrane threshold on a probability (default: --model's, "
                    "else 0.5)")
@@ -527,7 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("labels", help="its membrane labels")
     p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
     p.add_argument("-o", "--output", required=True, help="calibrated checkpoint to write (.pt; never overwritten)")
-    p.add_argument("--gt-membrane-value", type=int, default=1, help="label value meaning membrane (ISBI: 0)")
+    p.add_argument("--gt-membrane-value", type=int, default=1, help="label value meaning membrane (default 1; "
+                   "ISBI 2012's train-labels.tif: 0)")
     p.add_argument("--slices", help="slices to calibrate on, e.g. 0:20 (default: all)")
     p.add_argument("--tta", type=int, default=6, choices=[1, 6, 8], help="as you will predict (default 6)")
     p.add_argument("--thresholds", help="START:STOP:STEP or a comma list (default 0.3:0.7:0.05)")

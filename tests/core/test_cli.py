@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,56 @@ def test_evaluate_prints_json(tmp_path, synth, capsys):
     assert main(["evaluate", str(gt), str(gt)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["pixel_error"] == 0 and res["boundary_f1"] == 1 and res["rand_error"] == pytest.approx(0, abs=1e-9)
+
+
+VNC_LABELS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vnc" / "stack1-membranes.tif"
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neuroedge: error:"), err
+    return err[0]
+
+
+def test_evaluate_refuses_an_inverted_label_convention(tmp_path, synth, capsys):
+    """Labels read the wrong way round give exit 2 and one line naming the flag, not pixel error 0.9 and exit 0."""
+    gt, pred = tmp_path / "gt.tif", tmp_path / "pred.tif"
+    tifffile.imwrite(gt, synth.membrane, photometric="minisblack")  # 1 = membrane
+    assert 0.1 < synth.membrane.mean() < 0.5
+    tifffile.imwrite(pred, synth.membrane, photometric="minisblack")
+    assert main(["evaluate", str(pred), str(gt), "--gt-membrane-value", "0"]) == 2  # "membrane" = the cells
+    assert "--gt-membrane-value 0 makes" in _one_line_error(capsys)
+    tifffile.imwrite(tmp_path / "gt255.tif", synth.membrane * 255, photometric="minisblack")
+    assert main(["evaluate", str(pred), str(tmp_path / "gt255.tif")]) == 2  # no pixel equals the default 1
+    line = _one_line_error(capsys)
+    assert "--gt-membrane-value 1" in line and "0, 255" in line
+    # --force evaluates anyway (a crop may really be mostly membrane)
+    assert main(["evaluate", str(pred), str(gt), "--gt-membrane-value", "0", "--force"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_error"] == 1.0
+    # a prediction that disagrees on most pixels may be inverted, or just a bad model: its true numbers and a warning
+    assert main(["evaluate", str(pred), str(gt), "--pred-membrane-value", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["pixel_error"] == 1.0
+    [line] = err.strip().splitlines()
+    assert "warning: prediction and ground truth disagree on 100%" in line and "--pred-membrane-value" in line
+    assert main(["evaluate", str(pred), str(gt)]) == 0 and capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "default 1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_evaluate_on_vnc_labels_refuses_the_isbi_convention(tmp_path, capsys):
+    """The VNC labels are 1 = membrane: the default is right, ``--gt-membrane-value 0`` (ISBI's) is refused."""
+    if not VNC_LABELS.exists():
+        pytest.skip(f"VNC labels not found at {VNC_LABELS}")
+    first = tifffile.imread(VNC_LABELS, key=0)[None]
+    tifffile.imwrite(tmp_path / "pred.tif", first, photometric="minisblack")
+    args = ["evaluate", str(tmp_path / "pred.tif"), str(VNC_LABELS), "--gt-slices", "0:1"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_error"] == 0.0
+    assert main([*args, "--gt-membrane-value", "0"]) == 2
+    line = _one_line_error(capsys)
+    assert f"--gt-membrane-value 0 makes {(first == 0).mean():.0%} of the ground truth membrane" in line
 
 
 def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt, capsys):
