@@ -248,9 +248,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ evaluate / export
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference.postprocess import instances_from_probability
     from .io import open_stack
-    from .metrics import evaluate, to_membrane
+    from .metrics import to_membrane
 
     pred = np.asarray(open_stack(args.pred).data[:])
     gt_raw = np.asarray(open_stack(args.gt).data[:])
@@ -273,10 +272,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     threshold = 0.5 if threshold is None else threshold
     seed = SEED_THRESHOLD if seed is None else seed
     _check_label_convention(gt_raw, gt, to_membrane(pred, threshold), args.gt_membrane_value, args.force)
-    fn = (lambda p: instances_from_probability(p, seed)) if pred.dtype.kind == "f" else None
-    result = evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=args.tolerance)
-    print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
+    print(json.dumps(_evaluate_json(pred, gt, threshold, seed, args.tolerance), indent=2))
     return 0
+
+
+def _evaluate_json(pred: np.ndarray, gt: np.ndarray, threshold: float, seed: float, tolerance: float) -> dict[str, Any]:
+    """evaluate's figures, saying which instances the Rand error and VI come from.
+
+    A probability: ``rand_error``/``vi_*`` of the watershed ``predict --instances`` writes (seeds below
+    ``seed_threshold``), plus ``rand_error_components``: of the connected components of the membrane at
+    ``threshold``, the figure the uint8 labels of the same prediction give. Labels: connected components only
+    (no probability to flood), thresholds null. ``rand_error_<instances>`` always repeats the headline.
+    """
+    from .inference.postprocess import instances_from_probability
+    from .metrics import evaluate, instance_scores
+
+    prob = pred.dtype.kind == "f"
+    fn = (lambda p: instances_from_probability(p, seed)) if prob else None
+    result: dict[str, Any] = {k: round(float(v), 6) for k, v in
+                              evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=tolerance).items()}
+    method = "watershed" if prob else "components"
+    result.update({"instances": method, "threshold": float(threshold) if prob else None,
+                   "seed_threshold": float(seed) if prob else None, f"rand_error_{method}": result["rand_error"]})
+    if prob:
+        result["rand_error_components"] = round(instance_scores(pred, gt, None, threshold)["rand_error"], 6)
+    return result
 
 
 def _check_label_convention(gt_raw: np.ndarray, gt: np.ndarray, pred_membrane: np.ndarray, value: int,

@@ -169,6 +169,39 @@ def test_evaluate_on_vnc_labels_refuses_the_isbi_convention(tmp_path, capsys):
     assert f"--gt-membrane-value 0 makes {(first == 0).mean():.0%} of the ground truth membrane" in line
 
 
+def test_evaluate_names_its_instances_and_labels_agree_with_a_binary_probability(tmp_path, synth, capsys):
+    """The same binary prediction as uint8 labels and as a 0/1 probability gives the same connected-components
+    Rand error; the probability's headline is the watershed, named as such, with its thresholds."""
+    gt = tmp_path / "gt.tif"
+    tifffile.imwrite(gt, synth.membrane, photometric="minisblack")
+    pred = synth.membrane.copy()
+    pred[:, ::12, :] = 0  # 1 px gaps in every membrane across these rows: components merge cells, the watershed not
+    tifffile.imwrite(tmp_path / "labels.tif", pred, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "prob.tif", pred.astype(np.float32), photometric="minisblack")
+    results = {}
+    for name in ("labels", "prob"):
+        assert main(["evaluate", str(tmp_path / f"{name}.tif"), str(gt)]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    labels, prob = results["labels"], results["prob"]
+    assert labels["instances"] == "components" and labels["threshold"] is None and labels["seed_threshold"] is None
+    assert labels["rand_error"] == labels["rand_error_components"] and "rand_error_watershed" not in labels
+    assert prob["instances"] == "watershed" and (prob["threshold"], prob["seed_threshold"]) == (0.5, 0.3)
+    assert prob["rand_error"] == prob["rand_error_watershed"]
+    assert prob["rand_error_components"] == labels["rand_error_components"] > 0.05
+    assert prob["rand_error_watershed"] < 0.5 * prob["rand_error_components"]  # two methods, two figures
+    assert prob["pixel_error"] == labels["pixel_error"] and prob["boundary_f1"] == labels["boundary_f1"]
+    # a real probability and the labels predict writes from it (at the threshold evaluate is told): same components
+    rng = np.random.default_rng(0)
+    smooth = np.clip(synth.membrane * 0.8 + rng.normal(0.1, 0.15, synth.membrane.shape), 0, 1).astype(np.float32)
+    tifffile.imwrite(tmp_path / "p.tif", smooth, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "m.tif", (smooth >= 0.6).astype(np.uint8), photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "p.tif"), str(gt), "--threshold", "0.6"]) == 0
+    from_prob = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(tmp_path / "m.tif"), str(gt)]) == 0
+    assert from_prob["rand_error_components"] == json.loads(capsys.readouterr().out)["rand_error"]
+    assert from_prob["threshold"] == 0.6
+
+
 def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt, capsys):
     lab = tmp_path / "lab.tif"
     tifffile.imwrite(lab, synth.membrane, photometric="minisblack")
