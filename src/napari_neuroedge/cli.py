@@ -74,15 +74,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stack = open_stack(args.input)
     if args.uncertainty is not None and args.tta == 1:
         raise ValueError("--uncertainty needs --tta 6 or 8 (it is the variance over the TTA transforms)")
-    if args.slices and len(stack.shape) != 3:
-        raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+    slices = _slice_list(args.slices, stack.shape)
     ckpt = load_checkpoint(args.model)
     if args.threshold is None and not args.quiet and float(ckpt.threshold) != 0.5:  # the pipeline applies it
         print(f"membrane threshold {float(ckpt.threshold):g} (calibrated, from the model)", file=sys.stderr)
     request = PredictionRequest(model=ckpt, tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch),
                                 tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
                                 threshold=args.threshold, seed_threshold=args.seed_threshold,
-                                slices=_slice_list(args.slices, stack))
+                                slices=slices)
     if args.scheduler is not None:  # the workers load the model themselves, from its name or path
         progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
         try:
@@ -102,11 +101,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _slice_list(spec: str | None, stack: Any) -> list[int] | None:
-    """``--slices`` as slice indices of a stack (None: all, or a 2D image)."""
+def _slice_list(spec: str | None, shape: tuple[int, ...], flag: str = "--slices") -> list[int] | None:
+    """``flag``'s slices as indices of a stack of this shape (None: no flag, all slices). A spec that does not fit
+    the stack (a range past its end, a 2D image) is a one-line error naming the flag, never silently cut short."""
     from .inference.predict import parse_slices
 
-    return list(parse_slices(spec, stack.shape[0])) if spec and len(stack.shape) == 3 else None
+    if not spec:
+        return None
+    if len(shape) != 3:
+        raise ValueError(f"{flag} needs a 3D stack; the input is a single 2D image")
+    try:
+        return list(parse_slices(spec, int(shape[0])))
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 # -------------------------------------------------------------------------------------------- train / finetune
@@ -254,11 +261,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred = np.asarray(open_stack(args.pred).data[:])
     gt_raw = np.asarray(open_stack(args.gt).data[:])
     if args.gt_slices:
-        from .inference.predict import parse_slices
-
-        gt_raw = gt_raw[list(parse_slices(args.gt_slices, gt_raw.shape[0]))]
+        gt_raw = gt_raw[_slice_list(args.gt_slices, gt_raw.shape, "--gt-slices")]
+        if pred.ndim == 2 and gt_raw.shape[0] == 1:  # one slice against one slice
+            gt_raw = gt_raw[0]
     if pred.shape != gt_raw.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt_raw.shape} shapes differ")
+        raise ValueError(_shape_mismatch(pred.shape, gt_raw.shape, args.gt_slices))
     gt = (gt_raw == args.gt_membrane_value).astype(np.uint8)
     if pred.dtype.kind != "f" and args.pred_membrane_value is not None:
         pred = (pred == args.pred_membrane_value).astype(np.uint8)
@@ -299,6 +306,18 @@ def _evaluate_json(pred: np.ndarray, gt: np.ndarray, threshold: float, seed: flo
     return result
 
 
+def _shape_mismatch(pred: tuple[int, ...], gt: tuple[int, ...], gt_slices: str | None) -> str:
+    """One line on why a prediction and its ground truth do not line up, naming --gt-slices where it is the cure."""
+    msg = f"prediction {pred} and ground truth {gt} shapes differ"
+    if len(gt) != 3 or pred[-2:] != gt[-2:]:
+        return msg
+    n = pred[0] if len(pred) == 3 else 1
+    if gt_slices:
+        return f"{msg}: --gt-slices {gt_slices} selects {gt[0]} slices, the prediction has {n}"
+    return (f"{msg}: the prediction has {n} of the {gt[0]} slices; name them with --gt-slices (e.g. --gt-slices "
+            f"0:{n} after predict --slices 0:{n})")
+
+
 def _check_label_convention(gt_raw: np.ndarray, gt: np.ndarray, pred_membrane: np.ndarray, value: int,
                             force: bool) -> None:
     """Catch a wrong label convention before it gives numbers (membranes are 10-30% of an EM slice).
@@ -324,7 +343,6 @@ def _check_label_convention(gt_raw: np.ndarray, gt: np.ndarray, pred_membrane: n
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportItem, export_slices
-    from .inference.predict import parse_slices
     from .io import open_stack
 
     img = open_stack(args.image)
@@ -333,7 +351,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"image {img.shape} and labels {lab.shape} shapes differ")
     pred = open_stack(args.prediction).data if args.prediction else None
     mask = open_stack(args.mask).data if args.mask else None
-    zs = list(parse_slices(args.slices, img.shape[0])) if len(img.shape) == 3 else [None]
+    picked = _slice_list(args.slices, img.shape)
+    zs: list[int | None] = [None] if len(img.shape) == 2 else list(range(img.shape[0]) if picked is None else picked)
     voxel = img.voxel_size
     pixel_size = [float(v) for v in voxel[-2:]] if voxel and all(v == v and v > 0 for v in voxel[-2:]) else None
     items = []
@@ -377,10 +396,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = _refuse_existing(Path(args.output))
     thresholds = _parse_thresholds(args.thresholds)
     img, lab = open_stack(args.image), open_stack(args.labels)
-    if args.slices and len(img.shape) != 3:
-        raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+    slices = _slice_list(args.slices, img.shape)
     request = PredictionRequest(model=load_checkpoint(args.model), tile=TileConfig(tile=args.tile),
-                                tta=TTAConfig(n=args.tta), device=args.device, slices=_slice_list(args.slices, img))
+                                tta=TTAConfig(n=args.tta), device=args.device, slices=slices)
     record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
               "slices": args.slices}
     progress = _TqdmProgress(f"calibrate on {Path(args.image).name}", "tile", args.quiet)

@@ -202,6 +202,42 @@ def test_evaluate_names_its_instances_and_labels_agree_with_a_binary_probability
     assert from_prob["threshold"] == 0.6
 
 
+def test_slices_past_the_stack_are_refused_by_every_command(tmp_path, stack_path, synth, tiny_ckpt, capsys):
+    """A range past the end of the 3-slice stack is one line naming the flag, not a silently shorter output."""
+    past = "reach past a stack of 3 slices"
+    lab = tmp_path / "lab.tif"
+    tifffile.imwrite(lab, synth.membrane, photometric="minisblack")
+    runs = {"predict": ["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt),
+                        "--tile", "64", "--quiet", "--slices", "2:5"],
+            "calibrate": ["calibrate", str(stack_path), str(lab), "--model", str(tiny_ckpt), "-o",
+                          str(tmp_path / "c.pt"), "--tta", "1", "--quiet", "--slices", "1:9"],
+            "export": ["export", str(stack_path), str(lab), "-o", str(tmp_path / "set"), "--slices", "0:4"]}
+    for name, argv in runs.items():
+        assert main(argv) == 2, name
+        assert f"--slices: slices '{argv[-1]}' {past}" in _one_line_error(capsys), name
+    assert not any((tmp_path / n).exists() for n in ("m.tif", "c.pt", "set"))
+    assert main(["export", str(stack_path), str(lab), "-o", str(tmp_path / "set"), "--slices", "0:3"]) == 0  # all 3
+    capsys.readouterr()
+    for argv in (["train", "--data", str(tmp_path / "set"), "--train-slices", "1:7", "--steps", "1"],
+                 ["finetune", "--from", str(tiny_ckpt), "--data", str(tmp_path / "set"), "--val-data",
+                  str(tmp_path / "set"), "--val-slices", "2:4", "--steps", "1"]):
+        assert main([*argv, "-o", str(tmp_path / "t.pt"), "--quiet"]) == 2
+        assert past in _one_line_error(capsys) and not (tmp_path / "t.pt").exists()
+    # evaluate: a prediction of --slices 0:2 against the whole GT names --gt-slices, and --gt-slices is checked too
+    tifffile.imwrite(tmp_path / "pred.tif", synth.membrane[:2], photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab)]) == 2
+    assert "the prediction has 2 of the 3 slices; name them with --gt-slices" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab), "--gt-slices", "0:1"]) == 2
+    assert "--gt-slices 0:1 selects 1 slices, the prediction has 2" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab), "--gt-slices", "2:4"]) == 2
+    assert f"--gt-slices: slices '2:4' {past}" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab), "--gt-slices", "1:3"]) == 0
+    capsys.readouterr()
+    tifffile.imwrite(tmp_path / "one.tif", synth.membrane[2], photometric="minisblack")  # a 2D slice: --gt-slices 2
+    assert main(["evaluate", str(tmp_path / "one.tif"), str(lab), "--gt-slices", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_error"] == 0.0
+
+
 def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt, capsys):
     lab = tmp_path / "lab.tif"
     tifffile.imwrite(lab, synth.membrane, photometric="minisblack")
