@@ -23,21 +23,36 @@ EXIT_INPUT, EXIT_CANCELLED = 2, 130
 
 
 class _TqdmProgress:
-    """Progress -> a tqdm bar (stderr); never stops the job by itself."""
+    """Progress -> a tqdm bar (stderr); never stops the job by itself.
+
+    The bar starts at the first event that counts something, so what is said before it (the device, warnings)
+    stands on its own line instead of being written into an empty bar's line; later lines go above the bar.
+    """
 
     def __init__(self, desc: str, unit: str, quiet: bool = False) -> None:
-        from tqdm import tqdm
+        self.quiet, self.desc, self.unit = quiet, desc, unit
+        self.bar: Any = None
 
-        self.quiet, self.desc = quiet, desc
-        self.bar = tqdm(desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    def _say(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(line, file=sys.stderr)
 
     def update(self, event: Any) -> None:
         info = event.info or {}
         for key, say in (("device", "running on {}"), ("warning", "neuroedge: {}")):
-            if key in info and not self.quiet:
-                self.bar.write(say.format(info[key]), file=sys.stderr)
+            if key in info:
+                self._say(say.format(info[key]))
         if not event.total:  # a stage line (loading, building), not progress
             return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, unit=self.unit, total=event.total, disable=self.quiet, dynamic_ncols=True,
+                            file=sys.stderr)
         unit = event.unit.rstrip("s")
         if unit and not self.quiet and unit != self.bar.unit:  # a new stage counts other things (tiles, then instance slices)
             self.bar.unit = unit
@@ -55,7 +70,8 @@ class _TqdmProgress:
         return False
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -445,10 +461,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .io import write_array
     from .sample import synthetic_em
 
+    from .inference.files import refuse_existing
+
+    refuse_existing([args.output, *([args.labels] if args.labels else [])])  # both or neither
     s = synthetic_em((args.slices, args.size, args.size), cell_size=args.cell_size, seed=args.seed)
     write_array(args.output, s.image)
     if args.labels:
         write_array(args.labels, s.membrane)
+    print(json.dumps({"image": str(args.output), "labels": args.labels, "shape": list(s.image.shape),
+                      "dtype": str(s.image.dtype)}))
     return 0
 
 

@@ -238,6 +238,29 @@ def test_slices_past_the_stack_are_refused_by_every_command(tmp_path, stack_path
     assert json.loads(capsys.readouterr().out)["pixel_error"] == 0.0
 
 
+def test_device_line_stands_before_the_bar(tmp_path, stack_path, tiny_ckpt, capsys):
+    """"running on cpu..." is a line of its own, said before the progress bar starts, not written into its line."""
+    assert main(["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt), "--tile", "64",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    at = err.index("running on cpu")
+    assert at == 0 or err[at - 1] == "\n"
+    assert "tile" not in err[:at] and "\r" not in err[:at]  # no bar yet
+    assert "\n" in err[at:] and "tile" not in err[at:err.index("\n", at)]
+    assert "0/" in err[at:] and "tile" in err[at:]  # the bar follows, with its total from the start
+    assert err.rstrip().endswith(f"wrote {tmp_path / 'm.tif'}")
+
+
+def test_sample_says_what_it_wrote_and_never_overwrites(tmp_path, capsys):
+    img, lab = tmp_path / "s.tif", tmp_path / "l.tif"
+    assert main(["sample", "-o", str(img), "--labels", str(lab), "--slices", "2", "--size", "64"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said == {"image": str(img), "labels": str(lab), "shape": [2, 64, 64], "dtype": "uint8"}
+    assert tifffile.imread(img).shape == tifffile.imread(lab).shape == (2, 64, 64)
+    assert main(["sample", "-o", str(tmp_path / "s2.tif"), "--labels", str(lab)]) == 2  # labels exist: neither written
+    assert "already exists" in _one_line_error(capsys) and not (tmp_path / "s2.tif").exists()
+
+
 def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt, capsys):
     lab = tmp_path / "lab.tif"
     tifffile.imwrite(lab, synth.membrane, photometric="minisblack")
