@@ -218,21 +218,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_fit(cfg, train, val, Path(args.output), init, [], prov, args.quiet, resume=resume)
 
 
+# FinetuneOptions fields whose flags mean something else (--lr is the backbone's rate, --loss a string): set by
+# hand in finetune_options; every other field is set by the flag of the same dest, when given
+_FINETUNE_BY_HAND = frozenset({"lr", "backbone_lr_factor", "loss"})
+
+
 def finetune_options(args: argparse.Namespace) -> Any:
     """The CLI's flags as :class:`FinetuneOptions`: no flag leaves the one-click default the widget uses."""
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
-    from .config import parse_loss
-    from .training.finetune import FinetuneOptions
+    from .config import FinetuneOptions, parse_loss
 
     opts = FinetuneOptions()
-    changes: dict[str, Any] = {}
-    for name in ("steps", "time_limit_s", "batch", "crop", "val_every", "seed", "device", "threads", "precision",
-                 "replay_fraction", "corrected_weight", "holdout", "ema_decay", "val_tta", "keep_validated",
-                 "parent_weight"):
-        val = getattr(args, name, None)
-        if val is not None:
-            changes[name] = val
+    changes: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions)
+                               if f.name not in _FINETUNE_BY_HAND and getattr(args, f.name, None) is not None}
     head = args.lr_head if args.lr_head is not None else args.lr
     if head is not None:
         changes["lr"] = head
