@@ -23,21 +23,36 @@ EXIT_INPUT, EXIT_CANCELLED = 2, 130
 
 
 class _TqdmProgress:
-    """Progress -> a tqdm bar (stderr); never stops the job by itself."""
+    """Progress -> a tqdm bar (stderr); never stops the job by itself.
+
+    The bar starts at the first event that counts something, so what is said before it (the device, warnings)
+    stands on its own line instead of being written into an empty bar's line; later lines go above the bar.
+    """
 
     def __init__(self, desc: str, unit: str, quiet: bool = False) -> None:
-        from tqdm import tqdm
+        self.quiet, self.desc, self.unit = quiet, desc, unit
+        self.bar: Any = None
 
-        self.quiet, self.desc = quiet, desc
-        self.bar = tqdm(desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+    def _say(self, line: str) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            print(line, file=sys.stderr, flush=True)
+        else:
+            self.bar.write(line, file=sys.stderr)
 
     def update(self, event: Any) -> None:
         info = event.info or {}
         for key, say in (("device", "running on {}"), ("warning", "neuroedge: {}")):
-            if key in info and not self.quiet:
-                self.bar.write(say.format(info[key]), file=sys.stderr)
+            if key in info:
+                self._say(say.format(info[key]))
         if not event.total:  # a stage line (loading, building), not progress
             return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, unit=self.unit, total=event.total, disable=self.quiet, dynamic_ncols=True,
+                            file=sys.stderr)
         unit = event.unit.rstrip("s")
         if unit and not self.quiet and unit != self.bar.unit:  # a new stage counts other things (tiles, then instance slices)
             self.bar.unit = unit
@@ -55,7 +70,8 @@ class _TqdmProgress:
         return False
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 # ------------------------------------------------------------------------------------------------ predict
@@ -74,15 +90,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     stack = open_stack(args.input)
     if args.uncertainty is not None and args.tta == 1:
         raise ValueError("--uncertainty needs --tta 6 or 8 (it is the variance over the TTA transforms)")
-    if args.slices and len(stack.shape) != 3:
-        raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+    slices = _slice_list(args.slices, stack.shape)
     ckpt = load_checkpoint(args.model)
     if args.threshold is None and not args.quiet and float(ckpt.threshold) != 0.5:  # the pipeline applies it
         print(f"membrane threshold {float(ckpt.threshold):g} (calibrated, from the model)", file=sys.stderr)
     request = PredictionRequest(model=ckpt, tile=TileConfig(tile=args.tile, context=args.context, batch=args.batch),
                                 tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
                                 threshold=args.threshold, seed_threshold=args.seed_threshold,
-                                slices=_slice_list(args.slices, stack))
+                                slices=slices)
     if args.scheduler is not None:  # the workers load the model themselves, from its name or path
         progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
         try:
@@ -102,11 +117,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _slice_list(spec: str | None, stack: Any) -> list[int] | None:
-    """``--slices`` as slice indices of a stack (None: all, or a 2D image)."""
+def _slice_list(spec: str | None, shape: tuple[int, ...], flag: str = "--slices") -> list[int] | None:
+    """``flag``'s slices as indices of a stack of this shape (None: no flag, all slices). A spec that does not fit
+    the stack (a range past its end, a 2D image) is a one-line error naming the flag, never silently cut short."""
     from .inference.predict import parse_slices
 
-    return list(parse_slices(spec, stack.shape[0])) if spec and len(stack.shape) == 3 else None
+    if not spec:
+        return None
+    if len(shape) != 3:
+        raise ValueError(f"{flag} needs a 3D stack; the input is a single 2D image")
+    try:
+        return list(parse_slices(spec, int(shape[0])))
+    except ValueError as exc:
+        raise ValueError(f"{flag}: {exc}") from None
 
 
 # -------------------------------------------------------------------------------------------- train / finetune
@@ -195,21 +218,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_fit(cfg, train, val, Path(args.output), init, [], prov, args.quiet, resume=resume)
 
 
+# FinetuneOptions fields whose flags mean something else (--lr is the backbone's rate, --loss a string): set by
+# hand in finetune_options; every other field is set by the flag of the same dest, when given
+_FINETUNE_BY_HAND = frozenset({"lr", "backbone_lr_factor", "loss"})
+
+
 def finetune_options(args: argparse.Namespace) -> Any:
     """The CLI's flags as :class:`FinetuneOptions`: no flag leaves the one-click default the widget uses."""
-    from dataclasses import replace
+    from dataclasses import fields, replace
 
-    from .config import parse_loss
-    from .training.finetune import FinetuneOptions
+    from .config import FinetuneOptions, parse_loss
 
     opts = FinetuneOptions()
-    changes: dict[str, Any] = {}
-    for name in ("steps", "time_limit_s", "batch", "crop", "val_every", "seed", "device", "threads", "precision",
-                 "replay_fraction", "corrected_weight", "holdout", "ema_decay", "val_tta", "keep_validated",
-                 "parent_weight"):
-        val = getattr(args, name, None)
-        if val is not None:
-            changes[name] = val
+    changes: dict[str, Any] = {f.name: getattr(args, f.name) for f in fields(FinetuneOptions)
+                               if f.name not in _FINETUNE_BY_HAND and getattr(args, f.name, None) is not None}
     head = args.lr_head if args.lr_head is not None else args.lr
     if head is not None:
         changes["lr"] = head
@@ -248,18 +270,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ evaluate / export
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .inference.postprocess import instances_from_probability
     from .io import open_stack
-    from .metrics import evaluate
+    from .metrics import to_membrane
 
     pred = np.asarray(open_stack(args.pred).data[:])
     gt_raw = np.asarray(open_stack(args.gt).data[:])
     if args.gt_slices:
-        from .inference.predict import parse_slices
-
-        gt_raw = gt_raw[list(parse_slices(args.gt_slices, gt_raw.shape[0]))]
+        gt_raw = gt_raw[_slice_list(args.gt_slices, gt_raw.shape, "--gt-slices")]
+        if pred.ndim == 2 and gt_raw.shape[0] == 1:  # one slice against one slice
+            gt_raw = gt_raw[0]
     if pred.shape != gt_raw.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt_raw.shape} shapes differ")
+        raise ValueError(_shape_mismatch(pred.shape, gt_raw.shape, args.gt_slices))
     gt = (gt_raw == args.gt_membrane_value).astype(np.uint8)
     if pred.dtype.kind != "f" and args.pred_membrane_value is not None:
         pred = (pred == args.pred_membrane_value).astype(np.uint8)
@@ -272,15 +293,71 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         seed = ckpt.seed_threshold if seed is None else seed
     threshold = 0.5 if threshold is None else threshold
     seed = SEED_THRESHOLD if seed is None else seed
-    fn = (lambda p: instances_from_probability(p, seed)) if pred.dtype.kind == "f" else None
-    result = evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=args.tolerance)
-    print(json.dumps({k: round(float(v), 6) for k, v in result.items()}, indent=2))
+    _check_label_convention(gt_raw, gt, to_membrane(pred, threshold), args.gt_membrane_value, args.force)
+    print(json.dumps(_evaluate_json(pred, gt, threshold, seed, args.tolerance), indent=2))
     return 0
+
+
+def _evaluate_json(pred: np.ndarray, gt: np.ndarray, threshold: float, seed: float, tolerance: float) -> dict[str, Any]:
+    """evaluate's figures, saying which instances the Rand error and VI come from.
+
+    A probability: ``rand_error``/``vi_*`` of the watershed ``predict --instances`` writes (seeds below
+    ``seed_threshold``), plus ``rand_error_components``: of the connected components of the membrane at
+    ``threshold``, the figure the uint8 labels of the same prediction give. Labels: connected components only
+    (no probability to flood), thresholds null. ``rand_error_<instances>`` always repeats the headline.
+    """
+    from .inference.postprocess import instances_from_probability
+    from .metrics import evaluate, instance_scores
+
+    prob = pred.dtype.kind == "f"
+    fn = (lambda p: instances_from_probability(p, seed)) if prob else None
+    result: dict[str, Any] = {k: round(float(v), 6) for k, v in
+                              evaluate(pred, gt, instances_fn=fn, threshold=threshold, tolerance=tolerance).items()}
+    method = "watershed" if prob else "components"
+    result.update({"instances": method, "threshold": float(threshold) if prob else None,
+                   "seed_threshold": float(seed) if prob else None, f"rand_error_{method}": result["rand_error"]})
+    if prob:
+        result["rand_error_components"] = round(instance_scores(pred, gt, None, threshold)["rand_error"], 6)
+    return result
+
+
+def _shape_mismatch(pred: tuple[int, ...], gt: tuple[int, ...], gt_slices: str | None) -> str:
+    """One line on why a prediction and its ground truth do not line up, naming --gt-slices where it is the cure."""
+    msg = f"prediction {pred} and ground truth {gt} shapes differ"
+    if len(gt) != 3 or pred[-2:] != gt[-2:]:
+        return msg
+    n = pred[0] if len(pred) == 3 else 1
+    if gt_slices:
+        return f"{msg}: --gt-slices {gt_slices} selects {gt[0]} slices, the prediction has {n}"
+    return (f"{msg}: the prediction has {n} of the {gt[0]} slices; name them with --gt-slices (e.g. --gt-slices "
+            f"0:{n} after predict --slices 0:{n})")
+
+
+def _check_label_convention(gt_raw: np.ndarray, gt: np.ndarray, pred_membrane: np.ndarray, value: int,
+                            force: bool) -> None:
+    """Catch a wrong label convention before it gives numbers (membranes are 10-30% of an EM slice).
+
+    A ground truth with no membrane, or mostly membrane, is read the wrong way round: refused (ValueError, one
+    line naming ``--gt-membrane-value``) unless ``force``; every metric against it would be meaningless. A
+    prediction that disagrees with the ground truth on most pixels may be inverted (``--pred-membrane-value``)
+    or just a bad model (an untrained one disagrees on about half): its numbers are true, so a one-line warning.
+    """
+    which = "give the value that means membrane (default 1; ISBI 2012 labels: 0), or --force"
+    if not gt.any() and not force:
+        values = ", ".join(str(v) for v in np.unique(gt_raw)[:8])
+        raise ValueError(f"no ground-truth pixel equals --gt-membrane-value {value} (its values: {values}); {which}")
+    share = float(gt.mean())
+    if share > 0.5 and not force:
+        raise ValueError(f"--gt-membrane-value {value} makes {share:.0%} of the ground truth membrane (EM membranes "
+                         f"are 10-30%): inverted labels? {which[0].upper()}{which[1:]}")
+    disagree = float(np.count_nonzero(pred_membrane != gt.astype(bool)) / gt.size)
+    if disagree > 0.5:
+        print(f"neuroedge: warning: prediction and ground truth disagree on {disagree:.0%} of pixels: an inverted "
+              f"--pred-membrane-value or --gt-membrane-value ({value})?", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportItem, export_slices
-    from .inference.predict import parse_slices
     from .io import open_stack
 
     img = open_stack(args.image)
@@ -289,7 +366,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ValueError(f"image {img.shape} and labels {lab.shape} shapes differ")
     pred = open_stack(args.prediction).data if args.prediction else None
     mask = open_stack(args.mask).data if args.mask else None
-    zs = list(parse_slices(args.slices, img.shape[0])) if len(img.shape) == 3 else [None]
+    picked = _slice_list(args.slices, img.shape)
+    zs: list[int | None] = [None] if len(img.shape) == 2 else list(range(img.shape[0]) if picked is None else picked)
     voxel = img.voxel_size
     pixel_size = [float(v) for v in voxel[-2:]] if voxel and all(v == v and v > 0 for v in voxel[-2:]) else None
     items = []
@@ -333,10 +411,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     out = _refuse_existing(Path(args.output))
     thresholds = _parse_thresholds(args.thresholds)
     img, lab = open_stack(args.image), open_stack(args.labels)
-    if args.slices and len(img.shape) != 3:
-        raise ValueError("--slices needs a 3D stack; the input is a single 2D image")
+    slices = _slice_list(args.slices, img.shape)
     request = PredictionRequest(model=load_checkpoint(args.model), tile=TileConfig(tile=args.tile),
-                                tta=TTAConfig(n=args.tta), device=args.device, slices=_slice_list(args.slices, img))
+                                tta=TTAConfig(n=args.tta), device=args.device, slices=slices)
     record = {"command": "neuroedge " + " ".join(sys.argv[1:]), "image": str(args.image), "labels": str(args.labels),
               "slices": args.slices}
     progress = _TqdmProgress(f"calibrate on {Path(args.image).name}", "tile", args.quiet)
@@ -383,10 +460,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from .io import write_array
     from .sample import synthetic_em
 
+    from .inference.files import refuse_existing
+
+    refuse_existing([args.output, *([args.labels] if args.labels else [])])  # both or neither
     s = synthetic_em((args.slices, args.size, args.size), cell_size=args.cell_size, seed=args.seed)
     write_array(args.output, s.image)
     if args.labels:
         write_array(args.labels, s.membrane)
+    print(json.dumps({"image": str(args.output), "labels": args.labels, "shape": list(s.image.shape),
+                      "dtype": str(s.image.dtype)}))
     return 0
 
 
@@ -507,8 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="pixel error, boundary F1 and Rand error of a prediction; prints JSON")
     p.add_argument("pred", help="probability (float) or membrane labels (uint8, non-zero = membrane)")
     p.add_argument("gt", help="ground-truth membrane labels")
-    p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (ISBI: 0)")
+    p.add_argument("--gt-membrane-value", type=int, default=1, help="GT value meaning membrane (default 1, as in "
+                   "this project's labels and the VNC stacks; ISBI 2012's train-labels.tif: 0)")
     p.add_argument("--pred-membrane-value", type=int, help="prediction value meaning membrane (default: non-zero)")
+    p.add_argument("--force", action="store_true", help="evaluate even when the ground truth has no membrane or is "
+                   "mostly membrane (refused by default: an inverted --gt-membrane-value makes every figure "
+                   "meaningless)")
     p.add_argument("--gt-slices", help="compare with these GT slices only, e.g. 20:25")
     p.add_argument("--threshold", type=float, help="membrane threshold on a probability (default: --model's, "
                    "else 0.5)")
@@ -527,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("labels", help="its membrane labels")
     p.add_argument("--model", default="default", help="bundled model name or checkpoint path (default: default)")
     p.add_argument("-o", "--output", required=True, help="calibrated checkpoint to write (.pt; never overwritten)")
-    p.add_argument("--gt-membrane-value", type=int, default=1, help="label value meaning membrane (ISBI: 0)")
+    p.add_argument("--gt-membrane-value", type=int, default=1, help="label value meaning membrane (default 1; "
+                   "ISBI 2012's train-labels.tif: 0)")
     p.add_argument("--slices", help="slices to calibrate on, e.g. 0:20 (default: all)")
     p.add_argument("--tta", type=int, default=6, choices=[1, 6, 8], help="as you will predict (default 6)")
     p.add_argument("--thresholds", help="START:STOP:STEP or a comma list (default 0.3:0.7:0.05)")

@@ -8,6 +8,7 @@ always evaluated slice by slice (2D), as in the ISBI 2012 challenge.
 - :func:`boundary_prf`: boundary precision / recall / F1 with a distance tolerance.
 - :func:`rand_error`: foreground-restricted adapted Rand error (ignores ground-truth label 0).
 - :func:`variation_of_information`: split / merge conditional entropies (bits) on ground-truth foreground.
+- :func:`instance_scores`: Rand error and VI of the instances one post-processing makes of a prediction.
 - :func:`evaluate`: all of the above from a probability or binary prediction and a GT membrane map.
 """
 
@@ -25,6 +26,7 @@ __all__ = [
     "boundary_prf",
     "default_instances",
     "evaluate",
+    "instance_scores",
     "instances_from_membrane",
     "pixel_error",
     "rand_error",
@@ -216,6 +218,38 @@ def variation_of_information(pred_instances: np.ndarray, gt_instances: np.ndarra
 # ------------------------------------------------------------------------------------------ evaluate
 
 
+def instance_scores(
+    pred_prob_or_membrane: np.ndarray,
+    gt_membrane: np.ndarray,
+    instances_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Rand error and VI of the instances made from each 2D slice of a (H, W) or (Z, H, W) prediction.
+
+    ``instances_fn(slice2d) -> instances2d`` gets a float32 slice: the probability, or the 0/1 membrane map of
+    binary (bool/integer) input. ``None`` uses :func:`default_instances` (connected components of the
+    non-membrane pixels; a probability is thresholded at ``threshold``, a binary map used as is), so a binary
+    map gives the same figures as a 0/1 float map of it. GT instances: :func:`instances_from_membrane`.
+
+    Returns keys ``rand_error``, ``vi_split``, ``vi_merge``, ``vi_total``.
+    """
+    _same_shape(pred_prob_or_membrane, gt_membrane, "instance_scores")
+    pred_stack = _as_stack(np.asarray(pred_prob_or_membrane), "pred_prob_or_membrane")
+    if np.issubdtype(pred_stack.dtype, np.floating):
+        slices = [s.astype(np.float32, copy=False) for s in pred_stack]
+    else:
+        slices = [(s != 0).astype(np.float32) for s in pred_stack]
+        threshold = 0.5  # the 0/1 map's own threshold, whatever the probability's would be
+    if instances_fn is None:
+        pred_inst = np.stack([default_instances(s, threshold) for s in slices])
+    else:
+        pred_inst = np.stack([np.asarray(instances_fn(s)) for s in slices])
+    gt_inst = instances_from_membrane(_as_stack(np.asarray(gt_membrane).astype(bool), "gt_membrane"))
+    vi = variation_of_information(pred_inst, gt_inst)
+    return {"rand_error": rand_error(pred_inst, gt_inst), "vi_split": vi["split"], "vi_merge": vi["merge"],
+            "vi_total": vi["total"]}
+
+
 def evaluate(
     pred_prob_or_membrane: np.ndarray,
     gt_membrane: np.ndarray,
@@ -226,10 +260,8 @@ def evaluate(
     """All metrics for a (H, W) or (Z, H, W) prediction against a GT membrane map (non-zero = membrane).
 
     ``pred_prob_or_membrane``: a float membrane probability (thresholded at ``threshold``, see
-    :func:`to_membrane`) or a bool/integer binary membrane map (used as is). ``instances_fn(prob2d) ->
-    instances2d`` turns one 2D slice of the prediction (passed as float32: the probability, or the 0/1
-    membrane map for binary input) into instances; ``None`` uses :func:`default_instances`. GT instances
-    come from :func:`instances_from_membrane`.
+    :func:`to_membrane`) or a bool/integer binary membrane map (used as is). Instances for the Rand error and
+    VI: see :func:`instance_scores` (``instances_fn`` None: connected components).
 
     Returns keys: ``pixel_error``; ``boundary_precision``, ``boundary_recall``, ``boundary_f1`` (at
     ``tolerance`` px); ``boundary_precision_exact``, ``boundary_recall_exact``, ``boundary_f1_exact``
@@ -242,19 +274,6 @@ def evaluate(
 
     tol = boundary_prf(pred_membrane, gt, tolerance=tolerance)
     exact = boundary_prf(pred_membrane, gt, tolerance=0.0)
-
-    pred_stack = _as_stack(pred, "pred_prob_or_membrane")
-    if np.issubdtype(pred_stack.dtype, np.floating):
-        slices = [s.astype(np.float32, copy=False) for s in pred_stack]
-    else:
-        slices = [(s != 0).astype(np.float32) for s in pred_stack]
-    if instances_fn is None:
-        pred_inst = np.stack([default_instances(s, threshold) for s in slices])
-    else:
-        pred_inst = np.stack([np.asarray(instances_fn(s)) for s in slices])
-    gt_inst = instances_from_membrane(_as_stack(gt, "gt_membrane"))
-    vi = variation_of_information(pred_inst, gt_inst)
-
     return {
         "pixel_error": pixel_error(pred_membrane, gt),
         "boundary_precision": tol["precision"],
@@ -263,8 +282,5 @@ def evaluate(
         "boundary_precision_exact": exact["precision"],
         "boundary_recall_exact": exact["recall"],
         "boundary_f1_exact": exact["f1"],
-        "rand_error": rand_error(pred_inst, gt_inst),
-        "vi_split": vi["split"],
-        "vi_merge": vi["merge"],
-        "vi_total": vi["total"],
+        **instance_scores(pred, gt, instances_fn, threshold),
     }

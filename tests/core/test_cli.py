@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,173 @@ def test_evaluate_prints_json(tmp_path, synth, capsys):
     assert main(["evaluate", str(gt), str(gt)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["pixel_error"] == 0 and res["boundary_f1"] == 1 and res["rand_error"] == pytest.approx(0, abs=1e-9)
+
+
+VNC_LABELS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "vnc" / "stack1-membranes.tif"
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("neuroedge: error:"), err
+    return err[0]
+
+
+def test_evaluate_refuses_an_inverted_label_convention(tmp_path, synth, capsys):
+    """Labels read the wrong way round give exit 2 and one line naming the flag, not pixel error 0.9 and exit 0."""
+    gt, pred = tmp_path / "gt.tif", tmp_path / "pred.tif"
+    tifffile.imwrite(gt, synth.membrane, photometric="minisblack")  # 1 = membrane
+    assert 0.1 < synth.membrane.mean() < 0.5
+    tifffile.imwrite(pred, synth.membrane, photometric="minisblack")
+    assert main(["evaluate", str(pred), str(gt), "--gt-membrane-value", "0"]) == 2  # "membrane" = the cells
+    assert "--gt-membrane-value 0 makes" in _one_line_error(capsys)
+    tifffile.imwrite(tmp_path / "gt255.tif", synth.membrane * 255, photometric="minisblack")
+    assert main(["evaluate", str(pred), str(tmp_path / "gt255.tif")]) == 2  # no pixel equals the default 1
+    line = _one_line_error(capsys)
+    assert "--gt-membrane-value 1" in line and "0, 255" in line
+    # --force evaluates anyway (a crop may really be mostly membrane)
+    assert main(["evaluate", str(pred), str(gt), "--gt-membrane-value", "0", "--force"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_error"] == 1.0
+    # a prediction that disagrees on most pixels may be inverted, or just a bad model: its true numbers and a warning
+    assert main(["evaluate", str(pred), str(gt), "--pred-membrane-value", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["pixel_error"] == 1.0
+    [line] = err.strip().splitlines()
+    assert "warning: prediction and ground truth disagree on 100%" in line and "--pred-membrane-value" in line
+    assert main(["evaluate", str(pred), str(gt)]) == 0 and capsys.readouterr().err == ""
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    assert "default 1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_evaluate_on_vnc_labels_refuses_the_isbi_convention(tmp_path, capsys):
+    """The VNC labels are 1 = membrane: the default is right, ``--gt-membrane-value 0`` (ISBI's) is refused."""
+    if not VNC_LABELS.exists():
+        pytest.skip(f"VNC labels not found at {VNC_LABELS}")
+    first = tifffile.imread(VNC_LABELS, key=0)[None]
+    tifffile.imwrite(tmp_path / "pred.tif", first, photometric="minisblack")
+    args = ["evaluate", str(tmp_path / "pred.tif"), str(VNC_LABELS), "--gt-slices", "0:1"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_error"] == 0.0
+    assert main([*args, "--gt-membrane-value", "0"]) == 2
+    line = _one_line_error(capsys)
+    assert f"--gt-membrane-value 0 makes {(first == 0).mean():.0%} of the ground truth membrane" in line
+
+
+def test_evaluate_names_its_instances_and_labels_agree_with_a_binary_probability(tmp_path, synth, capsys):
+    """The same binary prediction as uint8 labels and as a 0/1 probability gives the same connected-components
+    Rand error; the probability's headline is the watershed, named as such, with its thresholds."""
+    gt = tmp_path / "gt.tif"
+    tifffile.imwrite(gt, synth.membrane, photometric="minisblack")
+    pred = synth.membrane.copy()
+    pred[:, ::12, :] = 0  # 1 px gaps in every membrane across these rows: components merge cells, the watershed not
+    tifffile.imwrite(tmp_path / "labels.tif", pred, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "prob.tif", pred.astype(np.float32), photometric="minisblack")
+    results = {}
+    for name in ("labels", "prob"):
+        assert main(["evaluate", str(tmp_path / f"{name}.tif"), str(gt)]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    labels, prob = results["labels"], results["prob"]
+    assert labels["instances"] == "components" and labels["threshold"] is None and labels["seed_threshold"] is None
+    assert labels["rand_error"] == labels["rand_error_components"] and "rand_error_watershed" not in labels
+    assert prob["instances"] == "watershed" and (prob["threshold"], prob["seed_threshold"]) == (0.5, 0.3)
+    assert prob["rand_error"] == prob["rand_error_watershed"]
+    assert prob["rand_error_components"] == labels["rand_error_components"] > 0.05
+    assert prob["rand_error_watershed"] < 0.5 * prob["rand_error_components"]  # two methods, two figures
+    assert prob["pixel_error"] == labels["pixel_error"] and prob["boundary_f1"] == labels["boundary_f1"]
+    # a real probability and the labels predict writes from it (at the threshold evaluate is told): same components
+    rng = np.random.default_rng(0)
+    smooth = np.clip(synth.membrane * 0.8 + rng.normal(0.1, 0.15, synth.membrane.shape), 0, 1).astype(np.float32)
+    tifffile.imwrite(tmp_path / "p.tif", smooth, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "m.tif", (smooth >= 0.6).astype(np.uint8), photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "p.tif"), str(gt), "--threshold", "0.6"]) == 0
+    from_prob = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(tmp_path / "m.tif"), str(gt)]) == 0
+    assert from_prob["rand_error_components"] == json.loads(capsys.readouterr().out)["rand_error"]
+    assert from_prob["threshold"] == 0.6
+
+
+def test_slices_past_the_stack_are_refused_by_every_command(tmp_path, stack_path, synth, tiny_ckpt, capsys):
+    """A range past the end of the 3-slice stack is one line naming the flag, not a silently shorter output."""
+    past = "reach past a stack of 3 slices"
+    lab = tmp_path / "lab.tif"
+    tifffile.imwrite(lab, synth.membrane, photometric="minisblack")
+    runs = {"predict": ["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt),
+                        "--tile", "64", "--quiet", "--slices", "2:5"],
+            "calibrate": ["calibrate", str(stack_path), str(lab), "--model", str(tiny_ckpt), "-o",
+                          str(tmp_path / "c.pt"), "--tta", "1", "--quiet", "--slices", "1:9"],
+            "export": ["export", str(stack_path), str(lab), "-o", str(tmp_path / "set"), "--slices", "0:4"]}
+    for name, argv in runs.items():
+        assert main(argv) == 2, name
+        assert f"--slices: slices '{argv[-1]}' {past}" in _one_line_error(capsys), name
+    assert not any((tmp_path / n).exists() for n in ("m.tif", "c.pt", "set"))
+    assert main(["export", str(stack_path), str(lab), "-o", str(tmp_path / "set"), "--slices", "0:3"]) == 0  # all 3
+    capsys.readouterr()
+    for argv in (["train", "--data", str(tmp_path / "set"), "--train-slices", "1:7", "--steps", "1"],
+                 ["finetune", "--from", str(tiny_ckpt), "--data", str(tmp_path / "set"), "--val-data",
+                  str(tmp_path / "set"), "--val-slices", "2:4", "--steps", "1"]):
+        assert main([*argv, "-o", str(tmp_path / "t.pt"), "--quiet"]) == 2
+        assert past in _one_line_error(capsys) and not (tmp_path / "t.pt").exists()
+    # evaluate: a prediction of --slices 0:2 against the whole GT names --gt-slices, and --gt-slices is checked too
+    tifffile.imwrite(tmp_path / "pred.tif", synth.membrane[:2], photometric="minisblack")
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab)]) == 2
+    assert "the prediction has 2 of the 3 slices; name them with --gt-slices" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab), "--gt-slices", "0:1"]) == 2
+    assert "--gt-slices 0:1 selects 1 slices, the prediction has 2" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab), "--gt-slices", "2:4"]) == 2
+    assert f"--gt-slices: slices '2:4' {past}" in _one_line_error(capsys)
+    assert main(["evaluate", str(tmp_path / "pred.tif"), str(lab), "--gt-slices", "1:3"]) == 0
+    capsys.readouterr()
+    tifffile.imwrite(tmp_path / "one.tif", synth.membrane[2], photometric="minisblack")  # a 2D slice: --gt-slices 2
+    assert main(["evaluate", str(tmp_path / "one.tif"), str(lab), "--gt-slices", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["pixel_error"] == 0.0
+
+
+def test_device_line_stands_before_the_bar(tmp_path, stack_path, tiny_ckpt, capsys):
+    """"running on cpu..." is a line of its own, said before the progress bar starts, not written into its line."""
+    assert main(["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt), "--tile", "64",
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    at = err.index("running on cpu")
+    assert at == 0 or err[at - 1] == "\n"
+    assert "tile" not in err[:at] and "\r" not in err[:at]  # no bar yet
+    assert "\n" in err[at:] and "tile" not in err[at:err.index("\n", at)]
+    assert "0/" in err[at:] and "tile" in err[at:]  # the bar follows, with its total from the start
+    assert err.rstrip().endswith(f"wrote {tmp_path / 'm.tif'}")
+
+
+def test_sample_says_what_it_wrote_and_never_overwrites(tmp_path, capsys):
+    img, lab = tmp_path / "s.tif", tmp_path / "l.tif"
+    assert main(["sample", "-o", str(img), "--labels", str(lab), "--slices", "2", "--size", "64"]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said == {"image": str(img), "labels": str(lab), "shape": [2, 64, 64], "dtype": "uint8"}
+    assert tifffile.imread(img).shape == tifffile.imread(lab).shape == (2, 64, 64)
+    assert main(["sample", "-o", str(tmp_path / "s2.tif"), "--labels", str(lab)]) == 2  # labels exist: neither written
+    assert "already exists" in _one_line_error(capsys) and not (tmp_path / "s2.tif").exists()
+
+
+def test_finetune_flags_reach_every_option_field():
+    """finetune_options follows FinetuneOptions' fields: no flag gives the one-click defaults, and every field but
+    recalibrate_threshold (no flag: a fine-tune always recalibrates) is set by its flag."""
+    from dataclasses import fields
+
+    from napari_neuroedge.cli import build_parser, finetune_options
+    from napari_neuroedge.config import FinetuneOptions, parse_loss
+
+    base = ["finetune", "--from", "default", "--data", "d", "-o", "x.pt"]
+    assert finetune_options(build_parser().parse_args(base)) == FinetuneOptions()
+    flags = ["--steps", "7", "--time-limit-s", "5", "--batch", "3", "--crop", "96", "--lr", "1e-4", "--lr-head",
+             "4e-4", "--loss", "bce=1", "--val-every", "3", "--ema", "0.9", "--val-tta", "6", "--keep-validated",
+             "--seed", "5", "--device", "cpu", "--threads", "1", "--replay-fraction", "0.5", "--corrected-weight", "2",
+             "--holdout", "0.5", "--parent-weight", "0.1", "--precision", "fp32"]
+    opts, default = finetune_options(build_parser().parse_args(base + flags)), FinetuneOptions()
+    assert {f.name for f in fields(opts) if getattr(opts, f.name) == getattr(default, f.name)} == {
+        "recalibrate_threshold"}
+    assert (opts.steps, opts.time_limit_s, opts.crop, opts.holdout, opts.val_tta, opts.keep_validated) == (
+        7, 5.0, 96, 0.5, 6, True)
+    assert opts.lr == 4e-4 and opts.backbone_lr_factor == pytest.approx(0.25)
+    assert opts.loss == parse_loss("bce=1") and opts.loss.bce == 1.0 and opts.loss.f1 == 0.0
+    only_backbone = finetune_options(build_parser().parse_args([*base, "--lr", "1e-4"]))
+    assert (only_backbone.lr, only_backbone.backbone_lr_factor) == (1e-4, 1.0)
 
 
 def test_export_train_finetune_round_trip(tmp_path, stack_path, synth, tiny_ckpt, capsys):

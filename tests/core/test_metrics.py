@@ -261,3 +261,19 @@ def test_evaluate_on_isbi_labels_crop() -> None:
     assert r["boundary_recall_exact"] == 1.0 and r["boundary_precision_exact"] < 0.95
     assert r["pixel_error"] == pytest.approx(float((thick != gt).mean()))
     assert r["rand_error"] < 0.05  # same cells, just thinner
+
+
+def test_instance_scores_of_a_binary_map_ignore_the_probability_threshold() -> None:
+    """A 0/1 map is its own threshold: uint8, bool and 0/1 float give the same components at any threshold."""
+    from napari_neuroedge.metrics import instance_scores
+
+    gt = np.zeros((2, 24, 24), np.uint8)
+    gt[:, 11:13, :] = 1
+    gt[:, :, 11:13] = 1
+    pred = gt.copy()
+    pred[0, 11:13, 3] = 0  # a gap: two GT cells merge in slice 0
+    want = instance_scores(pred.astype(np.float32), gt)
+    assert want["rand_error"] > 0.1 and want["vi_merge"] > 0
+    for p, t in ((pred, 0.5), (pred, 0.9), (pred, 1.5), (pred.astype(bool), 0.0)):
+        assert instance_scores(p, gt, threshold=t) == want
+    assert evaluate(pred, gt, threshold=1.5)["rand_error"] == want["rand_error"]

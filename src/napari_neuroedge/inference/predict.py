@@ -137,7 +137,8 @@ SliceSpec = str | slice | Sequence[int] | None
 def parse_slices(spec: SliceSpec, depth: int) -> Sequence[int]:
     """Slice indices to process: None/"" -> all; "a:b" (python slice syntax, negatives allowed), "i", several
     of these joined by commas ("0:20,25:30", in that order; a slice named twice is an error), a slice or a
-    sequence of indices (kept in its order; negatives count from the end)."""
+    sequence of indices (kept in its order; negatives count from the end). A range whose bounds lie beyond the
+    stack ("18:25" of 20 slices) is an error, not silently cut short."""
     if spec is None or spec == "":
         return range(depth)
     if isinstance(spec, str) and "," in spec:
@@ -167,6 +168,8 @@ def parse_slices(spec: SliceSpec, depth: int) -> Sequence[int]:
         raise ValueError(f"cannot parse slices {spec!r}; expected like 3 or 0:10 or 5:") from None
     if len(r) == 0:
         raise ValueError(f"slices {spec!r} select nothing from a stack of {depth} slices")
+    if len(parts) > 1 and any(v is not None and not -depth <= v <= depth for v in vals[:2]):
+        raise ValueError(f"slices {spec!r} reach past a stack of {depth} slices (0:{depth} is all of them)")
     return r
 
 
