@@ -104,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _slice_list(spec: str | None, stack: Any) -> list[int] | None:
     """``--slices`` as slice indices of a stack (None: all, or a 2D image)."""
-    from .inference.predict import parse_slices
+    from .slices import parse_slices
 
     return list(parse_slices(spec, stack.shape[0])) if spec and len(stack.shape) == 3 else None
 
@@ -255,7 +255,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pred = np.asarray(open_stack(args.pred).data[:])
     gt_raw = np.asarray(open_stack(args.gt).data[:])
     if args.gt_slices:
-        from .inference.predict import parse_slices
+        from .slices import parse_slices
 
         gt_raw = gt_raw[list(parse_slices(args.gt_slices, gt_raw.shape[0]))]
     if pred.shape != gt_raw.shape:
@@ -280,7 +280,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import ExportItem, export_slices
-    from .inference.predict import parse_slices
+    from .slices import parse_slices
     from .io import open_stack
 
     img = open_stack(args.image)

@@ -1,12 +1,12 @@
 """The import contract of the package, read from the source (AST) of every module, nothing imported.
 
-Layers, lowest first: the base (config, progress, atomic, slices, units), storage (io, ngff, the training-set
-format, export, workstore, overlay, sample, metrics), models, inference, training, and on top the two front
-ends, the CLI and ``_napari``. A module may import its own layer and the ones below, never one above; there are
-no import cycles; and only ``_napari`` imports a GUI toolkit. Module-level and function-level (deferred)
-imports are collected separately: both must respect the layers; cycles through module-level imports would fail
-at import time and must be zero, and deferred ones are counted and must be zero too (a deferred import that
-closes a cycle only hides it).
+Layers, lowest first: the base (config, progress, atomic, slices, units), storage (io, chunks, ngff, the
+training-set format, export, workstore, overlay, sample, metrics), models, inference, training, and on top the
+two front ends, the CLI and ``_napari``. A module may import its own layer and the ones below, never one above;
+there are no import cycles; and only ``_napari`` imports a GUI toolkit. Module-level and function-level
+(deferred) imports are collected separately: both must respect the layers; cycles through module-level imports
+would fail at import time and must be zero, and deferred ones are counted and must be zero too (a deferred
+import that closes a cycle only hides it).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ GUI = ("napari", "qtpy", "magicgui", "superqt", "PyQt5", "PyQt6", "PySide2", "Py
 #: layer of each top-level module or subpackage (first name under the package); higher may import lower
 LAYERS = {
     "": 0, "config": 0, "progress": 0, "atomic": 0, "slices": 0, "units": 0,
-    "io": 1, "ngff": 1, "trainingset": 1, "export": 1, "workstore": 1, "overlay": 1, "sample": 1, "metrics": 1,
+    "io": 1, "chunks": 1, "ngff": 1, "trainingset": 1, "export": 1, "workstore": 1, "overlay": 1, "sample": 1,
+    "metrics": 1,
     "models": 2, "bioimageio_import": 2,
     "inference": 3, "bioimageio_export": 3,
     "training": 4, "calibration": 4,

@@ -155,8 +155,8 @@ def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("name", ["c.zarr", "c.ome.zarr"])
 def test_zarr_outputs_default_to_the_one_chunk_shape(tmp_path, name):
-    """Plain and OME-Zarr outputs take sinks.chunks_for: one slice deep, at most 1024 px in y and x."""
-    from napari_neuroedge.inference.sinks import chunks_for
+    """Plain and OME-Zarr outputs take chunks.chunks_for: one slice deep, at most 1024 px in y and x."""
+    from napari_neuroedge.chunks import chunks_for
 
     assert chunks_for((3, 2500, 700)) == (1, 1024, 700) and chunks_for((0, 5)) == (1, 5)
     with open_output(tmp_path / name, (3, 2500, 700), np.uint8) as out:

@@ -142,7 +142,7 @@ def test_slices_selects_and_orders_output():
 
 
 def test_slice_spec_joins_ranges_with_commas():
-    from napari_neuroedge.inference.predict import parse_slices
+    from napari_neuroedge.slices import parse_slices
 
     assert list(parse_slices("0:3, 5:7,-1", 10)) == [0, 1, 2, 5, 6, 9]
     with pytest.raises(ValueError, match="more than once"):

@@ -67,7 +67,7 @@ def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFile
     from ..io import open_output
     from ..overlay import write_stack_overlay
     from .postprocess import instance_dtype
-    from .predict import parse_slices
+    from ..slices import parse_slices
 
     check_outputs(files)
     vol, voxel = stack.data, stack.voxel_size

@@ -36,7 +36,8 @@ import numpy as np
 from ..config import SEED_THRESHOLD, NormConfig, arch_display_name, TileConfig, TTAConfig
 from ..progress import Progress, ProgressEvent, drive
 from .oom import OOMFallback
-from .predict import Predictor, parse_slices
+from ..slices import parse_slices
+from .predict import Predictor
 from .sinks import BandSink, Tee, ThresholdSink, is_chunked
 
 

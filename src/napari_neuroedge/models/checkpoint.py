@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, atomic_write_bytes
+from ..bioimageio_import import PackageError, is_package_path, load_package
 from ..config import SEED_THRESHOLD, NormConfig, from_dict, to_dict
 from .registry import build_model, resolve_checkpoint
 
@@ -47,9 +48,10 @@ class Checkpoint:
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
         if self.arch == "bioimageio":  # a bioimage.io package: its own weights and architecture
-            from ..bioimageio_import import load_package
-
-            return load_package(self.arch_kwargs["source"])[0]
+            try:
+                return load_package(self.arch_kwargs["source"])[0]
+            except PackageError as exc:
+                raise CheckpointError(str(exc)) from None
         try:
             model = build_model(self.arch, **self.arch_kwargs)
         except (TypeError, ValueError) as exc:
@@ -112,8 +114,6 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
 def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint by bundled name ("default") or path; errors say what is wrong."""
     path = resolve_checkpoint(name_or_path)
-    from ..bioimageio_import import is_package_path
-
     if is_package_path(path):
         return _package_checkpoint(path)
     if path.is_dir():
@@ -159,14 +159,9 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
 def _package_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint standing for a bioimage.io package (weights stay in the package; :meth:`build` loads them)."""
     try:
-        from ..bioimageio_import import load_package
-    except ImportError as exc:
-        raise CheckpointError(f"{path}: bioimage.io packages need the 'bioimageio' extra "
-                              "(pip install 'napari-neuroedge[bioimageio]')") from exc
-    try:
         _, meta = load_package(path)
-    except CheckpointError:
-        raise
+    except PackageError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # bioimageio raises many types on broken packages
         raise CheckpointError(f"{path}: cannot read as a bioimage.io package ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from exc

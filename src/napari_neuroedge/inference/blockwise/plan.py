@@ -12,7 +12,7 @@ import numpy as np
 from ...config import NormConfig, TileConfig
 from ..normalize import slice_stats
 from ..pipeline import output_shape
-from ..predict import parse_slices
+from ...slices import parse_slices
 from ..stitch import stitch_region, tiles_per_pass
 from ..tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 from .geometry import Block
