@@ -42,7 +42,7 @@ class Checkpoint:
     step: int = 0
     optimizer: dict[str, Any] | None = None  # for resuming
     threshold: float = 0.5  # membrane threshold on the probability, calibrated by `neuroedge calibrate`
-    context: int = 0  # px: measured receptive context (inference.context.measure_context); 0 = not measured
+    context: int = 0  # px: measured receptive context (tiles overlap by twice it); 0 = not measured
     seed_threshold: float = SEED_THRESHOLD  # instances grow from pixels below this (recalibrated by fine-tuning)
 
     def build(self) -> nn.Module:
