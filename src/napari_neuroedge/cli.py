@@ -145,9 +145,9 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _refuse_existing(path: Path) -> Path:
     """``path``, after checking nothing is there yet: fail before the work, not after it."""
-    from .inference.files import refuse_existing
+    from .atomic import check_free
 
-    refuse_existing([path])
+    check_free(path)
     return path
 
 

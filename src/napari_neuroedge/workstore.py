@@ -54,10 +54,18 @@ def is_in_memory(data: Any) -> bool:
     return type(data) is np.ndarray
 
 
+def is_large(shape: Sequence[int], dtype: Any = np.float32) -> bool:
+    """The one size policy for images and layers: an array of ``shape``/``dtype`` is too large to hold in memory
+    when it takes more bytes than :func:`lazy_voxels` float32 voxels (1 GiB by default). The Predict widget then
+    predicts into disk-backed outputs (:func:`wants_lazy`), and the viewer's blank label layers are sparse."""
+    nbytes = int(np.prod([int(s) for s in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+    return nbytes > lazy_voxels() * np.dtype(np.float32).itemsize
+
+
 def wants_lazy(data: Any) -> bool:
-    """Whether predictions of ``data`` ((y, x) or (z, y, x) array-like) should go to disk-backed outputs."""
-    voxels = int(np.prod([int(s) for s in data.shape], dtype=np.int64))
-    return not is_in_memory(data) or voxels > lazy_voxels()
+    """Whether predictions of ``data`` ((y, x) or (z, y, x) array-like) should go to disk-backed outputs: it is
+    not in memory, or its float32 probability :func:`is_large`."""
+    return not is_in_memory(data) or is_large(data.shape, np.float32)
 
 
 def cache_dir() -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import check_free
 from ..config import TTAConfig
 from ..progress import Progress, ProgressEvent
 from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model, output_shape,
@@ -44,17 +45,8 @@ def check_outputs(files: OutputFiles) -> None:
     (``IMAGE.ome.zarr/labels/NAME``) needs that image, written now or already there."""
     from ..ngff import check_label_paths
 
-    refuse_existing(files.paths())
+    check_free(*files.paths())
     check_label_paths([files.membranes, files.probability, files.instances, files.variance])
-
-
-def refuse_existing(paths: Sequence[str | Path]) -> None:
-    """Raise OutputExistsError for the first path that exists: fail before the work, not after it."""
-    from ..atomic import OutputExistsError
-
-    for path in map(Path, paths):
-        if path.exists():
-            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
 
 
 def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFiles, name: str = ""

@@ -7,7 +7,10 @@ JSON beside the checkpoint (``NAME.pt`` -> ``NAME.json``) for people and scripts
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,6 +170,22 @@ def _package_checkpoint(path: Path) -> Checkpoint:
                               f"{str(exc).splitlines()[0][:200]})") from exc
     return Checkpoint("bioimageio", {"source": str(path)}, {}, meta["norm"],
                       provenance={"name": meta["name"], "bioimageio_package": str(path)}, threshold=meta["threshold"])
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a checkpoint (or any) file, read in 1 MB blocks; cached per path, modification
+    time and size, so asking again for an unchanged file costs a ``stat``."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:

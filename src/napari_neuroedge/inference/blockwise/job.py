@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic import OutputExistsError, atomic_write_bytes
+from ...atomic import OutputExistsError, atomic_write_bytes, check_free
 from ...config import NormConfig, TileConfig, TTAConfig, to_dict
 from ...progress import Cancelled, Progress, ProgressEvent, drive
 from .geometry import Block, block_tiles, check_block, default_block, default_chunks, plan_blocks
@@ -89,8 +89,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     for path in outputs:
         if not str(path).rstrip("/").lower().endswith(".zarr"):
             raise ValueError(f"{path}: blockwise outputs must be zarr arrays (a name ending in .zarr)")
-        if path.exists():
-            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+    check_free(*outputs)
     voxel = None
     if isinstance(volume, (str, Path)):
         stack: EMStack = open_stack(volume)
@@ -110,7 +109,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     arrays = [work / f"channel{c}.zarr" for c in range(len(outputs))]
     if work.exists():
         if not resume:
-            raise OutputExistsError(f"{work} holds a partial blockwise run; resume it or delete that folder")
+            raise OutputExistsError(work, "it holds a partial blockwise run; resume it or delete that folder")
         try:
             old = json.loads((work / "job.json").read_text())
         except (OSError, ValueError):
@@ -149,7 +148,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
                            f"rerun to complete them (partial output kept in {work})")
     for arr, dest in zip(arrays, outputs):
         if dest.exists():
-            raise OutputExistsError(f"{dest} already exists; the finished result stays in {arr}")
+            raise OutputExistsError(dest, f"the finished result stays in {arr}")
     for arr, dest in zip(arrays, outputs):
         os.rename(arr, dest)
     shutil.rmtree(work, ignore_errors=True)

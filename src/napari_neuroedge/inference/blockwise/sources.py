@@ -36,14 +36,6 @@ class PredictorSource(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def worker_device(device: str = "auto") -> str:
     """The torch device for this process: ``auto`` -> ``$NEUROEDGE_DEVICE`` if set, else the best available."""
     if (device or "auto").lower() == "auto":
@@ -77,23 +69,24 @@ class ModelSpec:
     def resolved(self) -> ModelSpec:
         """With the checkpoint's sha256 filled in and a path made absolute (bundled names stay names, so
         workers with the package installed elsewhere find their own copy)."""
+        from ...models.checkpoint import file_sha256
         from ...models.registry import bundled_models, resolve_checkpoint
 
         path = resolve_checkpoint(self.checkpoint).resolve()
         name = self.checkpoint if self.checkpoint in bundled_models() else str(path)
-        return replace(self, checkpoint=name, sha256=self.sha256 or _sha256(path))
+        return replace(self, checkpoint=name, sha256=self.sha256 or file_sha256(path))
 
     def key(self) -> Any:
         return ["torch-checkpoint", self.checkpoint, self.sha256, self.device, self.precision, to_dict(self.tta)]
 
     def load(self) -> Predictor:
         """The TorchPredictor on this process's device; refuses a checkpoint whose hash differs from the client's."""
-        from ...models.checkpoint import load_checkpoint
+        from ...models.checkpoint import file_sha256, load_checkpoint
         from ...models.registry import resolve_checkpoint
         from ..predict import TorchPredictor
 
         if self.sha256:
-            found = _sha256(resolve_checkpoint(self.checkpoint))
+            found = file_sha256(resolve_checkpoint(self.checkpoint))
             if found != self.sha256:
                 raise ValueError(f"{self.checkpoint}: this worker's checkpoint (sha256 {found[:12]}) differs from "
                                  f"the client's ({self.sha256[:12]}); give every worker the same file")
