@@ -61,8 +61,6 @@ class _TqdmProgress:
 # ------------------------------------------------------------------------------------------------ predict
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from .config import TileConfig, TTAConfig
     from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files
     from .inference.pipeline import PredictionRequest
@@ -83,10 +81,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
                                 threshold=args.threshold, seed_threshold=args.seed_threshold,
                                 slices=_slice_list(args.slices, stack))
-    if args.scheduler is not None:  # the workers load the model themselves, from its name or path
+    if args.scheduler is not None:  # workers on other processes load the model from the file it came from
         progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
         try:
-            predict_blockwise_files(args.input, replace(request, model=args.model), files, chunk=args.chunk,
+            predict_blockwise_files(args.input, request, files, chunk=args.chunk,
                                     block=args.block, scheduler=args.scheduler, workers=args.workers,
                                     devices=args.devices.split(",") if args.devices else None, progress=progress)
         finally:

@@ -47,6 +47,8 @@ class Checkpoint:
     threshold: float = 0.5  # membrane threshold on the probability, calibrated by `neuroedge calibrate`
     context: int = 0  # px: measured receptive context (tiles overlap by twice it); 0 = not measured
     seed_threshold: float = SEED_THRESHOLD  # instances grow from pixels below this (recalibrated by fine-tuning)
+    # the bundled name or path it was loaded from (None: made in memory); not saved. Blockwise workers load it.
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
@@ -116,7 +118,12 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
 
 def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint by bundled name ("default") or path; errors say what is wrong."""
-    path = resolve_checkpoint(name_or_path)
+    ckpt = _load(resolve_checkpoint(name_or_path))
+    ckpt.origin = str(name_or_path)
+    return ckpt
+
+
+def _load(path: Path) -> Checkpoint:
     if is_package_path(path):
         return _package_checkpoint(path)
     if path.is_dir():

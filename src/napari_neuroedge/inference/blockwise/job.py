@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from ...atomic import OutputExistsError, atomic_write_bytes, check_free
-from ...config import NormConfig, TileConfig, TTAConfig, to_dict
+from ...config import to_dict
 from ...progress import Cancelled, Progress, ProgressEvent, drive
+from ..pipeline import PredictionRequest
 from .geometry import Block, block_tiles, check_block, default_block, default_chunks, plan_blocks
 from .plan import _make_plan, _Plan, compute_block
 from .scheduling import _require_dask, _run_blocks, check_scheduler
@@ -54,24 +55,25 @@ def _job_record(plan: _Plan, vol_shape: Sequence[int], vol_dtype: Any, out_shape
     }, default=str))
 
 
-def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile: TileConfig | None = None,
-                           norm: NormConfig | None = None, slices: str | slice | None = None,
+def iter_predict_blockwise(volume: Any, output: str | Path, request: PredictionRequest, *,
                            variance_output: str | Path | None = None, chunks: Sequence[int] | None = None,
                            block: Sequence[int] | None = None, scheduler: Any = "threads",
                            workers: int | None = None, devices: Sequence[str] | None = None,
-                           resume: bool = True, retries: int = 2, device: str = "auto", precision: str = "auto",
-                           tta: TTAConfig | None = None, threads: int = 0
+                           resume: bool = True, retries: int = 2
                            ) -> Generator[ProgressEvent, None, BlockwiseResult]:
-    """Predict ``volume`` blockwise into the zarr array ``output``; yields ProgressEvent(blocks done, total).
+    """Predict ``volume`` as ``request`` says, blockwise into the zarr array ``output``; yields
+    ProgressEvent(blocks done, total).
 
-    ``volume``: an input path (opened by each worker; best for clusters) or an array-like. ``model``: a
-    checkpoint name/path, :class:`ModelSpec` or predictor source (see :func:`as_source`); ``norm`` defaults
-    to the checkpoint's. ``chunks``/``block``: output zarr chunks and task blocks in voxels, per axis of the
-    output ((y, x) or (z, y, x)); blocks must be whole chunks. ``scheduler``: "threads" (``workers``
-    threads), "sync", "local" (a :func:`local_cluster` of ``workers`` processes or one per entry of
-    ``devices``), a scheduler address or a ``distributed.Client``. ``variance_output`` receives channel 1
-    (TTA variance) when the predictor gives it. ``device``/``precision``/``tta``/``threads`` configure a model given
-    by checkpoint name or path (``device="auto"``: each worker's assigned or best device).
+    ``volume``: an input path (opened by each worker; best for clusters) or an array-like. ``request``: the
+    pipeline's :class:`~..pipeline.PredictionRequest` (model, tile, TTA, precision, device, threads, norm,
+    slices; its thresholds are not used here): the model is a checkpoint name/path, a checkpoint loaded from one,
+    a :class:`ModelSpec` or a predictor source, or ``request.predictor`` a ready predictor (see
+    :func:`source_of`); ``norm`` defaults to the checkpoint's; ``device="auto"``: each worker's assigned or
+    best device. Every predictor runs in the out-of-memory fallback. ``chunks``/``block``: output zarr chunks
+    and task blocks in voxels, per axis of the output ((y, x) or (z, y, x)); blocks must be whole chunks.
+    ``scheduler``: "threads" (``workers`` threads), "sync", "local" (a :func:`local_cluster` of ``workers``
+    processes or one per entry of ``devices``), a scheduler address or a ``distributed.Client``.
+    ``variance_output`` receives channel 1 (TTA variance).
 
     The output appears under its name only when every block is done; until then it lives in
     :func:`work_dir` (kept on error or cancel), and a rerun with the same settings computes only the blocks
@@ -94,8 +96,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     if isinstance(volume, (str, Path)):
         stack: EMStack = open_stack(volume)
         voxel = stack.voxel_size
-    plan, out_shape = _make_plan(volume, model, tile, norm, slices,
-                                 {"device": device, "precision": precision, "tta": tta, "threads": threads})
+    plan, out_shape = _make_plan(volume, request, variance=variance_output is not None)
     vol = plan.volume.open()
     if len(outputs) > plan.n_out:
         raise ValueError("variance_output needs a predictor with a variance channel (TTA with variance)")
@@ -176,7 +177,7 @@ def _block_write_task(plan: _Plan, block: Block, cancel: Any, *stats: tuple[floa
     return info
 
 
-def predict_blockwise(volume: Any, output: str | Path, model: Any, *, progress: Progress | None = None,
-                      **kwargs: Any) -> BlockwiseResult:
+def predict_blockwise(volume: Any, output: str | Path, request: PredictionRequest, *,
+                      progress: Progress | None = None, **kwargs: Any) -> BlockwiseResult:
     """Run :func:`iter_predict_blockwise` to the end (``progress`` gets the events and may cancel)."""
-    return drive(iter_predict_blockwise(volume, output, model, **kwargs), progress)
+    return drive(iter_predict_blockwise(volume, output, request, **kwargs), progress)
