@@ -133,6 +133,24 @@ def test_atomic_bytes_and_unique_names(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_one_already_exists_error_and_atomic_replace(tmp_path):
+    import pickle
+
+    from napari_neuroedge.atomic import check_free, replace_atomically
+
+    p = atomic_write_bytes(tmp_path / "a.json", b"1")
+    with pytest.raises(OutputExistsError) as info:
+        check_free(tmp_path / "free.tif", None, p)
+    assert str(info.value) == f"{p} already exists; choose another name (nothing was overwritten)"
+    again = pickle.loads(pickle.dumps(info.value))  # as a Dask worker's error comes back to the client
+    assert type(again) is OutputExistsError and str(again) == str(info.value)
+    assert str(OutputExistsError(p, "the result stays in x")) == f"{p} already exists; the result stays in x"
+    replace_atomically(p, lambda tmp: tmp.write_bytes(b"2"))  # the files meant to be rewritten: in one step
+    with pytest.raises(ValueError):
+        replace_atomically(p, lambda tmp: (tmp.write_bytes(b"half"), int("x")))
+    assert p.read_bytes() == b"2" and [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
     """atomic_dir(commit=...): the hook publishes the finished folder (here into another folder); when it refuses,
     the temporary folder (made ``beside``) is deleted and the destination's parent was never created."""

@@ -10,7 +10,7 @@ tile by tile; :func:`copy_slices` copies slices between chunked arrays chunk by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
