@@ -268,11 +268,14 @@ class OOMSource(CountingSource):
 
 
 def test_blockwise_falls_back_to_smaller_batches_on_out_of_memory(tmp_path: Path, stack: np.ndarray) -> None:
-    src = OOMSource()
-    bw.predict_blockwise(stack, tmp_path / "p.zarr", req(src), chunks=CHUNKS, block=CHUNKS, scheduler="sync")
+    src, events = OOMSource(), []
+    bw.predict_blockwise(stack, tmp_path / "p.zarr", req(src), chunks=CHUNKS, block=CHUNKS, scheduler="sync",
+                         progress=CallbackProgress(events.append))
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "p.zarr"), mode="r")[:],
                                   predict_array(stack, box_predictor, tile=TILE))
     assert src.tiles == 72  # every tile ran once, one at a time after the first pass failed
+    warnings = [e.info["warning"] for e in events if "warning" in (e.info or {})]
+    assert warnings == ["out of memory with 3 tiles per pass; retrying with 1"]  # said once, by the first block
 
 
 def test_cli_blockwise_loads_the_checkpoint_once(tmp_path: Path, stack: np.ndarray, tiny_checkpoint: Path,

@@ -21,6 +21,7 @@ from ...progress import Cancelled, Progress, ProgressEvent, drive
 from ..pipeline import PredictionRequest
 from .geometry import Block, block_tiles, check_block, default_block, default_chunks, plan_blocks
 from .plan import _make_plan, _Plan, compute_block
+from .sources import cached_predictor
 from .scheduling import _require_dask, _run_blocks, check_scheduler
 
 WORK_SUFFIX = ".blockwise"
@@ -157,12 +158,15 @@ def iter_predict_blockwise(volume: Any, output: str | Path, request: PredictionR
 
 
 def _block_write_task(plan: _Plan, block: Block, cancel: Any, *stats: tuple[float, float]) -> dict[str, Any]:
-    """Compute ``block``, write it to every output, then drop its done-marker; returns timing info."""
+    """Compute ``block``, write it to every output, then drop its done-marker; returns timing info (with a
+    ``warning`` when the out-of-memory fallback stepped down during this block, as the pipeline reports it)."""
     import zarr
 
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled by the user")
     t0 = time.perf_counter()
+    notes = cached_predictor(plan.source).notes
+    seen = len(notes)
     data = compute_block(plan, block, stats)
     for c, path in enumerate(plan.outputs):
         arr = zarr.open(path, mode="r+")
@@ -172,6 +176,8 @@ def _block_write_task(plan: _Plan, block: Block, cancel: Any, *stats: tuple[floa
     grid = plan.grid(plan.volume.open().shape)
     info = {"block": block.name, "tiles": len(block_tiles(grid, block)) * (block.z1 - block.z0),
             "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+    if len(notes) > seen:
+        info["warning"] = "; ".join(notes[seen:])
     with contextlib.suppress(OutputExistsError):  # a task run twice (e.g. after a lost worker) is harmless
         atomic_write_bytes(Path(plan.done_dir) / block.name, json.dumps(info).encode())
     return info
