@@ -150,6 +150,7 @@ def run_dask(case: dict[str, Any]) -> dict[str, Any]:
 
     from napari_neuroedge.config import NormConfig, TileConfig
     from napari_neuroedge.inference import blockwise as bw
+    from napari_neuroedge.inference.pipeline import PredictionRequest
     from napari_neuroedge.inference.predict import TorchPredictor, iter_predict
     from napari_neuroedge.io import open_output, open_stack
     from napari_neuroedge.models.checkpoint import load_checkpoint
@@ -172,7 +173,8 @@ def run_dask(case: dict[str, Any]) -> dict[str, Any]:
     spec = bw.ModelSpec(case["ckpt"], device="cpu", threads=1).resolved()
     _warm(spec, tile.tile, tile.batch)  # model load is not part of the throughput (as for the single process)
     t0 = time.perf_counter()
-    res = bw.predict_blockwise(case["input"], out.with_name("threads.zarr"), spec, tile=tile, scheduler="threads",
+    request = PredictionRequest(model=spec, tile=tile)
+    res = bw.predict_blockwise(case["input"], out.with_name("threads.zarr"), request, scheduler="threads",
                                workers=1)
     rows["dask threaded scheduler, 1 thread"] = {"seconds": time.perf_counter() - t0, "tiles": res.tiles}
 
@@ -184,7 +186,7 @@ def run_dask(case: dict[str, Any]) -> dict[str, Any]:
             client.run(_warm, spec, tile.tile, tile.batch, case["input"])  # per-worker set-up, not timed
             started = time.perf_counter() - t0
             t1 = time.perf_counter()
-            res = bw.predict_blockwise(case["input"], out.with_name(f"cluster{n}.zarr"), spec, tile=tile,
+            res = bw.predict_blockwise(case["input"], out.with_name(f"cluster{n}.zarr"), request,
                                        scheduler=client)
             rows[f"dask LocalCluster, {n} worker process(es)"] = {
                 "seconds": time.perf_counter() - t1, "start_s": started, "tiles": res.tiles}

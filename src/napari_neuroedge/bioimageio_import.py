@@ -20,6 +20,11 @@ from .config import NormConfig
 ARCH = "bioimageio"
 
 
+class PackageError(ValueError):
+    """The package is not a usable bioimage.io boundary model; the message says why (the checkpoint loader turns
+    it into a :class:`~napari_neuroedge.models.checkpoint.CheckpointError`)."""
+
+
 def is_package_path(path: str | Path) -> bool:
     """True for ``*.zip`` files and ``*rdf.yaml`` / ``*bioimageio.yaml`` descriptions."""
     name = str(path).lower()
@@ -54,9 +59,7 @@ class PackageModel(nn.Module):
 
 
 def _fail(source: Any, why: str) -> None:
-    from .models.checkpoint import CheckpointError
-
-    raise CheckpointError(f"{source}: not a usable bioimage.io boundary model: {why}")
+    raise PackageError(f"{source}: not a usable bioimage.io boundary model: {why}")
 
 
 def _describe(source: str | Path) -> Any:

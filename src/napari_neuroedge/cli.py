@@ -77,8 +77,6 @@ class _TqdmProgress:
 # ------------------------------------------------------------------------------------------------ predict
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from .config import TileConfig, TTAConfig
     from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files
     from .inference.pipeline import PredictionRequest
@@ -98,10 +96,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                                 tta=TTAConfig(n=args.tta), precision=args.precision, device=args.device,
                                 threshold=args.threshold, seed_threshold=args.seed_threshold,
                                 slices=slices)
-    if args.scheduler is not None:  # the workers load the model themselves, from its name or path
+    if args.scheduler is not None:  # workers on other processes load the model from the file it came from
         progress = _TqdmProgress(f"predict {Path(args.input).name} (blockwise)", "block", args.quiet)
         try:
-            predict_blockwise_files(args.input, replace(request, model=args.model), files, chunk=args.chunk,
+            predict_blockwise_files(args.input, request, files, chunk=args.chunk,
                                     block=args.block, scheduler=args.scheduler, workers=args.workers,
                                     devices=args.devices.split(",") if args.devices else None, progress=progress)
         finally:
@@ -120,7 +118,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def _slice_list(spec: str | None, shape: tuple[int, ...], flag: str = "--slices") -> list[int] | None:
     """``flag``'s slices as indices of a stack of this shape (None: no flag, all slices). A spec that does not fit
     the stack (a range past its end, a 2D image) is a one-line error naming the flag, never silently cut short."""
-    from .inference.predict import parse_slices
+    from .slices import parse_slices
 
     if not spec:
         return None
@@ -168,9 +166,9 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _refuse_existing(path: Path) -> Path:
     """``path``, after checking nothing is there yet: fail before the work, not after it."""
-    from .inference.files import refuse_existing
+    from .atomic import check_free
 
-    refuse_existing([path])
+    check_free(path)
     return path
 
 
@@ -458,11 +456,10 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .io import write_array
+    from .atomic import check_free
     from .sample import synthetic_em
 
-    from .inference.files import refuse_existing
-
-    refuse_existing([args.output, *([args.labels] if args.labels else [])])  # both or neither
+    check_free(args.output, args.labels)  # both or neither
     s = synthetic_em((args.slices, args.size, args.size), cell_size=args.cell_size, seed=args.seed)
     write_array(args.output, s.image)
     if args.labels:

@@ -53,7 +53,7 @@ class TileConfig:
     """Overlap-tile inference: tiles of at most ``tile`` x ``tile`` px (fewer, smaller or rectangular ones
     where that covers the image with fewer pixels; 0: as large as the device's free memory allows, up to 2048,
     see :mod:`napari_neuroedge.inference.tile_size`); neighbours overlap by twice ``context`` px (0: the
-    model's measured receptive context, see :func:`napari_neuroedge.inference.context.measure_context`)."""
+    model's measured receptive context, ``Checkpoint.context``)."""
 
     tile: int = 0
     context: int = 0
@@ -221,14 +221,6 @@ class FinetuneOptions:
     parent_weight: float = 0.35
 
 
-@dataclass(frozen=True)
-class ExportConfig:
-    """Export of corrected slices as a training set."""
-
-    image_format: str = "tif"
-    include_mask: bool = True
-
-
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain, JSON-serialisable dict of a config dataclass (nested configs become dicts)."""
     if not dataclasses.is_dataclass(cfg):
@@ -254,13 +246,6 @@ def from_dict(cls: type[T], data: dict[str, Any]) -> T:
     return cls(**kwargs)  # type: ignore[call-arg]
 
 
-def save_json(cfg: Any, path: str | Path) -> None:
-    """Write a config as JSON (atomically; refuses to overwrite)."""
-    from .atomic import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), json.dumps(to_dict(cfg), indent=2).encode())
-
-
 def load_json(cls: type[T], path: str | Path) -> T:
-    """Read a config written by :func:`save_json`."""
+    """Read a config saved as JSON (:func:`to_dict`), e.g. a run folder's ``config.json``."""
     return from_dict(cls, json.loads(Path(path).read_text()))

@@ -1,4 +1,4 @@
-"""Export corrected slices as a training set: ``images/``, ``labels/``, ``masks/``, ``predictions/``, ``manifest.json``.
+"""Export corrected slices into a training-set folder (the format: :mod:`napari_neuroedge.trainingset`).
 
 Each item is one 2D slice: the raw image (its own dtype), the corrected membrane label (uint8, 1 = membrane),
 optionally an ignore mask (uint8, 1 = labelled, 0 = ignore) and the model's prediction before correction
@@ -8,8 +8,6 @@ an existing set is added to, never overwritten; the manifest is replaced atomica
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import time
 from collections.abc import Sequence
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write
-from .training.dataset import MANIFEST, read_manifest
+from .trainingset import read_manifest, write_manifest
 
 
 @dataclass
@@ -87,7 +85,5 @@ def export_slices(folder: str | Path, items: Sequence[ExportItem], prefix: str =
             atomic_write(folder / entry[key], lambda p, a=arr: tifffile.imwrite(p, a, photometric="minisblack"))
         entries.append(entry)
     manifest["items"].extend(entries)
-    tmp = folder / f".{MANIFEST}.new"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, folder / MANIFEST)
+    write_manifest(folder, manifest)
     return entries

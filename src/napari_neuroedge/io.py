@@ -17,18 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import OutputExistsError, atomic_dir, atomic_path
+from .atomic import atomic_dir, atomic_path, check_free
+from .chunks import chunks_for
+from .units import nm_per_unit
 
 SUPPORTED_DTYPES = ("uint8", "uint16", "float32", "float64")
 SLICE_SUFFIXES = (".tif", ".tiff", ".png")
-#: nm per unit, for every spelling a file (OME-XML, ImageJ, NGFF) or a napari layer uses
-NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3, "\\u00B5m": 1e3, "micron": 1e3,
-               "micrometer": 1e3, "mm": 1e6, "millimeter": 1e6, "angstrom": 0.1, "\u00c5": 0.1}
-
-
-def nm_per_unit(unit: Any, default: float | None = None) -> float | None:
-    """How many nm one ``unit`` is (:data:`NM_PER_UNIT`; ``default`` for anything else, e.g. "pixel")."""
-    return NM_PER_UNIT.get(str(unit), default)
 
 
 class InputError(ValueError):
@@ -250,9 +244,7 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
     temporary output is deleted. Raises :class:`OutputExistsError` if ``path`` exists.
     """
     path = Path(path)
-    if path.exists():
-        raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
-    from .inference.sinks import chunks_for
+    check_free(path)
     from .ngff import is_ome_zarr_path, open_ngff_output
 
     if is_ome_zarr_path(path):

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import OutputExistsError, atomic_dir
-from .inference.sinks import chunks_for
-from .io import nm_per_unit
+from .atomic import OutputExistsError, atomic_dir, check_free
+from .chunks import chunks_for
+from .units import nm_per_unit
 
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
 _BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
@@ -122,8 +122,7 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
     import zarr
 
     path = Path(path)
-    if path.exists():
-        raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+    check_free(path)
     if downsample not in ("nearest", "mean"):
         raise ValueError(f"downsample must be 'nearest' or 'mean', got {downsample!r}")
     chunks = chunks or chunks_for(shape)
@@ -164,7 +163,7 @@ def _label_commit(path: Path, image: Path, name: str, shape: tuple[int, ...]) ->
         labels = zarr.open_group(str(base / "labels"), mode="a")
         dest = base / "labels" / name
         if dest.exists():
-            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+            raise OutputExistsError(path)
         os.rename(tmp, dest)
         meta = dict(labels.attrs.get("ome", {}))
         meta.update(version=ome.get("ome", {}).get("version", "0.5"), labels=[*meta.get("labels", []), name])

@@ -9,9 +9,7 @@ temporary name, then renamed) so the folder never holds a half-made array. ome-z
 and :func:`napari_neuroedge.io.open_stack` read them back with their axes and scale. No pyramid: the layers
 are painted in place, which would leave lower levels stale.
 
-:func:`iter_staged` runs a :class:`~.inference.pipeline.PredictionRequest` into new *staged* arrays holding only
-the predicted slices, one row of chunks at a time, so memory stays bounded by the tile, the chunk and one row
-of chunks, never by the volume; on an error or a cancel they are deleted.
+:func:`~napari_neuroedge.inference.staged.iter_staged` predicts into new arrays of a store.
 """
 
 from __future__ import annotations
@@ -21,14 +19,15 @@ import shutil
 import tempfile
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .inference.sinks import chunks_for
+from .atomic import atomic_dir
+from .chunks import chunks_for
+from .ngff import write_metadata
 
 ENV_LAZY_VOXELS = "NEUROEDGE_LAZY_VOXELS"
 ENV_CACHE_DIR = "NEUROEDGE_CACHE_DIR"
@@ -55,10 +54,18 @@ def is_in_memory(data: Any) -> bool:
     return type(data) is np.ndarray
 
 
+def is_large(shape: Sequence[int], dtype: Any = np.float32) -> bool:
+    """The one size policy for images and layers: an array of ``shape``/``dtype`` is too large to hold in memory
+    when it takes more bytes than :func:`lazy_voxels` float32 voxels (1 GiB by default). The Predict widget then
+    predicts into disk-backed outputs (:func:`wants_lazy`), and the viewer's blank label layers are sparse."""
+    nbytes = int(np.prod([int(s) for s in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+    return nbytes > lazy_voxels() * np.dtype(np.float32).itemsize
+
+
 def wants_lazy(data: Any) -> bool:
-    """Whether predictions of ``data`` ((y, x) or (z, y, x) array-like) should go to disk-backed outputs."""
-    voxels = int(np.prod([int(s) for s in data.shape], dtype=np.int64))
-    return not is_in_memory(data) or voxels > lazy_voxels()
+    """Whether predictions of ``data`` ((y, x) or (z, y, x) array-like) should go to disk-backed outputs: it is
+    not in memory, or its float32 probability :func:`is_large`."""
+    return not is_in_memory(data) or is_large(data.shape, np.float32)
 
 
 def cache_dir() -> Path:
@@ -111,9 +118,6 @@ class OutputStore:
         take no disk space). ``voxel_size`` (nm per axis, or per y/x) becomes the NGFF scale; ``label``
         (default: an integer dtype) marks it an NGFF label image."""
         import zarr
-
-        from .atomic import atomic_dir
-        from .ngff import write_metadata
 
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
@@ -170,43 +174,3 @@ def discard(store: OutputStore, arrays: Iterable[Any]) -> None:
     for arr in arrays:
         if arr is not None:
             store.discard(arr)
-
-
-@dataclass
-class Staged:
-    """The arrays one job predicted: (y, x) for a 2D image, else (k, y, x) for its k slices (OME-Zarr level 0)."""
-
-    probability: Any
-    membranes: Any
-    variance: Any = None
-    instances: Any = None
-
-    def arrays(self) -> list[Any]:
-        return [a for a in (self.probability, self.membranes, self.variance, self.instances) if a is not None]
-
-
-def iter_staged(volume: Any, request: Any, store: OutputStore, *, variance: bool = False, instances: bool = False,
-                voxel_size: Sequence[float] | None = None) -> Generator[Any, None, tuple[Staged, Any]]:
-    """Generator: run ``request`` (a :class:`~.inference.pipeline.PredictionRequest`) on ``volume`` into new
-    staged arrays of ``store``; yields its ProgressEvents, returns (:class:`Staged`, the pipeline's outcome).
-
-    On an error or a cancel (the generator is closed) the staged arrays are deleted.
-    """
-    from .inference.pipeline import OutputPlan, iter_run, output_shape
-    from .inference.postprocess import instance_dtype
-
-    shape = output_shape(volume.shape, None if volume.ndim == 2 else request.slices)
-    staged = Staged(store.create(shape, np.float32, "boundary", voxel_size),
-                    store.create(shape, np.uint8, "membranes", voxel_size))
-    try:
-        if variance:
-            staged.variance = store.create(shape, np.float32, "uncertainty", voxel_size)
-        if instances:
-            staged.instances = store.create(shape, instance_dtype(tuple(volume.shape)), "instances", voxel_size)
-        plan = OutputPlan(staged.probability, staged.membranes, staged.variance, staged.instances,
-                          check=store.check_open)
-        outcome = yield from iter_run(volume, request, plan)
-    except BaseException:  # failed or cancelled (GeneratorExit): nothing half-done is left on disk
-        discard(store, staged.arrays())
-        raise
-    return staged, outcome

@@ -18,6 +18,7 @@ from napari_neuroedge.atomic import OutputExistsError  # noqa: E402
 from napari_neuroedge.config import NormConfig, TileConfig  # noqa: E402
 from napari_neuroedge.progress import CallbackProgress  # noqa: E402
 from napari_neuroedge.inference import blockwise as bw  # noqa: E402
+from napari_neuroedge.inference.pipeline import PredictionRequest  # noqa: E402
 from napari_neuroedge.inference.predict import TorchPredictor, predict_array  # noqa: E402
 from napari_neuroedge.inference.tiling import make_grid  # noqa: E402
 
@@ -27,6 +28,12 @@ from napari_neuroedge.inference.tiling import make_grid  # noqa: E402
 TILE = TileConfig(tile=16, context=2, batch=3)
 CHUNKS = (1, 20, 28)
 TILES_PER_BLOCK = {(0, 0): 9, (0, 28): 9, (20, 0): 9, (20, 28): 9}  # per slice, keyed by (y0, x0)
+
+
+def req(model: Any, tile: TileConfig = TILE, **kwargs: Any) -> PredictionRequest:
+    """The request the blockwise functions take: ``model`` (a predictor, source, ModelSpec or checkpoint path)
+    with the test's tiles."""
+    return PredictionRequest(model=model, tile=tile, **kwargs)
 
 
 def box_predictor(batch: np.ndarray) -> np.ndarray:
@@ -98,7 +105,7 @@ def test_default_chunks_and_blocks() -> None:
 
 def test_threads_bit_identical_to_single_process(tmp_path: Path, stack: np.ndarray) -> None:
     ref = predict_array(stack, box_predictor, tile=TILE)
-    res = bw.predict_blockwise(stack, tmp_path / "p.zarr", box_predictor, tile=TILE, chunks=CHUNKS,
+    res = bw.predict_blockwise(stack, tmp_path / "p.zarr", req(box_predictor), chunks=CHUNKS,
                                block=CHUNKS, scheduler="threads", workers=2)
     out = zarr.open(str(tmp_path / "p.zarr"), mode="r")
     assert out.shape == (2, 40, 56) and out.chunks == CHUNKS
@@ -110,13 +117,13 @@ def test_threads_bit_identical_to_single_process(tmp_path: Path, stack: np.ndarr
 def test_2d_slices_and_variance_channel(tmp_path: Path, stack: np.ndarray) -> None:
     src = CountingSource(channels=2)
     img = stack[1]
-    res = bw.predict_blockwise(img, tmp_path / "p.zarr", src, tile=TILE, chunks=(20, 28), block=(20, 56),
+    res = bw.predict_blockwise(img, tmp_path / "p.zarr", req(src), chunks=(20, 28), block=(20, 56),
                                variance_output=tmp_path / "v.zarr", scheduler="sync")
     ref = predict_array(img, src, tile=TILE, channels=2)
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "p.zarr"))[:], ref[0])
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "v.zarr"))[:], ref[1])
     assert res.blocks_total == 2 and res.tiles == 3 * 5 + 3 * 5  # rows {0,8,17} and {8,17,25}, all 5 columns
-    sub = bw.predict_blockwise(stack, tmp_path / "s.zarr", box_predictor, tile=TILE, slices="1:",
+    sub = bw.predict_blockwise(stack, tmp_path / "s.zarr", req(box_predictor, slices="1:"),
                                chunks=CHUNKS, block=CHUNKS)
     assert sub.blocks_total == 4
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "s.zarr"))[:], predict_array(stack, box_predictor,
@@ -127,7 +134,7 @@ def test_crash_then_rerun_computes_only_missing_blocks(tmp_path: Path, stack: np
     out = tmp_path / "p.zarr"
     ref = predict_array(stack, box_predictor, tile=TILE)
     with pytest.raises(RuntimeError, match="simulated worker crash"):
-        bw.predict_blockwise(stack, out, CountingSource(fail_at=6), tile=TILE, chunks=CHUNKS, block=CHUNKS,
+        bw.predict_blockwise(stack, out, req(CountingSource(fail_at=6)), chunks=CHUNKS, block=CHUNKS,
                              workers=1)
     work = bw.work_dir(out)
     assert not out.exists() and work.is_dir()
@@ -141,7 +148,7 @@ def test_crash_then_rerun_computes_only_missing_blocks(tmp_path: Path, stack: np
     still_done = done[1:]
     bw.clear_predictor_cache()  # the rerun is a fresh process
     src = CountingSource()
-    res = bw.predict_blockwise(stack, out, src, tile=TILE, chunks=CHUNKS, block=CHUNKS, workers=2)
+    res = bw.predict_blockwise(stack, out, req(src), chunks=CHUNKS, block=CHUNKS, workers=2)
     expected = 72 - sum(TILES_PER_BLOCK[tuple(int(p[1:]) for p in name.split("_")[1:])] for name in still_done)
     assert src.tiles == expected == res.tiles
     assert (res.blocks_computed, res.blocks_skipped) == (8 - len(still_done), len(still_done))
@@ -152,27 +159,27 @@ def test_crash_then_rerun_computes_only_missing_blocks(tmp_path: Path, stack: np
 def test_rerun_with_other_settings_is_refused(tmp_path: Path, stack: np.ndarray) -> None:
     out = tmp_path / "p.zarr"
     with pytest.raises(RuntimeError):
-        bw.predict_blockwise(stack, out, CountingSource(fail_at=1), tile=TILE, chunks=CHUNKS, block=CHUNKS)
+        bw.predict_blockwise(stack, out, req(CountingSource(fail_at=1)), chunks=CHUNKS, block=CHUNKS)
     bw.clear_predictor_cache()
     with pytest.raises(ValueError, match="other settings"):
-        bw.predict_blockwise(stack, out, CountingSource(), tile=TileConfig(16, 0.5, 3), chunks=CHUNKS,
+        bw.predict_blockwise(stack, out, req(CountingSource(), tile=TileConfig(16, 0.5, 3)), chunks=CHUNKS,
                              block=CHUNKS)
     with pytest.raises(OutputExistsError, match="partial blockwise run"):
-        bw.predict_blockwise(stack, out, CountingSource(), tile=TILE, chunks=CHUNKS, block=CHUNKS, resume=False)
+        bw.predict_blockwise(stack, out, req(CountingSource()), chunks=CHUNKS, block=CHUNKS, resume=False)
     shutil.rmtree(bw.work_dir(out))
     out.mkdir()
     with pytest.raises(OutputExistsError):
-        bw.predict_blockwise(stack, out, CountingSource(), tile=TILE, chunks=CHUNKS, block=CHUNKS)
+        bw.predict_blockwise(stack, out, req(CountingSource()), chunks=CHUNKS, block=CHUNKS)
 
 
 def test_predict_dask_is_lazy_and_exact(stack: np.ndarray) -> None:
     src = CountingSource()
-    lazy = bw.predict_dask(stack, src, tile=TILE, chunks=CHUNKS)
+    lazy = bw.predict_dask(stack, req(src), chunks=CHUNKS)
     assert lazy.shape == (2, 40, 56) and lazy.dtype == np.float32 and src.tiles == 0
     ref = predict_array(stack, box_predictor, tile=TILE)
     np.testing.assert_array_equal(lazy[1, 20:40, 28:56].compute(), ref[1, 20:40, 28:56])
     assert src.tiles == 9  # only the one block: 3 tile rows x 3 tile columns
-    whole = bw.predict_dask(stack[0], box_predictor, tile=TILE)  # default: the whole slice in one block
+    whole = bw.predict_dask(stack[0], req(box_predictor))  # default: the whole slice in one block
     assert whole.numblocks == (1, 1)
     np.testing.assert_array_equal(whole.compute(), ref[0])
 
@@ -201,7 +208,7 @@ def test_memmap_input_is_reopened_by_reference(tmp_path: Path, stack: np.ndarray
 
 def test_unknown_scheduler_and_bundled_name(tmp_path: Path, stack: np.ndarray) -> None:
     with pytest.raises(ValueError, match="unknown scheduler 'processes'"):
-        bw.predict_blockwise(stack, tmp_path / "p.zarr", box_predictor, scheduler="processes")
+        bw.predict_blockwise(stack, tmp_path / "p.zarr", req(box_predictor), scheduler="processes")
     assert not bw.work_dir(tmp_path / "p.zarr").exists()
     spec = bw.ModelSpec("default").resolved()  # bundled names stay names: each worker finds its own copy
     assert spec.checkpoint == "default" and len(spec.sha256) == 64
@@ -245,10 +252,50 @@ def test_model_spec_loads_once_per_process(tmp_path: Path, stack: np.ndarray, ti
     before = bw.load_count()
     spec = bw.ModelSpec(str(tiny_checkpoint)).resolved()
     assert len(spec.sha256) == 64
-    bw.predict_blockwise(stack, tmp_path / "p.zarr", spec, tile=TILE, chunks=CHUNKS, block=CHUNKS, workers=2)
+    bw.predict_blockwise(stack, tmp_path / "p.zarr", req(spec), chunks=CHUNKS, block=CHUNKS, workers=2)
     assert bw.load_count() - before == 1  # 8 blocks on 2 threads, one model
     out = zarr.open(str(tmp_path / "p.zarr"), mode="r")[:]
     np.testing.assert_allclose(out, _torch_reference(tiny_checkpoint, stack), rtol=0, atol=1e-5)
+
+
+class OOMSource(CountingSource):
+    """Runs out of memory on any pass of more than one tile (as a small GPU would)."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().__call__(batch)
+
+
+def test_blockwise_falls_back_to_smaller_batches_on_out_of_memory(tmp_path: Path, stack: np.ndarray) -> None:
+    src, events = OOMSource(), []
+    bw.predict_blockwise(stack, tmp_path / "p.zarr", req(src), chunks=CHUNKS, block=CHUNKS, scheduler="sync",
+                         progress=CallbackProgress(events.append))
+    np.testing.assert_array_equal(zarr.open(str(tmp_path / "p.zarr"), mode="r")[:],
+                                  predict_array(stack, box_predictor, tile=TILE))
+    assert src.tiles == 72  # every tile ran once, one at a time after the first pass failed
+    warnings = [e.info["warning"] for e in events if "warning" in (e.info or {})]
+    assert warnings == ["out of memory with 3 tiles per pass; retrying with 1"]  # said once, by the first block
+
+
+def test_cli_blockwise_loads_the_checkpoint_once(tmp_path: Path, stack: np.ndarray, tiny_checkpoint: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    import tifffile
+
+    from napari_neuroedge.cli import main
+    from napari_neuroedge.models import checkpoint
+
+    loads: list[str] = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: loads.append(str(p)) or real(p))
+    tifffile.imwrite(tmp_path / "in.tif", stack)
+    assert main(["predict", str(tmp_path / "in.tif"), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_checkpoint),
+                 "--scheduler", "threads", "--workers", "2", "--prob", str(tmp_path / "p.zarr"), "--quiet"]) == 0
+    assert loads == [str(tiny_checkpoint)]  # the CLI's own load; the job, its plan and its threads reuse it
+    spec = bw.source_of(PredictionRequest(model=real(tiny_checkpoint)))
+    assert spec.loaded is not None and pickle.loads(pickle.dumps(spec)).loaded is None  # workers load the file
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +311,7 @@ def test_local_cluster_two_processes_matches_single_process(tmp_path: Path, stac
     arr = zarr.open(str(src), mode="w", shape=stack.shape, chunks=(1, 20, 20), dtype="uint8")
     arr[:] = stack
     events: list[Any] = []
-    res = bw.predict_blockwise(src, tmp_path / "p.zarr", str(tiny_checkpoint), tile=TILE, chunks=CHUNKS,
+    res = bw.predict_blockwise(src, tmp_path / "p.zarr", req(str(tiny_checkpoint)), chunks=CHUNKS,
                                block=CHUNKS, scheduler=client, progress=CallbackProgress(events.append))
     assert (res.blocks_computed, res.tiles) == (8, 96)  # the model's multiple 4: 12 px tiles, 48 per slice over the 4 blocks
     assert [e.done for e in events] == list(range(9)) and {e.total for e in events} == {8}
@@ -305,7 +352,7 @@ class DieOnceSource:
 
 def test_killed_worker_is_replaced_and_output_is_exact(tmp_path: Path, stack: np.ndarray, client: Any) -> None:
     flag = tmp_path / "died"
-    res = bw.predict_blockwise(stack, tmp_path / "p.zarr", DieOnceSource(str(flag)), tile=TILE, chunks=CHUNKS,
+    res = bw.predict_blockwise(stack, tmp_path / "p.zarr", req(DieOnceSource(str(flag))), chunks=CHUNKS,
                                block=CHUNKS, scheduler=client)
     assert flag.exists() and res.blocks_computed == 8  # one worker died mid-block; its task ran again elsewhere
     np.testing.assert_array_equal(zarr.open(str(tmp_path / "p.zarr"), mode="r")[:],

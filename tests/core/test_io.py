@@ -133,6 +133,24 @@ def test_atomic_bytes_and_unique_names(tmp_path):
     assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_one_already_exists_error_and_atomic_replace(tmp_path):
+    import pickle
+
+    from napari_neuroedge.atomic import check_free, replace_atomically
+
+    p = atomic_write_bytes(tmp_path / "a.json", b"1")
+    with pytest.raises(OutputExistsError) as info:
+        check_free(tmp_path / "free.tif", None, p)
+    assert str(info.value) == f"{p} already exists; choose another name (nothing was overwritten)"
+    again = pickle.loads(pickle.dumps(info.value))  # as a Dask worker's error comes back to the client
+    assert type(again) is OutputExistsError and str(again) == str(info.value)
+    assert str(OutputExistsError(p, "the result stays in x")) == f"{p} already exists; the result stays in x"
+    replace_atomically(p, lambda tmp: tmp.write_bytes(b"2"))  # the files meant to be rewritten: in one step
+    with pytest.raises(ValueError):
+        replace_atomically(p, lambda tmp: (tmp.write_bytes(b"half"), int("x")))
+    assert p.read_bytes() == b"2" and [f.name for f in tmp_path.iterdir()] == ["a.json"]
+
+
 def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
     """atomic_dir(commit=...): the hook publishes the finished folder (here into another folder); when it refuses,
     the temporary folder (made ``beside``) is deleted and the destination's parent was never created."""
@@ -155,8 +173,8 @@ def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
 
 @pytest.mark.parametrize("name", ["c.zarr", "c.ome.zarr"])
 def test_zarr_outputs_default_to_the_one_chunk_shape(tmp_path, name):
-    """Plain and OME-Zarr outputs take sinks.chunks_for: one slice deep, at most 1024 px in y and x."""
-    from napari_neuroedge.inference.sinks import chunks_for
+    """Plain and OME-Zarr outputs take chunks.chunks_for: one slice deep, at most 1024 px in y and x."""
+    from napari_neuroedge.chunks import chunks_for
 
     assert chunks_for((3, 2500, 700)) == (1, 1024, 700) and chunks_for((0, 5)) == (1, 5)
     with open_output(tmp_path / name, (3, 2500, 700), np.uint8) as out:

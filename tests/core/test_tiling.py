@@ -92,7 +92,7 @@ def test_rectangular_tiled_prediction_equals_whole_image_for_a_local_predictor()
 
     from napari_neuroedge.config import TileConfig
     from napari_neuroedge.inference.predict import predict_array
-    from napari_neuroedge.inference.tta import TTAPredictor
+    from napari_neuroedge.inference.tta import tta_predict
 
     rng = np.random.default_rng(0)
     img = rng.random((60, 200)).astype(np.float32)
@@ -112,7 +112,7 @@ def test_rectangular_tiled_prediction_equals_whole_image_for_a_local_predictor()
 
     norm = NormConfig(mode="meanstd", mean=0.0, std=1.0)
     whole = local(img[None, None])[0, 0]
-    out = predict_array(img, TTAPredictor(spy, n=6), tile=TileConfig(tile=96, context=4), norm=norm)
+    out = predict_array(img, lambda b: tta_predict(spy, b, 6), tile=TileConfig(tile=96, context=4), norm=norm)
     grid = make_grid(60, 200, 96, 4)
     assert grid.tile_h == 60 and len(grid.xs) == 3  # one row of rectangular tiles
     assert {tuple(s) for s in shapes} == {(60, grid.tile_w), (grid.tile_w, 60)}
@@ -142,7 +142,7 @@ def test_slices_selects_and_orders_output():
 
 
 def test_slice_spec_joins_ranges_with_commas():
-    from napari_neuroedge.inference.predict import parse_slices
+    from napari_neuroedge.slices import parse_slices
 
     assert list(parse_slices("0:3, 5:7,-1", 10)) == [0, 1, 2, 5, 6, 9]
     with pytest.raises(ValueError, match="more than once"):

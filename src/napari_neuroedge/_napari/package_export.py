@@ -7,6 +7,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QPushButton
 
+from ..atomic import OutputExistsError
 from ._qt_utils import notify
 
 BUTTON_TEXT = "Export model (bioimage.io)"
@@ -45,7 +46,7 @@ def export_selected(widget: Any, path: str | None = None) -> Any:
     if not str(path).lower().endswith(".zip"):
         path = f"{path}.zip"
     if Path(path).exists():
-        notify(f"{path} already exists; choose another name (nothing was overwritten).", "error")
+        notify(f"{OutputExistsError(path)}.", "error")
         return None
     worker = create_worker(package_model, widget.session.models[name], path, _start_thread=False)
     widget.export_package_button.setEnabled(False)

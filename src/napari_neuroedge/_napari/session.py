@@ -8,7 +8,6 @@ own ``metadata["neuroedge"]`` (see :mod:`.tracking`), so it follows the layer.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import threading
 import weakref
@@ -123,12 +122,13 @@ class Session(QObject):
 
     def model_meta(self, name: str | None = None) -> dict[str, Any]:
         """Provenance of a listed model for outputs: name, path, version (step, short sha256)."""
+        from ..models.checkpoint import file_sha256
         from ..models.registry import resolve_checkpoint
 
         name = name or self.selected_model
         path = resolve_checkpoint(self.models[name])
         ckpt = self.checkpoint(name)
-        digest = _sha256(str(path), path.stat().st_mtime)
+        digest = file_sha256(path)
         versions = ckpt.provenance.get("versions", {}) if isinstance(ckpt.provenance, dict) else {}
         return {"model": name, "model_path": str(path), "model_arch": ckpt.arch,
                 "model_version": f"step {ckpt.step}, sha256 {digest[:12]}",
@@ -167,15 +167,6 @@ class Session(QObject):
             return
         self._watched.add(id(window))
         window.destroyed.connect(functools.partial(_on_window_destroyed, weakref.ref(self)))
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256(path: str, mtime: float) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 _SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()

@@ -30,7 +30,6 @@ KEY = "neuroedge"
 SUFFIXES = {"boundary": " boundary", "membranes": " membranes", "instances": " instances",
             "uncertainty": " uncertainty", "difference": " difference", "ignore": " ignore"}
 MEMBRANE_COLOR = (0.0, 1.0, 1.0, 1.0)  # cyan
-LARGE_BYTES = 1 << 30  # outputs bigger than this are sparse in-memory zarr arrays instead of numpy
 
 
 def layer_name(image_name: str, role: str) -> str:
@@ -102,9 +101,11 @@ def go_to_slice(viewer: Any, layer: Any, z: int) -> None:
 
 
 def blank(shape: tuple[int, ...], dtype: Any) -> Any:
-    """A zero array for an output layer; sparse in-memory zarr (one chunk per slice) when very large."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    if nbytes <= LARGE_BYTES or len(shape) < 3:
+    """A zero array for an output layer; sparse in-memory zarr (one chunk per slice) when it
+    :func:`~napari_neuroedge.workstore.is_large`."""
+    from ..workstore import is_large
+
+    if len(shape) < 3 or not is_large(shape, dtype):
         return np.zeros(shape, dtype)
     import zarr
 

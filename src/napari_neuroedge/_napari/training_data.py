@@ -129,19 +129,15 @@ def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = 
 
 def folder_summary(folder: str | Path) -> Summary:
     """The items of a training-set folder (labels, masks and predictions read from disk)."""
-    import tifffile
-
-    from ..training.dataset import read_manifest
     from ..training.finetune import describe_row, rows_warnings
+    from ..trainingset import read_item, read_manifest
 
     folder = Path(folder)
     items = read_manifest(folder)["items"]
     out = Summary(slices=[it.get("name", it.get("slice")) for it in items])
-    for item, name in zip(items, out.slices):
-        label = (tifffile.imread(folder / item["label"]) > 0).astype(np.uint8)
-        mask = tifffile.imread(folder / item["mask"]) if item.get("mask") else None
-        pred = (tifffile.imread(folder / item["prediction"]) > 0) if item.get("prediction") else None
-        out.rows.append(describe_row(name, label, mask, None if pred is None else pred != label))
+    for entry, name in zip(items, out.slices):
+        item = read_item(folder, entry, image=False)
+        out.rows.append(describe_row(name, item.label, item.mask, item.corrected()))
     out.warnings = rows_warnings(out.rows)
     pixels = sum(r["pixels"] for r in out.rows)
     out.text = _compose(f"{len(items)} exported slice(s) in {folder.name}, {pixels:,} labelled pixels:", out.rows,

@@ -35,8 +35,8 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     if target.suffix.lower() not in (".tif", ".tiff"):
         target = target.with_suffix(".tif")
     if target.exists():
-        raise OutputExistsError(f"{target} already exists; napari-neuroedge never overwrites files: choose a new "
-                                "name (nothing was written)")
+        raise OutputExistsError(target, "napari-neuroedge never overwrites files: choose a new name (nothing was "
+                                "written)")
     arr = _compact_dtype(np.asarray(data))
     scale = (meta or {}).get("scale")
     voxel = tuple(float(s) for s in scale) if scale is not None and len(scale) == arr.ndim == 3 else None

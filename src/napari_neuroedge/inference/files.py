@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import TTAConfig
+from ..atomic import check_free
 from ..progress import Progress, ProgressEvent
 from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model, output_shape,
                        scratch_probability, threshold_into)
@@ -44,17 +44,8 @@ def check_outputs(files: OutputFiles) -> None:
     (``IMAGE.ome.zarr/labels/NAME``) needs that image, written now or already there."""
     from ..ngff import check_label_paths
 
-    refuse_existing(files.paths())
+    check_free(*files.paths())
     check_label_paths([files.membranes, files.probability, files.instances, files.variance])
-
-
-def refuse_existing(paths: Sequence[str | Path]) -> None:
-    """Raise OutputExistsError for the first path that exists: fail before the work, not after it."""
-    from ..atomic import OutputExistsError
-
-    for path in map(Path, paths):
-        if path.exists():
-            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
 
 
 def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFiles, name: str = ""
@@ -67,7 +58,7 @@ def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFile
     from ..io import open_output
     from ..overlay import write_stack_overlay
     from .postprocess import instance_dtype
-    from .predict import parse_slices
+    from ..slices import parse_slices
 
     check_outputs(files)
     vol, voxel = stack.data, stack.voxel_size
@@ -99,8 +90,9 @@ def predict_blockwise_files(input_path: str | Path, request: PredictionRequest, 
                             progress: Progress | None = None) -> None:
     """``request`` run blockwise (Dask, restartable): the probability into ``files.probability`` (a plain
     ``.zarr``), then the membranes thresholded from it into ``files.membranes`` (any output format). The
-    request's model must be a bundled name or a checkpoint path the workers can read. Instances and overlays
-    are not computed here (run them on the probability afterwards)."""
+    request's model must be a bundled name or a checkpoint path the workers can read, or a checkpoint loaded
+    from one; it is loaded once here (the workers load it once each). Instances and overlays are not computed
+    here (run them on the probability afterwards)."""
     from ..io import is_zarr_path, open_output, open_stack
     from ..ngff import is_ome_zarr_path
     from .blockwise import predict_blockwise
@@ -113,18 +105,18 @@ def predict_blockwise_files(input_path: str | Path, request: PredictionRequest, 
         raise ValueError("--instances/--overlay are not available with --scheduler; run them on --prob afterwards")
     if files.variance is not None and not is_zarr_path(files.variance):
         raise ValueError("with --scheduler, --uncertainty must be a .zarr path")
-    if not isinstance(request.model, (str, Path)):
+    named = getattr(request.model, "origin", None) or request.model  # a loaded checkpoint: the file it came from
+    if request.predictor is not None or not isinstance(named, (str, Path)):
         raise ValueError("blockwise prediction needs the model as a bundled name or a checkpoint path")
     check_outputs(files)
     stack = open_stack(input_path)
-    threshold = request.threshold if request.threshold is not None else load_request_model(request).threshold
+    ckpt = load_request_model(request)
+    threshold = request.threshold if request.threshold is not None else ckpt.threshold
     lead = (1,) * (len(stack.shape) - 2)
-    tta = TTAConfig(n=request.tta.n, variance=files.variance is not None)
-    predict_blockwise(input_path, prob_path, str(request.model), progress=progress, tile=request.tile,
-                      slices=request.slices, variance_output=files.variance,
-                      chunks=(*lead, chunk, chunk) if chunk else None, block=(*lead, block, block) if block else None,
-                      scheduler=scheduler, workers=workers, devices=devices, device=request.device,
-                      precision=request.precision, tta=tta)
+    predict_blockwise(input_path, prob_path, replace(request, model=ckpt), progress=progress,
+                      variance_output=files.variance, chunks=(*lead, chunk, chunk) if chunk else None,
+                      block=(*lead, block, block) if block else None, scheduler=scheduler, workers=workers,
+                      devices=devices)
     prob = open_stack(prob_path).data
     with open_output(files.membranes, tuple(prob.shape), np.uint8, voxel_size=stack.voxel_size, label=True) as out:
         threshold_into(prob, out, threshold)

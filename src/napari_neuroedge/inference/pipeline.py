@@ -36,7 +36,8 @@ import numpy as np
 from ..config import SEED_THRESHOLD, NormConfig, arch_display_name, TileConfig, TTAConfig
 from ..progress import Progress, ProgressEvent, drive
 from .oom import OOMFallback
-from .predict import Predictor, parse_slices
+from ..slices import SliceSpec, parse_slices
+from .predict import Predictor
 from .sinks import BandSink, Tee, ThresholdSink, is_chunked
 
 
@@ -47,7 +48,7 @@ class PredictionRequest:
 
     ``threshold``/``seed_threshold``/``norm`` default (None) to the model's (0.5 / 0.3 / percentile for a bare
     predictor). ``slices``: indices of the stack's slices to predict, in output order (None: all; ignored for a
-    2D image). ``threads`` > 0 sets torch's CPU threads (the GUI keeps one core for itself). ``cache``: a
+    2D image; or a spec such as "0:10", see :func:`~napari_neuroedge.slices.parse_slices`). ``threads`` > 0 sets torch's CPU threads (the GUI keeps one core for itself). ``cache``: a
     :class:`~.predictor_cache.PredictorCache` to take the prepared predictor from and keep it in (a long-lived
     caller predicting again with the same model; None: build it for this run).
     """
@@ -60,7 +61,7 @@ class PredictionRequest:
     device: str = "auto"
     threshold: float | None = None
     seed_threshold: float | None = None
-    slices: Sequence[int] | None = None
+    slices: SliceSpec = None
     norm: NormConfig | None = None
     threads: int = 0
     cache: Any = field(default=None, compare=False, repr=False)

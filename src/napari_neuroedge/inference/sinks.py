@@ -10,20 +10,13 @@ tile by tile; :func:`copy_slices` copies slices between chunked arrays chunk by 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-CHUNK = 1024  # px: default (y, x) chunk side of chunked outputs; stacks use (1, CHUNK, CHUNK)
-
-
-def chunks_for(shape: Sequence[int], chunk: int = CHUNK) -> tuple[int, ...]:
-    """The default chunks of every zarr output (plain, OME-Zarr, the viewer's work store): one slice deep, at
-    most ``chunk`` x ``chunk`` px in (y, x)."""
-    yx = tuple(max(1, min(int(s), chunk)) for s in shape[-2:])
-    return (1,) * (len(shape) - 2) + yx
-
+from ..chunks import CHUNK, chunks_for  # noqa: F401  (chunks_for: still importable from the sinks)
+from ..io import SliceFolder
 
 def is_chunked(target: Any) -> bool:
     """True for a chunked array (zarr) that should be written a row of chunks at a time; False for numpy and
@@ -160,8 +153,6 @@ class SliceCache:
 
 def readable(data: Any) -> Any:
     """``data`` itself, or a :class:`SliceCache` over it when it can only read whole slices (a slice folder)."""
-    from ..io import SliceFolder
-
     return SliceCache(data) if isinstance(data, SliceFolder) else data
 
 

@@ -60,7 +60,7 @@ def starts(length: int, tile: int, stride: int) -> list[int]:
 
 
 #: Context (px) for models that do not record their own: the measured receptive context of the default U-Net
-#: (``measure_context``: beyond 80 px a change of the input moves its probability by < 1e-3 on ISBI 2012).
+#: (beyond 80 px a change of the input moves its probability by < 1e-3 on ISBI 2012).
 DEFAULT_CONTEXT = 80
 
 

@@ -110,21 +110,3 @@ def tta_predict(predict: Callable[[Array], Array], batch: Array, n: int = 6, var
     arr = torch.stack(inv, 0)
     mean = arr.mean(0)
     return torch.cat([mean, arr.var(0, unbiased=False)], 1) if variance else mean
-
-
-class TTAPredictor:
-    """Wrap a predictor (numpy or torch batch -> batch) with test-time augmentation."""
-
-    def __init__(self, predictor: Callable[[Array], Array], n: int = 6, variance: bool = False) -> None:
-        transform_names(n)
-        self.predictor = predictor
-        self.n = n
-        self.variance = variance
-        self.multiple = int(getattr(predictor, "multiple", 1))
-
-    @property
-    def out_channels(self) -> int:
-        return int(getattr(self.predictor, "out_channels", 1)) * (2 if self.variance else 1)
-
-    def __call__(self, batch: Array) -> Array:
-        return tta_predict(self.predictor, batch, self.n, self.variance)

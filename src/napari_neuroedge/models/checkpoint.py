@@ -7,7 +7,10 @@ JSON beside the checkpoint (``NAME.pt`` -> ``NAME.json``) for people and scripts
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_path, atomic_write_bytes
+from ..bioimageio_import import PackageError, is_package_path, load_package
 from ..config import SEED_THRESHOLD, NormConfig, from_dict, to_dict
 from .registry import build_model, resolve_checkpoint
 
@@ -41,15 +45,18 @@ class Checkpoint:
     step: int = 0
     optimizer: dict[str, Any] | None = None  # for resuming
     threshold: float = 0.5  # membrane threshold on the probability, calibrated by `neuroedge calibrate`
-    context: int = 0  # px: measured receptive context (inference.context.measure_context); 0 = not measured
+    context: int = 0  # px: measured receptive context (tiles overlap by twice it); 0 = not measured
     seed_threshold: float = SEED_THRESHOLD  # instances grow from pixels below this (recalibrated by fine-tuning)
+    # the bundled name or path it was loaded from (None: made in memory); not saved. Blockwise workers load it.
+    origin: str | None = field(default=None, compare=False, repr=False)
 
     def build(self) -> nn.Module:
         """The model with these weights, in eval mode on the CPU."""
         if self.arch == "bioimageio":  # a bioimage.io package: its own weights and architecture
-            from ..bioimageio_import import load_package
-
-            return load_package(self.arch_kwargs["source"])[0]
+            try:
+                return load_package(self.arch_kwargs["source"])[0]
+            except PackageError as exc:
+                raise CheckpointError(str(exc)) from None
         try:
             model = build_model(self.arch, **self.arch_kwargs)
         except (TypeError, ValueError) as exc:
@@ -111,9 +118,12 @@ def save_checkpoint(ckpt: Checkpoint, path: str | Path, write_json: bool = True)
 
 def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
     """Load and validate a checkpoint by bundled name ("default") or path; errors say what is wrong."""
-    path = resolve_checkpoint(name_or_path)
-    from ..bioimageio_import import is_package_path
+    ckpt = _load(resolve_checkpoint(name_or_path))
+    ckpt.origin = str(name_or_path)
+    return ckpt
 
+
+def _load(path: Path) -> Checkpoint:
     if is_package_path(path):
         return _package_checkpoint(path)
     if path.is_dir():
@@ -159,19 +169,30 @@ def load_checkpoint(name_or_path: str | Path) -> Checkpoint:
 def _package_checkpoint(path: Path) -> Checkpoint:
     """A checkpoint standing for a bioimage.io package (weights stay in the package; :meth:`build` loads them)."""
     try:
-        from ..bioimageio_import import load_package
-    except ImportError as exc:
-        raise CheckpointError(f"{path}: bioimage.io packages need the 'bioimageio' extra "
-                              "(pip install 'napari-neuroedge[bioimageio]')") from exc
-    try:
         _, meta = load_package(path)
-    except CheckpointError:
-        raise
+    except PackageError as exc:
+        raise CheckpointError(str(exc)) from None
     except Exception as exc:  # bioimageio raises many types on broken packages
         raise CheckpointError(f"{path}: cannot read as a bioimage.io package ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0][:200]})") from exc
     return Checkpoint("bioimageio", {"source": str(path)}, {}, meta["norm"],
                       provenance={"name": meta["name"], "bioimageio_package": str(path)}, threshold=meta["threshold"])
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 hex digest of a checkpoint (or any) file, read in 1 MB blocks; cached per path, modification
+    time and size, so asking again for an unchanged file costs a ``stat``."""
+    st = os.stat(path)
+    return _sha256(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Checkpoint]:

@@ -1,16 +1,16 @@
-"""Training data: labelled slices in memory, the training-set folder format, and a crop sampler.
+"""Training data in memory: labelled slices, read from arrays, an ISBI folder or a training-set folder, and
+the per-pixel loss targets of a slice.
 
 A :class:`LabelledSlice` is one normalised (H, W) float32 image with its uint8 membrane label (1 = membrane),
 an optional uint8 mask (1 = labelled, 0 = ignore) and an optional uint8 map of pixels the user corrected.
-Training-set folders (written by :mod:`napari_neuroedge.export`) hold ``images/``, ``labels/``, optional
-``masks/`` and ``predictions/``, and a ``manifest.json`` listing the items with their provenance.
+Training-set folders (the format: :mod:`napari_neuroedge.trainingset`, written by
+:mod:`napari_neuroedge.export`) are read with :func:`load_training_folder`; what the CLI names (any of these,
+or a large image with its labels, through :mod:`.large_image`) is read by :func:`load_data`.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +18,11 @@ import numpy as np
 
 from ..config import LossConfig, NormConfig
 from ..inference.normalize import normalize_slice
+from ..trainingset import MANIFEST, read_item, read_manifest
+from .labelled import LabelledSlice
 
-MANIFEST = "manifest.json"
-TRAININGSET_FORMAT = "napari-neuroedge-trainingset"
-
-
-@dataclass
-class LabelledSlice:
-    """One training slice: ``image`` float32 (H, W) normalised; ``label`` uint8 1 = membrane."""
-
-    image: np.ndarray
-    label: np.ndarray
-    mask: np.ndarray | None = None
-    corrected: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.image.shape != self.label.shape:
-            raise ValueError(f"image {self.image.shape} and label {self.label.shape} shapes differ"
-                             f" ({self.meta.get('name', 'unnamed slice')})")
-        for name in ("mask", "corrected"):
-            arr = getattr(self, name)
-            if arr is not None and arr.shape != self.image.shape:
-                raise ValueError(f"{name} {arr.shape} and image {self.image.shape} shapes differ")
+__all__ = ["LabelledSlice", "load_data", "load_isbi", "load_training_folder", "loss_targets", "read_manifest",
+           "slices_from_arrays"]
 
 
 def slices_from_arrays(images: np.ndarray, membranes: np.ndarray, norm: NormConfig,
@@ -63,21 +45,8 @@ def load_isbi(root: str | Path, indices: Sequence[int], norm: NormConfig) -> lis
     return slices_from_arrays(vol, (lab == 0).astype(np.uint8), norm, indices, str(root))
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of a training-set folder (an empty one if the folder has none yet)."""
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        return {"format": TRAININGSET_FORMAT, "version": 1, "items": []}
-    data = json.loads(path.read_text())
-    if data.get("format") != TRAININGSET_FORMAT:
-        raise ValueError(f"{path}: not a napari-neuroedge training-set manifest")
-    return data
-
-
 def load_training_folder(folder: str | Path, norm: NormConfig) -> list[LabelledSlice]:
     """All items of a training-set folder written by :func:`napari_neuroedge.export.export_slices`."""
-    import tifffile
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such training-set folder")
@@ -85,15 +54,10 @@ def load_training_folder(folder: str | Path, norm: NormConfig) -> list[LabelledS
     if not items:
         raise ValueError(f"{folder}: the training set is empty (no items in {MANIFEST})")
     out = []
-    for item in items:
-        image = tifffile.imread(folder / item["image"])
-        label = (tifffile.imread(folder / item["label"]) > 0).astype(np.uint8)
-        mask = tifffile.imread(folder / item["mask"]).astype(np.uint8) if item.get("mask") else None
-        corrected = None
-        if item.get("prediction"):
-            pred = (tifffile.imread(folder / item["prediction"]) > 0).astype(np.uint8)
-            corrected = (pred != label).astype(np.uint8)
-        out.append(LabelledSlice(normalize_slice(image, norm), label, mask, corrected, meta=dict(item)))
+    for entry in items:
+        item = read_item(folder, entry)
+        out.append(LabelledSlice(normalize_slice(item.image, norm), item.label, item.mask, item.corrected(),
+                                 meta=dict(entry)))
     return out
 
 
@@ -123,7 +87,7 @@ def load_data(spec: str, slices: str | None, norm: Any, labels: str | None = Non
     """ISBI-style folder (train-volume.tif + train-labels.tif, 0 = membrane), a training-set folder, or, with
     ``labels``, an image of any size: ``windows`` random windows of ``window`` px (the seed's overlapping grid
     plus corner-centred tiles), each read lazily, so a 10k x 10k slice is never loaded whole."""
-    from ..inference.predict import parse_slices
+    from ..slices import parse_slices
 
     path = Path(spec)
     if labels is not None:

@@ -22,7 +22,7 @@ from ..config import NormConfig
 from ..inference.normalize import apply_stats, slice_stats
 from ..inference.tiling import PlaneView
 from .augment import crop_windows_with_corners
-from .dataset import LabelledSlice
+from .labelled import LabelledSlice
 
 
 def large_image_windows(shape: Sequence[int], tile: int, overlap: int, slices: Sequence[int] | None = None

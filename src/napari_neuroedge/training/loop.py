@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import replace_atomically
 from ..config import SEED_THRESHOLD, TileConfig, TrainConfig, TTAConfig, to_dict
 from ..inference.device import resolve_device
 from ..inference.precision import autocast, resolve_precision
@@ -152,11 +152,7 @@ class CropSampler:
 
 def _replace_checkpoint(ckpt: Checkpoint, path: Path) -> None:
     """Save a run-folder checkpoint, atomically replacing the run's own previous one."""
-    tmp = path.with_name(f".{path.name}.new")
-    if tmp.exists():
-        tmp.unlink()
-    save_checkpoint(ckpt, tmp, write_json=False)
-    os.replace(tmp, path)
+    replace_atomically(path, lambda tmp: save_checkpoint(ckpt, tmp, write_json=False))
 
 
 def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[LabelledSlice], run_dir: str | Path, *,

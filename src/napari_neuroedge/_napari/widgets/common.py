@@ -13,6 +13,7 @@ from typing import Any
 from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
+from ...atomic import replace_atomically
 from ..session import get_session, unwrap_viewer
 from ..workers import Job
 
@@ -58,11 +59,8 @@ def persisted_form(name: str, widgets: Sequence[Any], transient: Sequence[str] =
 
     def save(*_: Any) -> None:
         changed = {w.name: w.value for w in kept if w.value != defaults[w.name]}
-        tmp = path.with_name(f".{path.name}.part")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(changed, indent=1))
-            os.replace(tmp, path)
+            replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(changed, indent=1)))
         except OSError as exc:  # a read-only home: the form still works, it just forgets
             log.warning("could not save the form's values to %s: %s", path, exc)
 

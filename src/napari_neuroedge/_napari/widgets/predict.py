@@ -136,7 +136,7 @@ def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, sess
     from ...inference.pipeline import OutputPlan, PredictionRequest, iter_run
     from ...inference.postprocess import instance_dtype
     from ...progress import ProgressEvent
-    from ...workstore import iter_staged
+    from ...inference.staged import iter_staged
 
     yield ProgressEvent(0, 0, f"loading PyTorch and model '{model_name}' ({_model_file(session, model_name)})")
     from ...inference.device import resolve_device

@@ -40,11 +40,11 @@ from .lazy import lazy_array, predict_dask
 from .plan import compute_block
 from .scheduling import check_scheduler, dask_client, local_cluster, worker_envs
 from .sources import (DEVICE_ENV, InProcessSource, ModelSpec, PredictorSource, VolumeRef, as_source,
-                      cached_predictor, clear_predictor_cache, load_count, volume_ref, worker_device)
+                      cached_predictor, clear_predictor_cache, load_count, source_of, volume_ref, worker_device)
 
 __all__ = ["DEFAULT_BLOCK", "DEFAULT_CHUNK", "DEVICE_ENV", "WORK_SUFFIX", "Block", "BlockwiseResult",
            "InProcessSource", "ModelSpec", "PredictorSource", "VolumeRef", "as_source", "block_tiles", "cached_predictor",
            "check_block", "check_scheduler", "clear_predictor_cache", "compute_block", "dask_client",
            "default_block", "default_chunks", "iter_predict_blockwise", "lazy_array", "load_count", "local_cluster",
-           "plan_blocks", "predict_blockwise", "predict_dask", "tiles_in_range", "volume_ref", "work_dir",
+           "plan_blocks", "predict_blockwise", "predict_dask", "source_of", "tiles_in_range", "volume_ref", "work_dir",
            "worker_device", "worker_envs"]

@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..sinks import CHUNK, chunks_for
+from ...chunks import CHUNK, chunks_for
 from ..tiling import TileGrid, tiles_in_range
 
-DEFAULT_CHUNK = CHUNK  # px, output zarr chunk side in y/x (the one default of every zarr output, sinks.CHUNK)
+DEFAULT_CHUNK = CHUNK  # px, output zarr chunk side in y/x (the one default of every zarr output, chunks.CHUNK)
 DEFAULT_BLOCK = 4096  # px, largest task block side in y/x before a slice is split
 
 

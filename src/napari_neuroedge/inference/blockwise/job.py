@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic import OutputExistsError, atomic_write_bytes
-from ...config import NormConfig, TileConfig, TTAConfig, to_dict
+from ...atomic import OutputExistsError, atomic_write_bytes, check_free
+from ...config import to_dict
 from ...progress import Cancelled, Progress, ProgressEvent, drive
+from ..pipeline import PredictionRequest
 from .geometry import Block, block_tiles, check_block, default_block, default_chunks, plan_blocks
 from .plan import _make_plan, _Plan, compute_block
+from .sources import cached_predictor
 from .scheduling import _require_dask, _run_blocks, check_scheduler
 
 WORK_SUFFIX = ".blockwise"
@@ -54,24 +56,25 @@ def _job_record(plan: _Plan, vol_shape: Sequence[int], vol_dtype: Any, out_shape
     }, default=str))
 
 
-def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile: TileConfig | None = None,
-                           norm: NormConfig | None = None, slices: str | slice | None = None,
+def iter_predict_blockwise(volume: Any, output: str | Path, request: PredictionRequest, *,
                            variance_output: str | Path | None = None, chunks: Sequence[int] | None = None,
                            block: Sequence[int] | None = None, scheduler: Any = "threads",
                            workers: int | None = None, devices: Sequence[str] | None = None,
-                           resume: bool = True, retries: int = 2, device: str = "auto", precision: str = "auto",
-                           tta: TTAConfig | None = None, threads: int = 0
+                           resume: bool = True, retries: int = 2
                            ) -> Generator[ProgressEvent, None, BlockwiseResult]:
-    """Predict ``volume`` blockwise into the zarr array ``output``; yields ProgressEvent(blocks done, total).
+    """Predict ``volume`` as ``request`` says, blockwise into the zarr array ``output``; yields
+    ProgressEvent(blocks done, total).
 
-    ``volume``: an input path (opened by each worker; best for clusters) or an array-like. ``model``: a
-    checkpoint name/path, :class:`ModelSpec` or predictor source (see :func:`as_source`); ``norm`` defaults
-    to the checkpoint's. ``chunks``/``block``: output zarr chunks and task blocks in voxels, per axis of the
-    output ((y, x) or (z, y, x)); blocks must be whole chunks. ``scheduler``: "threads" (``workers``
-    threads), "sync", "local" (a :func:`local_cluster` of ``workers`` processes or one per entry of
-    ``devices``), a scheduler address or a ``distributed.Client``. ``variance_output`` receives channel 1
-    (TTA variance) when the predictor gives it. ``device``/``precision``/``tta``/``threads`` configure a model given
-    by checkpoint name or path (``device="auto"``: each worker's assigned or best device).
+    ``volume``: an input path (opened by each worker; best for clusters) or an array-like. ``request``: the
+    pipeline's :class:`~..pipeline.PredictionRequest` (model, tile, TTA, precision, device, threads, norm,
+    slices; its thresholds are not used here): the model is a checkpoint name/path, a checkpoint loaded from one,
+    a :class:`ModelSpec` or a predictor source, or ``request.predictor`` a ready predictor (see
+    :func:`source_of`); ``norm`` defaults to the checkpoint's; ``device="auto"``: each worker's assigned or
+    best device. Every predictor runs in the out-of-memory fallback. ``chunks``/``block``: output zarr chunks
+    and task blocks in voxels, per axis of the output ((y, x) or (z, y, x)); blocks must be whole chunks.
+    ``scheduler``: "threads" (``workers`` threads), "sync", "local" (a :func:`local_cluster` of ``workers``
+    processes or one per entry of ``devices``), a scheduler address or a ``distributed.Client``.
+    ``variance_output`` receives channel 1 (TTA variance).
 
     The output appears under its name only when every block is done; until then it lives in
     :func:`work_dir` (kept on error or cancel), and a rerun with the same settings computes only the blocks
@@ -89,14 +92,12 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     for path in outputs:
         if not str(path).rstrip("/").lower().endswith(".zarr"):
             raise ValueError(f"{path}: blockwise outputs must be zarr arrays (a name ending in .zarr)")
-        if path.exists():
-            raise OutputExistsError(f"{path} already exists; choose another name (nothing was overwritten)")
+    check_free(*outputs)
     voxel = None
     if isinstance(volume, (str, Path)):
         stack: EMStack = open_stack(volume)
         voxel = stack.voxel_size
-    plan, out_shape = _make_plan(volume, model, tile, norm, slices,
-                                 {"device": device, "precision": precision, "tta": tta, "threads": threads})
+    plan, out_shape = _make_plan(volume, request, variance=variance_output is not None)
     vol = plan.volume.open()
     if len(outputs) > plan.n_out:
         raise ValueError("variance_output needs a predictor with a variance channel (TTA with variance)")
@@ -110,7 +111,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
     arrays = [work / f"channel{c}.zarr" for c in range(len(outputs))]
     if work.exists():
         if not resume:
-            raise OutputExistsError(f"{work} holds a partial blockwise run; resume it or delete that folder")
+            raise OutputExistsError(work, "it holds a partial blockwise run; resume it or delete that folder")
         try:
             old = json.loads((work / "job.json").read_text())
         except (OSError, ValueError):
@@ -149,7 +150,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
                            f"rerun to complete them (partial output kept in {work})")
     for arr, dest in zip(arrays, outputs):
         if dest.exists():
-            raise OutputExistsError(f"{dest} already exists; the finished result stays in {arr}")
+            raise OutputExistsError(dest, f"the finished result stays in {arr}")
     for arr, dest in zip(arrays, outputs):
         os.rename(arr, dest)
     shutil.rmtree(work, ignore_errors=True)
@@ -157,12 +158,15 @@ def iter_predict_blockwise(volume: Any, output: str | Path, model: Any, *, tile:
 
 
 def _block_write_task(plan: _Plan, block: Block, cancel: Any, *stats: tuple[float, float]) -> dict[str, Any]:
-    """Compute ``block``, write it to every output, then drop its done-marker; returns timing info."""
+    """Compute ``block``, write it to every output, then drop its done-marker; returns timing info (with a
+    ``warning`` when the out-of-memory fallback stepped down during this block, as the pipeline reports it)."""
     import zarr
 
     if cancel is not None and cancel.is_set():
         raise Cancelled("cancelled by the user")
     t0 = time.perf_counter()
+    notes = cached_predictor(plan.source).notes
+    seen = len(notes)
     data = compute_block(plan, block, stats)
     for c, path in enumerate(plan.outputs):
         arr = zarr.open(path, mode="r+")
@@ -172,12 +176,14 @@ def _block_write_task(plan: _Plan, block: Block, cancel: Any, *stats: tuple[floa
     grid = plan.grid(plan.volume.open().shape)
     info = {"block": block.name, "tiles": len(block_tiles(grid, block)) * (block.z1 - block.z0),
             "seconds": time.perf_counter() - t0, "pid": os.getpid()}
+    if len(notes) > seen:
+        info["warning"] = "; ".join(notes[seen:])
     with contextlib.suppress(OutputExistsError):  # a task run twice (e.g. after a lost worker) is harmless
         atomic_write_bytes(Path(plan.done_dir) / block.name, json.dumps(info).encode())
     return info
 
 
-def predict_blockwise(volume: Any, output: str | Path, model: Any, *, progress: Progress | None = None,
-                      **kwargs: Any) -> BlockwiseResult:
+def predict_blockwise(volume: Any, output: str | Path, request: PredictionRequest, *,
+                      progress: Progress | None = None, **kwargs: Any) -> BlockwiseResult:
     """Run :func:`iter_predict_blockwise` to the end (``progress`` gets the events and may cancel)."""
-    return drive(iter_predict_blockwise(volume, output, model, **kwargs), progress)
+    return drive(iter_predict_blockwise(volume, output, request, **kwargs), progress)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ...config import NormConfig, TileConfig, TTAConfig
+from ..pipeline import PredictionRequest
 from .geometry import Block, default_block, default_chunks, plan_blocks
 from .plan import _Plan, _make_plan, _slice_stats_task, compute_block
 from .scheduling import _require_dask
@@ -42,22 +42,22 @@ def _lazy_block(plan: _Plan, stats: _LazyStats, block: Block, channel: int, is2d
     return data[0] if is2d else data
 
 
-def predict_dask(volume: Any, model: Any, *, tile: TileConfig | None = None, norm: NormConfig | None = None,
-                 slices: str | slice | None = None, chunks: Sequence[int] | None = None, channel: int = 0,
-                 stats: Sequence[tuple[float, float]] | None = None, device: str = "auto", precision: str = "auto",
-                 tta: TTAConfig | None = None) -> Any:
+def predict_dask(volume: Any, request: PredictionRequest, *, chunks: Sequence[int] | None = None, channel: int = 0,
+                 stats: Sequence[tuple[float, float]] | None = None) -> Any:
     """A lazy dask array (float32, the output shape of :func:`iter_predict`) of the prediction of ``volume``.
 
     Nothing runs until blocks are computed (e.g. by a napari layer showing one slice); each block is identical
-    to the same pixels of the single-process run. ``model``: a checkpoint name/path, a :class:`ModelSpec`, a
-    :class:`PredictorSource` or a predictor callable (loaded once per process). ``chunks`` default to whole
+    to the same pixels of the single-process run. ``request``: the pipeline's
+    :class:`~..pipeline.PredictionRequest`, its model a checkpoint name/path or loaded checkpoint, a
+    :class:`ModelSpec`, a :class:`PredictorSource` or a predictor callable (loaded once per process; see
+    :func:`source_of`). ``chunks`` default to whole
     slices up to 4096 px per side. ``channel`` 1 is the TTA variance when the predictor gives it. Per-slice
     normalisation stats are computed on first use and kept, unless given.
     """
     _require_dask()
     import dask.array as da
 
-    plan, out_shape = _make_plan(volume, model, tile, norm, slices, {"device": device, "precision": precision, "tta": tta})
+    plan, out_shape = _make_plan(volume, request, variance=channel == 1)
     if not 0 <= channel < plan.n_out:
         raise ValueError(f"channel {channel} out of range for a predictor with {plan.n_out} output channel(s)")
     chunks = tuple(int(c) for c in chunks) if chunks is not None else \

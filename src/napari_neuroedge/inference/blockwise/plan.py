@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 
 from ...config import NormConfig, TileConfig
+from ...slices import parse_slices
 from ..normalize import slice_stats
 from ..pipeline import output_shape
-from ..predict import parse_slices
 from ..stitch import stitch_region, tiles_per_pass
 from ..tiling import DEFAULT_CONTEXT, PlaneView, TileGrid, blend_window, make_grid
 from .geometry import Block
-from .sources import ModelSpec, PredictorSource, VolumeRef, as_source, cached_predictor, volume_ref
+from .sources import ModelSpec, PredictorSource, VolumeRef, cached_predictor, source_of, volume_ref
 
 
 #: Largest tile of a blockwise job when the request leaves it to us: blocks are chunk-aligned (1024 px by
@@ -63,26 +63,26 @@ def compute_block(plan: _Plan, block: Block, stats: Sequence[tuple[float, float]
     return out
 
 
-def _make_plan(volume: Any, model: Any, tile: TileConfig | None, norm: NormConfig | None,
-               slices: str | slice | None, model_options: dict[str, Any] | None = None
-               ) -> tuple[_Plan, tuple[int, ...]]:
-    source = as_source(model, **(model_options or {}))
+def _make_plan(volume: Any, request: Any, variance: bool = False) -> tuple[_Plan, tuple[int, ...]]:
+    """The plan of a :class:`~..pipeline.PredictionRequest` on ``volume`` (its model, tile, norm and slices;
+    ``variance``: the predictor must also give the TTA variance) and the output shape."""
+    source = source_of(request, variance)
     if isinstance(source, ModelSpec):
         source = source.resolved()
     ref = volume_ref(volume)
     vol = ref.open()
     if vol.ndim not in (2, 3):
         raise ValueError(f"expected a 2D image or 3D stack, got shape {tuple(vol.shape)}")
-    tile = tile or TileConfig()
+    tile = request.tile
     if tile.batch < 1:
         raise ValueError(f"batch must be >= 1, got {tile.batch}")
     info = source.describe()
-    norm = norm or info.get("norm") or NormConfig()
+    norm = request.norm or info.get("norm") or NormConfig()
     if not tile.tile:  # tiles larger than the blocks would be recomputed for every block they touch
         tile = replace(tile, tile=BLOCKWISE_TILE)
     if not tile.context:  # the model's measured receptive context, fixed here so every worker tiles alike
         tile = replace(tile, context=int(info.get("context") or DEFAULT_CONTEXT))
-    zs: tuple[int | None, ...] = (None,) if vol.ndim == 2 else tuple(parse_slices(slices, int(vol.shape[0])))
+    zs: tuple[int | None, ...] = (None,) if vol.ndim == 2 else tuple(parse_slices(request.slices, int(vol.shape[0])))
     out_shape = output_shape(vol.shape, None if vol.ndim == 2 else zs)
     plan = _Plan(ref, source, zs, tile, norm, int(info.get("multiple", 1)), int(info.get("out_channels", 1)))
     return plan, out_shape

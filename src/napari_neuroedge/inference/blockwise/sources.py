@@ -1,6 +1,9 @@
 """Predictor sources and volume references a Dask worker opens once per process (and the caches that keep
 them): :class:`ModelSpec` (a checkpoint plus settings), :class:`InProcessSource` (a ready predictor),
-:class:`VolumeRef` (a path, memmap or array)."""
+:class:`VolumeRef` (a path, memmap or array). :func:`source_of` turns a
+:class:`~napari_neuroedge.inference.pipeline.PredictionRequest` into a source. Every predictor a block task runs
+is wrapped in the pipeline's out-of-memory fallback (:class:`~..oom.OOMFallback`: smaller batches, then the CPU),
+kept per process in a :class:`~..predictor_cache.PredictorCache`."""
 
 from __future__ import annotations
 
@@ -14,7 +17,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ...config import TTAConfig, to_dict
+from ...config import NormConfig, TTAConfig, to_dict
+from ..oom import OOMFallback
+from ..predictor_cache import PredictorCache
 from ..stitch import Predictor
 
 DEVICE_ENV = "NEUROEDGE_DEVICE"  # set per worker by local_cluster(devices=...); read when device is "auto"
@@ -34,14 +39,6 @@ class PredictorSource(Protocol):
     def load(self) -> Predictor: ...
 
     def describe(self) -> dict[str, Any]: ...
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def worker_device(device: str = "auto") -> str:
@@ -64,7 +61,8 @@ class ModelSpec:
     (the worker's assigned device, see :func:`local_cluster`), "cpu", "cuda", "cuda:1", ...; ``threads`` > 0
     sets torch's intra-op threads in the worker process. :meth:`resolved` (called for you by the blockwise
     functions) records the file's sha256, so a worker with another file and a rerun with another model are
-    refused.
+    refused. ``loaded``: the checkpoint already loaded in this process (the client), used here instead of
+    reading the file again; it is not sent to workers (they load the file once each).
     """
 
     checkpoint: str
@@ -73,27 +71,37 @@ class ModelSpec:
     tta: TTAConfig = field(default_factory=TTAConfig)
     threads: int = 0
     sha256: str = ""
+    loaded: Any = field(default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled to workers without the client's loaded weights
+        return {**self.__dict__, "loaded": None}
+
+    def _checkpoint(self) -> Any:
+        from ...models.checkpoint import load_checkpoint
+
+        return self.loaded if self.loaded is not None else load_checkpoint(self.checkpoint)
 
     def resolved(self) -> ModelSpec:
         """With the checkpoint's sha256 filled in and a path made absolute (bundled names stay names, so
         workers with the package installed elsewhere find their own copy)."""
+        from ...models.checkpoint import file_sha256
         from ...models.registry import bundled_models, resolve_checkpoint
 
         path = resolve_checkpoint(self.checkpoint).resolve()
         name = self.checkpoint if self.checkpoint in bundled_models() else str(path)
-        return replace(self, checkpoint=name, sha256=self.sha256 or _sha256(path))
+        return replace(self, checkpoint=name, sha256=self.sha256 or file_sha256(path))
 
     def key(self) -> Any:
         return ["torch-checkpoint", self.checkpoint, self.sha256, self.device, self.precision, to_dict(self.tta)]
 
     def load(self) -> Predictor:
         """The TorchPredictor on this process's device; refuses a checkpoint whose hash differs from the client's."""
-        from ...models.checkpoint import load_checkpoint
+        from ...models.checkpoint import file_sha256
         from ...models.registry import resolve_checkpoint
         from ..predict import TorchPredictor
 
         if self.sha256:
-            found = _sha256(resolve_checkpoint(self.checkpoint))
+            found = file_sha256(resolve_checkpoint(self.checkpoint))
             if found != self.sha256:
                 raise ValueError(f"{self.checkpoint}: this worker's checkpoint (sha256 {found[:12]}) differs from "
                                  f"the client's ({self.sha256[:12]}); give every worker the same file")
@@ -101,26 +109,27 @@ class ModelSpec:
             import torch
 
             torch.set_num_threads(self.threads)
-        model = load_checkpoint(self.checkpoint).build()
+        model = self._checkpoint().build()
         return TorchPredictor(model, worker_device(self.device), tta=self.tta, precision=self.precision)
 
     def describe(self) -> dict[str, Any]:
-        from ...models.checkpoint import load_checkpoint
-
-        ckpt = load_checkpoint(self.checkpoint)
+        ckpt = self._checkpoint()
         model = ckpt.build()
         return {"multiple": int(getattr(model, "multiple", 1)), "context": ckpt.context,
                 "out_channels": 2 if (self.tta.n > 1 and self.tta.variance) else 1, "norm": ckpt.norm}
 
 
 class InProcessSource:
-    """Wraps a ready predictor (for the threaded scheduler, lazy napari layers and tests).
+    """Wraps a ready predictor (for the threaded scheduler, lazy napari layers and tests), in the out-of-memory
+    fallback. ``norm``: the normalisation its model expects (None: the default's).
 
     With a distributed cluster the predictor is pickled to every worker; prefer :class:`ModelSpec` there.
     """
 
-    def __init__(self, predictor: Predictor, name: str | None = None) -> None:
+    def __init__(self, predictor: Predictor, name: str | None = None, norm: NormConfig | None = None) -> None:
         self.predictor = predictor
+        self.guarded = OOMFallback(predictor)
+        self.norm = norm
         self.name = name or f"in-process-{type(predictor).__name__}-{id(predictor)}"
 
     def key(self) -> Any:
@@ -132,7 +141,8 @@ class InProcessSource:
     def describe(self) -> dict[str, Any]:
         return {"multiple": int(getattr(self.predictor, "multiple", 1)),
                 "context": int(getattr(self.predictor, "context", 0)),
-                "out_channels": int(getattr(self.predictor, "out_channels", 1))}
+                "out_channels": int(getattr(self.predictor, "out_channels", 1)),
+                **({"norm": self.norm} if self.norm is not None else {})}
 
 
 def as_source(model: Any, device: str = "auto", precision: str = "auto", tta: TTAConfig | None = None,
@@ -148,26 +158,49 @@ def as_source(model: Any, device: str = "auto", precision: str = "auto", tta: TT
     raise TypeError(f"expected a checkpoint name/path, a ModelSpec or a predictor, got {type(model).__name__}")
 
 
-_CACHE_LOCK = threading.Lock()
-_PREDICTORS: dict[str, Predictor] = {}
+def source_of(request: Any, variance: bool = False) -> PredictorSource:
+    """The predictor source of a :class:`~napari_neuroedge.inference.pipeline.PredictionRequest`: its
+    ``predictor``, or its ``model``: a source or :class:`ModelSpec` (its own settings), a bundled name or path
+    (a :class:`ModelSpec` with the request's device, precision, TTA and threads), or a loaded checkpoint (a
+    :class:`ModelSpec` of the file it was loaded from, reusing the loaded weights in this process; one made in
+    memory is prepared here, through the request's predictor cache, as :func:`~..pipeline.prepare` does).
+    ``variance``: the predictor must also give the TTA variance (channel 1)."""
+    model = request.predictor if request.predictor is not None else request.model
+    tta = TTAConfig(n=request.tta.n, variance=request.tta.variance or variance)
+    if hasattr(model, "build"):
+        origin = getattr(model, "origin", None)
+        if origin is None:
+            from ..pipeline import prepare
+
+            prep = prepare(replace(request, tta=tta), model, variance=tta.variance)
+            return InProcessSource(prep.predictor, norm=prep.norm)
+        return ModelSpec(str(origin), device=request.device, precision=request.precision, tta=tta,
+                         threads=request.threads, loaded=model)
+    return as_source(model, device=request.device, precision=request.precision, tta=tta, threads=request.threads)
+
+
+#: Predictors kept per worker process (each a copy of its model's weights); one per distinct source is the rule.
+WORKER_CACHE_SIZE = 4
+_WORKER_PREDICTORS = PredictorCache(WORKER_CACHE_SIZE)
+_CACHE_LOCK = threading.Lock()  # the open volumes below
 _LOADS: list[str] = []  # keys loaded by this process, in order (see load_count)
 
 
 def cached_predictor(source: PredictorSource) -> Predictor:
-    """The predictor for ``source``, loaded at most once per process (thread-safe).
+    """The predictor for ``source`` in the out-of-memory fallback, loaded at most once per process
+    (thread-safe).
 
-    An :class:`InProcessSource` is returned as is (not cached, so it is freed with its owner).
+    An :class:`InProcessSource`'s own is returned (not cached, so it is freed with its owner).
     """
     if isinstance(source, InProcessSource):
-        return source.predictor
+        return source.guarded
     key = json.dumps(source.key(), sort_keys=True, default=str)
-    with _CACHE_LOCK:
-        pred = _PREDICTORS.get(key)
-        if pred is None:
-            pred = source.load()
-            _PREDICTORS[key] = pred
-            _LOADS.append(key)
-        return pred
+
+    def load() -> Predictor:
+        _LOADS.append(key)
+        return OOMFallback(source.load())
+
+    return _WORKER_PREDICTORS.lookup(key, load)
 
 
 def load_count() -> int:
@@ -177,8 +210,7 @@ def load_count() -> int:
 
 def clear_predictor_cache() -> None:
     """Forget this process's cached predictors (frees their memory)."""
-    with _CACHE_LOCK:
-        _PREDICTORS.clear()
+    _WORKER_PREDICTORS.clear()
 
 
 # ------------------------------------------------------------------------------------------- volume references

@@ -1,0 +1,57 @@
+"""Prediction into *staged* arrays: new disk-backed working arrays of a
+:class:`~napari_neuroedge.workstore.OutputStore` holding only the predicted slices (the Predict widget's path
+for images too large or too lazy for memory).
+
+:func:`iter_staged` runs a :class:`~.pipeline.PredictionRequest` into them, one row of chunks at a time, so
+memory stays bounded by the tile, the chunk and one row of chunks, never by the volume; on an error or a cancel
+they are deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..workstore import OutputStore, discard
+from .pipeline import OutputPlan, iter_run, output_shape
+from .postprocess import instance_dtype
+
+
+@dataclass
+class Staged:
+    """The arrays one job predicted: (y, x) for a 2D image, else (k, y, x) for its k slices (OME-Zarr level 0)."""
+
+    probability: Any
+    membranes: Any
+    variance: Any = None
+    instances: Any = None
+
+    def arrays(self) -> list[Any]:
+        return [a for a in (self.probability, self.membranes, self.variance, self.instances) if a is not None]
+
+
+def iter_staged(volume: Any, request: Any, store: OutputStore, *, variance: bool = False, instances: bool = False,
+                voxel_size: Sequence[float] | None = None) -> Generator[Any, None, tuple[Staged, Any]]:
+    """Generator: run ``request`` (a :class:`~.pipeline.PredictionRequest`) on ``volume`` into new
+    staged arrays of ``store``; yields its ProgressEvents, returns (:class:`Staged`, the pipeline's outcome).
+
+    On an error or a cancel (the generator is closed) the staged arrays are deleted.
+    """
+    shape = output_shape(volume.shape, None if volume.ndim == 2 else request.slices)
+    staged = Staged(store.create(shape, np.float32, "boundary", voxel_size),
+                    store.create(shape, np.uint8, "membranes", voxel_size))
+    try:
+        if variance:
+            staged.variance = store.create(shape, np.float32, "uncertainty", voxel_size)
+        if instances:
+            staged.instances = store.create(shape, instance_dtype(tuple(volume.shape)), "instances", voxel_size)
+        plan = OutputPlan(staged.probability, staged.membranes, staged.variance, staged.instances,
+                          check=store.check_open)
+        outcome = yield from iter_run(volume, request, plan)
+    except BaseException:  # failed or cancelled (GeneratorExit): nothing half-done is left on disk
+        discard(store, staged.arrays())
+        raise
+    return staged, outcome
