@@ -74,7 +74,7 @@ def load_shift(name: str, quick: bool) -> tuple[np.ndarray, np.ndarray]:
     from skimage.morphology import dilation, skeletonize, square
 
     if name == "synthetic":
-        from napari_neuroedge.sample import synthetic_em
+        from napari_neuroedge.io.sample import synthetic_em
 
         stack = synthetic_em((16, 96, 96) if quick else (16, 512, 512), cell_size=24, seed=7)
         return stack.image, (stack.membrane > 0).astype(np.uint8)
@@ -154,7 +154,7 @@ def pretrain_peer(args: argparse.Namespace, minutes: float) -> Any:
     cfg = dataclasses.replace(base, model=bench_peer.PEER, model_kwargs={}, steps=10**9, val_every=10**9,
                               time_limit_s=minutes * 60, threads=args.threads, device="cpu")
     if args.quick:
-        from napari_neuroedge.sample import synthetic_em
+        from napari_neuroedge.io.sample import synthetic_em
 
         cfg = dataclasses.replace(cfg, batch=2, augment=dataclasses.replace(cfg.augment, crop=64))
         stack = synthetic_em((20, 96, 96), cell_size=24, seed=3)

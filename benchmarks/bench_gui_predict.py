@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
         image, source = tifffile.imread(ISBI / "train-volume.tif")[20], "ISBI 2012 slice 20"
     else:
-        from napari_neuroedge.sample import synthetic_em
+        from napari_neuroedge.io.sample import synthetic_em
 
         image, source = synthetic_em((512, 512), cell_size=40, seed=0).image, "synthetic 512^2 slice"
     viewer = napari.Viewer(show=True)

@@ -89,7 +89,7 @@ def child_main(spec: dict[str, Any]) -> None:
         torch.set_num_threads(spec["threads"])
     from napari_neuroedge import cli
 
-    preload = ["tifffile", "tqdm", "napari_neuroedge.io", "napari_neuroedge.inference.predict",
+    preload = ["tifffile", "tqdm", "napari_neuroedge.io.stacks", "napari_neuroedge.inference.predict",
                "napari_neuroedge.inference.postprocess", "napari_neuroedge.models.checkpoint"]
     for name in preload + (["zarr"] if spec["output"].endswith(".zarr") else []):
         importlib.import_module(name)
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_neuroedge.inference.predict import TorchPredictor, plan_grid, predict_array
     from napari_neuroedge.inference.tta import tta_predict
     from napari_neuroedge.models.checkpoint import load_model
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     try:
         from monai.inferers import sliding_window_inference

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dataclasses.replace(base, steps=10**9, val_every=10**9, time_limit_s=args.minutes * 60, time_clock="cpu",
                               threads=args.threads, device=args.device)
     if args.quick:
-        from napari_neuroedge.sample import synthetic_em
+        from napari_neuroedge.io.sample import synthetic_em
 
         cfg = dataclasses.replace(cfg, batch=min(cfg.batch, 2), augment=dataclasses.replace(cfg.augment, crop=64))
         stack = synthetic_em((25, 96, 96), cell_size=24, seed=3)

@@ -41,7 +41,7 @@ TILE = {"tile": 1024, "context": 80, "batch": 4}
 # ------------------------------------------------------------------------------------------------ inputs
 
 def _texture(seed: int = 0) -> np.ndarray:
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     return synthetic_em((1024, 1024), cell_size=40, seed=seed).image
 
@@ -114,7 +114,7 @@ def run_single(case: dict[str, Any]) -> dict[str, Any]:
 
     from napari_neuroedge.config import NormConfig, TileConfig
     from napari_neuroedge.inference.predict import TorchPredictor, iter_predict
-    from napari_neuroedge.io import open_output, open_stack
+    from napari_neuroedge.io.stacks import open_output, open_stack
     from napari_neuroedge.progress import drive
 
     if case.get("threads"):
@@ -152,7 +152,7 @@ def run_dask(case: dict[str, Any]) -> dict[str, Any]:
     from napari_neuroedge.inference import blockwise as bw
     from napari_neuroedge.inference.pipeline import PredictionRequest
     from napari_neuroedge.inference.predict import TorchPredictor, iter_predict
-    from napari_neuroedge.io import open_output, open_stack
+    from napari_neuroedge.io.stacks import open_output, open_stack
     from napari_neuroedge.models.checkpoint import load_checkpoint
     from napari_neuroedge.progress import drive
 

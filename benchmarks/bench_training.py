@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     from napari_neuroedge.config import AugmentConfig, LossConfig, NormConfig, TrainConfig
     from napari_neuroedge.inference.device import resolve_device
     from napari_neuroedge.models.registry import build_model
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
     from napari_neuroedge.training.dataset import slices_from_arrays
     from napari_neuroedge.training.loop import CropSampler
 

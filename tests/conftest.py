@@ -17,7 +17,7 @@ ISBI_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isb
 @pytest.fixture(scope="session")
 def synth():
     """A 3-slice 96x112 synthetic EM stack (uint8) with its membrane labels."""
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     return synthetic_em((3, 96, 112), cell_size=24, seed=1)
 

@@ -80,7 +80,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .config import TileConfig, TTAConfig
     from .inference.files import OutputFiles, iter_predict_files, predict_blockwise_files
     from .inference.pipeline import PredictionRequest
-    from .io import open_stack
+    from .io.stacks import open_stack
     from .models.checkpoint import load_checkpoint
     from .progress import drive
 
@@ -166,7 +166,7 @@ def _train_config(args: argparse.Namespace) -> Any:
 
 def _refuse_existing(path: Path) -> Path:
     """``path``, after checking nothing is there yet: fail before the work, not after it."""
-    from .atomic import check_free
+    from .io.atomic import check_free
 
     check_free(path)
     return path
@@ -268,7 +268,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------ evaluate / export
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .io import open_stack
+    from .io.stacks import open_stack
     from .metrics import to_membrane
 
     pred = np.asarray(open_stack(args.pred).data[:])
@@ -355,8 +355,8 @@ def _check_label_convention(gt_raw: np.ndarray, gt: np.ndarray, pred_membrane: n
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import ExportItem, export_slices
-    from .io import open_stack
+    from .io.export import ExportItem, export_slices
+    from .io.stacks import open_stack
 
     img = open_stack(args.image)
     lab = open_stack(args.labels)
@@ -383,7 +383,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _parse_thresholds(spec: str | None) -> tuple[float, ...]:
     """"0.3:0.7:0.05" (start:stop:step, stop included) or "0.5,0.6" -> thresholds; None -> the default grid."""
-    from .calibration import DEFAULT_THRESHOLDS
+    from .training.calibration import DEFAULT_THRESHOLDS
 
     if not spec:
         return DEFAULT_THRESHOLDS
@@ -399,10 +399,10 @@ def _parse_thresholds(spec: str | None) -> tuple[float, ...]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .calibration import iter_calibrate
+    from .training.calibration import iter_calibrate
     from .config import TileConfig, TTAConfig
     from .inference.pipeline import PredictionRequest
-    from .io import open_stack
+    from .io.stacks import open_stack
     from .models.checkpoint import load_checkpoint, save_checkpoint
     from .progress import drive
 
@@ -444,7 +444,7 @@ def cmd_average(args: argparse.Namespace) -> int:
 
 
 def cmd_package(args: argparse.Namespace) -> int:
-    from .bioimageio_export import package_model
+    from .models.bioimageio.export import package_model
 
     out = _refuse_existing(Path(args.output))
     if out.suffix.lower() != ".zip":
@@ -455,9 +455,9 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .io import write_array
-    from .atomic import check_free
-    from .sample import synthetic_em
+    from .io.stacks import write_array
+    from .io.atomic import check_free
+    from .io.sample import synthetic_em
 
     check_free(args.output, args.labels)  # both or neither
     s = synthetic_em((args.slices, args.size, args.size), cell_size=args.cell_size, seed=args.seed)
@@ -658,8 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .atomic import OutputExistsError
-    from .io import InputError
+    from .io.atomic import OutputExistsError
+    from .io.stacks import InputError
     from .progress import Cancelled
 
     parser = build_parser()

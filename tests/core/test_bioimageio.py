@@ -26,7 +26,7 @@ def package(tmp_path_factory):
     from napari_neuroedge.config import AugmentConfig, TrainConfig
     from napari_neuroedge.models.checkpoint import load_checkpoint
     from napari_neuroedge.progress import drive
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
     from napari_neuroedge.training.dataset import slices_from_arrays
     from napari_neuroedge.training.loop import iter_fit
 
@@ -80,7 +80,7 @@ def test_bioimageio_core_prediction_matches_ours_without_tta(package):
     from bioimageio.core import predict
     from bioimageio.spec import load_model_description
 
-    from napari_neuroedge.bioimageio_export import test_slice
+    from napari_neuroedge.models.bioimageio.export import test_slice
 
     ckpt_path, zip_path = package
     raw = test_slice()
@@ -99,10 +99,10 @@ def test_bioimageio_core_prediction_matches_ours_without_tta(package):
 def test_imported_package_predicts_like_the_checkpoint(package, tmp_path):
     import tifffile
 
-    from napari_neuroedge.bioimageio_export import test_slice
+    from napari_neuroedge.models.bioimageio.export import test_slice
 
     ckpt_path, zip_path = package
-    from napari_neuroedge.bioimageio_export import SAMPLE
+    from napari_neuroedge.models.bioimageio.export import SAMPLE
 
     raw = np.asarray(tifffile.imread(SAMPLE)[1])  # another slice, tiled with mirror context (128 px tiles)
     ours, theirs = _ours(ckpt_path, raw, 128), _ours(zip_path, raw, 128)
@@ -123,7 +123,7 @@ def test_imported_package_predicts_like_the_checkpoint(package, tmp_path):
         rc = main(["predict", str(src), "-o", str(tmp_path / "mb.tif"), "--prob", str(tmp_path / "pb.zarr"),
                    "--model", str(zip_path), "--tile", "128", "--tta", "6", "--scheduler", "sync", "--quiet"])
         assert rc == 0
-        from napari_neuroedge.io import open_stack
+        from napari_neuroedge.io.stacks import open_stack
 
         assert np.abs(np.asarray(open_stack(tmp_path / "pb.zarr").data[...]) - prob).max() < 1e-5
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("dask")
 zarr = pytest.importorskip("zarr")
 
-from napari_neuroedge.atomic import OutputExistsError  # noqa: E402
+from napari_neuroedge.io.atomic import OutputExistsError  # noqa: E402
 from napari_neuroedge.config import NormConfig, TileConfig  # noqa: E402
 from napari_neuroedge.progress import CallbackProgress  # noqa: E402
 from napari_neuroedge.inference import blockwise as bw  # noqa: E402

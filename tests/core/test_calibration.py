@@ -11,7 +11,7 @@ import pytest
 import tifffile
 import torch
 
-from napari_neuroedge.calibration import choose_threshold, pixel_error_by_threshold
+from napari_neuroedge.training.calibration import choose_threshold, pixel_error_by_threshold
 from napari_neuroedge.cli import main
 from napari_neuroedge.config import NormConfig
 from napari_neuroedge.models.averaging import average_checkpoints

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from napari_neuroedge.atomic import OutputExistsError
+from napari_neuroedge.io.atomic import OutputExistsError
 from napari_neuroedge.config import NormConfig
 from napari_neuroedge.models.checkpoint import CheckpointError, load_checkpoint, load_model, make_checkpoint, save_checkpoint
 from napari_neuroedge.models.registry import build_model, bundled_models

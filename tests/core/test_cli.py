@@ -54,7 +54,7 @@ def test_overlay_shows_every_predicted_slice_and_names_it(tmp_path, stack_path, 
     """--overlay has one captioned row per predicted slice (here slices 1 and 2), not just the middle one."""
     import imageio.v3 as iio
 
-    from napari_neuroedge.overlay import overlay_rows as _overlay_rows
+    from napari_neuroedge.io.overlay import overlay_rows as _overlay_rows
 
     png = tmp_path / "o.png"
     assert main(["predict", str(stack_path), "-o", str(tmp_path / "m.tif"), "--model", str(tiny_ckpt), "--tile",
@@ -366,7 +366,7 @@ def test_predict_blockwise_matches_single_process(tmp_path, stack_path, tiny_ckp
 
 
 def test_finetune_on_a_large_image_reads_windows_lazily(tmp_path, tiny_ckpt, capsys):
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     big = synthetic_em((1200, 1300), cell_size=30, seed=9)
     tifffile.imwrite(tmp_path / "big.tif", big.image, photometric="minisblack")  # memory-mapped on read

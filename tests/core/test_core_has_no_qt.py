@@ -9,11 +9,12 @@ import sys
 def test_core_imports_no_qt():
     code = (
         "import sys, numpy as np\n"
-        "import napari_neuroedge, napari_neuroedge.cli, napari_neuroedge.io, napari_neuroedge.export\n"
+        "import napari_neuroedge, napari_neuroedge.cli, napari_neuroedge.io.stacks, napari_neuroedge.io.export\n"
         "import napari_neuroedge.training.loop, napari_neuroedge.metrics, napari_neuroedge.models.casenet\n"
-        "import napari_neuroedge.inference.pipeline, napari_neuroedge.inference.files, napari_neuroedge.workstore\n"
-        "import napari_neuroedge.inference.blockwise, napari_neuroedge.overlay, napari_neuroedge.calibration\n"
-        "import napari_neuroedge.inference.staged, napari_neuroedge.trainingset, napari_neuroedge.training.large_image\n"
+        "import napari_neuroedge.inference.pipeline, napari_neuroedge.inference.files, napari_neuroedge.io.workstore\n"
+        "import napari_neuroedge.inference.blockwise, napari_neuroedge.io.overlay\n"
+        "import napari_neuroedge.training.calibration, napari_neuroedge.inference.staged\n"
+        "import napari_neuroedge.io.trainingset, napari_neuroedge.training.large_image\n"
         "from napari_neuroedge.inference.predict import predict_array\n"
         "predict_array(np.zeros((16, 16), np.float32), lambda b: b)\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', "

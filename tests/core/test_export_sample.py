@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from napari_neuroedge.config import NormConfig
-from napari_neuroedge.export import ExportItem, export_slices
+from napari_neuroedge.io.export import ExportItem, export_slices
 from napari_neuroedge.inference.normalize import normalize_slice
-from napari_neuroedge.sample import synthetic_em
+from napari_neuroedge.io.sample import synthetic_em
 from napari_neuroedge.training.dataset import load_training_folder, read_manifest
 
 

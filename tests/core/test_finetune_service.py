@@ -13,7 +13,7 @@ from napari_neuroedge.config import FinetuneOptions, NormConfig, TrainConfig, fr
 from napari_neuroedge.models.checkpoint import load_checkpoint, make_checkpoint
 from napari_neuroedge.models.registry import build_model
 from napari_neuroedge.progress import drive
-from napari_neuroedge.sample import synthetic_em
+from napari_neuroedge.io.sample import synthetic_em
 from napari_neuroedge.training.dataset import slices_from_arrays
 from napari_neuroedge.training.finetune import (FinetuneOutcome, describe_data, finetune_config, iter_finetune,
                                                 split_holdout)
@@ -184,7 +184,7 @@ def test_calibrate_thresholds_uses_only_labelled_pixels_and_the_tie_rule():
     error on the labelled pixels, a wrong region under mask 0 ignored; the seed by choose_seed_threshold."""
     from napari_neuroedge.training.finetune import (calibrate_thresholds, choose_seed_threshold,
                                                     seed_threshold_sweep)
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
     from napari_neuroedge.training.dataset import LabelledSlice
 
     stack = synthetic_em((1, 96, 96), cell_size=24, seed=5)

@@ -7,8 +7,8 @@ import pytest
 import tifffile
 import zarr
 
-from napari_neuroedge.atomic import OutputExistsError, atomic_write_bytes, unique_path
-from napari_neuroedge.io import InputError, SliceFolder, check_em_array, open_output, open_stack, write_array
+from napari_neuroedge.io.atomic import OutputExistsError, atomic_write_bytes, unique_path
+from napari_neuroedge.io.stacks import InputError, SliceFolder, check_em_array, open_output, open_stack, write_array
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
@@ -136,7 +136,7 @@ def test_atomic_bytes_and_unique_names(tmp_path):
 def test_one_already_exists_error_and_atomic_replace(tmp_path):
     import pickle
 
-    from napari_neuroedge.atomic import check_free, replace_atomically
+    from napari_neuroedge.io.atomic import check_free, replace_atomically
 
     p = atomic_write_bytes(tmp_path / "a.json", b"1")
     with pytest.raises(OutputExistsError) as info:
@@ -154,7 +154,7 @@ def test_one_already_exists_error_and_atomic_replace(tmp_path):
 def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
     """atomic_dir(commit=...): the hook publishes the finished folder (here into another folder); when it refuses,
     the temporary folder (made ``beside``) is deleted and the destination's parent was never created."""
-    from napari_neuroedge.atomic import atomic_dir
+    from napari_neuroedge.io.atomic import atomic_dir
 
     dest, elsewhere = tmp_path / "image" / "labels" / "x", tmp_path / "published"
     with atomic_dir(dest, commit=lambda tmp: tmp.rename(elsewhere), beside=tmp_path) as tmp:
@@ -174,7 +174,7 @@ def test_atomic_dir_commit_hook_publishes_or_leaves_nothing(tmp_path):
 @pytest.mark.parametrize("name", ["c.zarr", "c.ome.zarr"])
 def test_zarr_outputs_default_to_the_one_chunk_shape(tmp_path, name):
     """Plain and OME-Zarr outputs take chunks.chunks_for: one slice deep, at most 1024 px in y and x."""
-    from napari_neuroedge.chunks import chunks_for
+    from napari_neuroedge.io.chunks import chunks_for
 
     assert chunks_for((3, 2500, 700)) == (1, 1024, 700) and chunks_for((0, 5)) == (1, 5)
     with open_output(tmp_path / name, (3, 2500, 700), np.uint8) as out:

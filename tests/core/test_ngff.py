@@ -9,7 +9,7 @@ import torch
 
 from napari_neuroedge.cli import main
 from napari_neuroedge.config import NormConfig
-from napari_neuroedge.io import open_stack
+from napari_neuroedge.io.stacks import open_stack
 from napari_neuroedge.models.checkpoint import make_checkpoint, save_checkpoint
 from napari_neuroedge.models.registry import build_model
 
@@ -19,7 +19,7 @@ pytest.importorskip("ome_zarr")
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """A 2 x 256 x 256 OME-TIFF at 50 x 4 x 4 nm and a tiny random U-Net checkpoint."""
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     root = tmp_path_factory.mktemp("ngff_in")
     img = synthetic_em((2, 256, 256), cell_size=30, seed=2).image

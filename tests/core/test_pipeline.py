@@ -232,9 +232,9 @@ def test_work_store_arrays_are_ome_zarr_with_axes_and_scale(tmp_path):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
-    from napari_neuroedge.io import open_stack
+    from napari_neuroedge.io.stacks import open_stack
     from napari_neuroedge.inference.staged import iter_staged
-    from napari_neuroedge.workstore import OutputStore
+    from napari_neuroedge.io.workstore import OutputStore
 
     store = OutputStore(tmp_path)
     vol = _volume((3, 40, 48))

@@ -82,7 +82,7 @@ def test_stack_instance_ids_unique_in_any_order_and_widen():
 
 
 def test_cli_instances_use_the_stack_id_scheme(tmp_path):
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     stack = synthetic_em((3, 64, 64), cell_size=20, seed=0)
     tifffile.imwrite(tmp_path / "s.tif", stack.image)

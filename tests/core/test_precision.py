@@ -48,7 +48,7 @@ def test_bf16_predictor_close_to_fp32_and_channels_last():
 def test_training_records_its_precision(tmp_path):
     from napari_neuroedge.models.checkpoint import load_checkpoint
     from napari_neuroedge.progress import drive
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
     from napari_neuroedge.training.dataset import slices_from_arrays
     from napari_neuroedge.training.loop import iter_fit
 

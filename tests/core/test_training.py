@@ -10,7 +10,7 @@ import pytest
 from napari_neuroedge.config import AugmentConfig, LossConfig, NormConfig, TrainConfig
 from napari_neuroedge.models.checkpoint import load_checkpoint
 from napari_neuroedge.progress import CallbackProgress, Cancelled, drive
-from napari_neuroedge.sample import synthetic_em
+from napari_neuroedge.io.sample import synthetic_em
 from napari_neuroedge.training.dataset import slices_from_arrays
 from napari_neuroedge.training.loop import CropSampler, iter_fit
 

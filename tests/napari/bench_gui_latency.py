@@ -28,7 +28,7 @@ def main() -> None:
 
     from napari_neuroedge._napari import tracking
     from napari_neuroedge._napari.widgets import NeuroEdgePanel
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     steps = int(sys.argv[1]) if len(sys.argv) > 1 else 20
     if len(sys.argv) > 2:

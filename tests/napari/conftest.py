@@ -35,7 +35,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """A quickly trained U-Net(base 8, depth 2) checkpoint that finds synthetic membranes (~95% pixel accuracy)."""
     from napari_neuroedge.config import AugmentConfig, NormConfig, TrainConfig
     from napari_neuroedge.progress import drive
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
     from napari_neuroedge.training.dataset import slices_from_arrays
     from napari_neuroedge.training.loop import iter_fit
 
@@ -54,7 +54,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture
 def synth_stack():
     """(3, 96, 112) uint8 synthetic EM with membranes; different seed from the training data."""
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     return synthetic_em((3, 96, 112), cell_size=24, seed=1)
 

@@ -14,7 +14,7 @@ def test_export_button_writes_a_package_that_loads_and_predicts_the_same(qtbot, 
 
     from napari_neuroedge._napari.package_export import BUTTON_TEXT
     from napari_neuroedge._napari.widgets.predict import PredictWidget
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     viewer = make_napari_viewer()
     viewer.add_image(synthetic_em((96, 96), cell_size=20, seed=5).image, name="plane")

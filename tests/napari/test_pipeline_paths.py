@@ -28,7 +28,7 @@ class _Session:
 def test_cli_and_widget_job_give_identical_arrays(tmp_path, synth_stack, tiny_checkpoint):
     from napari_neuroedge._napari.widgets.predict import gui_threads, predict_job
     from napari_neuroedge.cli import main
-    from napari_neuroedge.workstore import OutputStore
+    from napari_neuroedge.io.workstore import OutputStore
 
     image = synth_stack.image  # (3, 96, 112) uint8
     src = tmp_path / "stack.tif"
@@ -80,7 +80,7 @@ def test_working_arrays_get_the_layers_voxel_size_in_nm(make_napari_viewer):
     assert voxel_size_nm(plain) is None
     # a TIFF whose z spacing is unknown: the reader shows z as scale 1 (in "nm"); the outputs keep it unknown
     from napari_neuroedge._napari.reader import stack_layer_data
-    from napari_neuroedge.io import EMStack
+    from napari_neuroedge.io.stacks import EMStack
 
     data, kwargs, _ = stack_layer_data(EMStack(img, (float("nan"), 4.0, 4.0), "x.tif"))
     no_z = viewer.add_image(data, **kwargs)

@@ -15,7 +15,7 @@ import napari_neuroedge
 from napari_neuroedge._napari.reader import napari_get_reader
 from napari_neuroedge._napari.sample_data import synthetic_stack
 from napari_neuroedge._napari.writer import write_labels
-from napari_neuroedge.atomic import OutputExistsError
+from napari_neuroedge.io.atomic import OutputExistsError
 
 MANIFEST = Path(napari_neuroedge.__file__).parent / "napari.yaml"
 

@@ -106,7 +106,7 @@ def test_current_slice_only_and_in_place(qtbot, panel_viewer, waiter, goto):
 
 def test_predict_2d_image_and_defaults(qtbot, make_napari_viewer, waiter, tiny_checkpoint):
     from napari_neuroedge._napari.widgets.predict import PredictWidget
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     viewer = make_napari_viewer()
     img = synthetic_em((80, 72), cell_size=20, seed=5).image
@@ -216,7 +216,7 @@ def test_threshold_follows_the_chosen_models_calibration(qtbot, make_napari_view
 
     from napari_neuroedge._napari.widgets.predict import PredictWidget
     from napari_neuroedge.models.checkpoint import load_checkpoint, save_checkpoint
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     calibrated = save_checkpoint(dataclasses.replace(load_checkpoint(tiny_checkpoint), threshold=0.7),
                                  tmp_path / "calibrated.pt")

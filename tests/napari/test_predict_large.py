@@ -17,7 +17,7 @@ import pytest
 import torch
 import zarr
 
-from napari_neuroedge import workstore
+from napari_neuroedge.io import workstore
 from napari_neuroedge._napari import lazy_outputs, tracking
 from napari_neuroedge.inference import sinks
 from napari_neuroedge.config import NormConfig
@@ -37,7 +37,7 @@ def lazy_env(monkeypatch, tmp_path) -> Path:
 def _memmap_input(tmp_path: Path, image: np.ndarray) -> np.memmap:
     import tifffile
 
-    from napari_neuroedge.io import open_stack
+    from napari_neuroedge.io.stacks import open_stack
 
     path = tmp_path / "stack.tif"
     tifffile.imwrite(path, image, photometric="minisblack")
@@ -47,7 +47,7 @@ def _memmap_input(tmp_path: Path, image: np.ndarray) -> np.memmap:
 
 
 def _zarr_input(tmp_path: Path, image: np.ndarray) -> zarr.Array:
-    from napari_neuroedge.io import open_stack
+    from napari_neuroedge.io.stacks import open_stack
 
     path = tmp_path / "stack.zarr"
     z = zarr.open(str(path), mode="w", shape=image.shape, chunks=(1,) * (image.ndim - 2) + (40, 48),
@@ -245,7 +245,7 @@ def test_slice_folder_is_read_once_per_slice(tmp_path, monkeypatch):
     """A folder of 2D files can only be read whole: each slice file is read once, not once per tile."""
     import tifffile
 
-    from napari_neuroedge import io
+    from napari_neuroedge.io import stacks as io
     from napari_neuroedge._napari.widgets.predict import predict_job
     from napari_neuroedge.progress import drive
 
@@ -387,7 +387,7 @@ def test_lazy_membranes_paint_tracked_kept_and_cleaned_up(qtbot, make_napari_vie
 
 
 def test_lazy_2d_zarr_image(qtbot, make_napari_viewer, lazy_env, tiny_checkpoint, waiter, tmp_path):
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     image = synthetic_em((80, 72), cell_size=20, seed=5).image
     data = _zarr_input(tmp_path, image)

@@ -34,7 +34,7 @@ SCRIPT = textwrap.dedent(
     # what happens when the user opens the plugin and runs a model in the open viewer
     from napari_neuroedge._napari.widgets import NeuroEdgePanel
     from napari_neuroedge._napari import tracking
-    from napari_neuroedge.sample import synthetic_em
+    from napari_neuroedge.io.sample import synthetic_em
 
     stack = synthetic_em((2, 64, 64), cell_size=20, seed=0)
     viewer.add_image(stack.image, name="em")

@@ -1,7 +1,7 @@
-"""The viewer's disk-backed output layers: one :class:`~napari_neuroedge.workstore.OutputStore` per widget session.
+"""The viewer's disk-backed output layers: one :class:`~napari_neuroedge.io.workstore.OutputStore` per widget session.
 
 The store itself, the decision when outputs go to disk and the staged prediction live in the Qt-free core
-(:mod:`napari_neuroedge.workstore`, :mod:`napari_neuroedge.inference.sinks`). This is the GUI glue only:
+(:mod:`napari_neuroedge.io.workstore`, :mod:`napari_neuroedge.inference.sinks`). This is the GUI glue only:
 :func:`store_for` ties a store to a session and deletes its folder when the viewer's window closes (or at
 interpreter exit). This module imports neither Qt nor napari.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from ..workstore import OutputStore
+from ..io.workstore import OutputStore
 
 __all__ = ["store_for"]
 

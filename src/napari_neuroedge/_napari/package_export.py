@@ -7,7 +7,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QFileDialog, QPushButton
 
-from ..atomic import OutputExistsError
+from ..io.atomic import OutputExistsError
 from ._qt_utils import notify
 
 BUTTON_TEXT = "Export model (bioimage.io)"
@@ -34,7 +34,7 @@ def export_selected(widget: Any, path: str | None = None) -> Any:
     """Start packaging the selected model into ``path`` (asked if None); returns the napari worker or None."""
     from napari.qt.threading import create_worker
 
-    from ..bioimageio_export import package_model
+    from ..models.bioimageio.export import package_model
 
     name = widget.session.selected_model
     if not name:

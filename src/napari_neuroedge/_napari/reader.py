@@ -1,7 +1,7 @@
 """npe2 reader: EM stacks from .tif/.tiff (multi-page, OME, BigTIFF), folders of 2D slices and .zarr arrays.
 
 The data stays lazy (memory-mapped TIFF, zarr, or a folder read slice by slice) so large stacks open at once.
-:func:`napari_get_reader` returns None (never raises) for anything :func:`napari_neuroedge.io.open_stack` cannot
+:func:`napari_get_reader` returns None (never raises) for anything :func:`napari_neuroedge.io.stacks.open_stack` cannot
 open, so napari can try other readers.
 """
 
@@ -36,7 +36,7 @@ def napari_get_reader(path: Any) -> Callable[[Any], list[LayerData]] | None:
         p = Path(single)
         if not (p.suffix.lower() in READABLE_SUFFIXES or p.is_dir()):
             return None
-        from ..io import open_stack
+        from ..io.stacks import open_stack
 
         stack = open_stack(p)  # lazy: only metadata and the first slice are read
     except Exception:  # never raise: another reader may handle it
@@ -58,7 +58,7 @@ def _layers_have_units() -> bool:
 
 
 def stack_layer_data(stack: Any) -> LayerData:
-    """napari layer data (image) for an :class:`napari_neuroedge.io.EMStack`, with its voxel size as scale."""
+    """napari layer data (image) for an :class:`napari_neuroedge.io.stacks.EMStack`, with its voxel size as scale."""
     ndim = len(stack.shape)
     meta: dict[str, Any] = {"name": Path(stack.source).name.split(".")[0] or "EM stack",
                             "metadata": {"source": stack.source, "voxel_size": stack.voxel_size}}

@@ -11,7 +11,7 @@ SAMPLE_SHAPE = (5, 256, 256)
 
 def synthetic_stack() -> list[tuple[Any, dict[str, Any], str]]:
     """[(image uint8 (5, 256, 256), ...), (ground-truth membranes uint8, 1 = membrane, ...)]."""
-    from ..sample import synthetic_em
+    from ..io.sample import synthetic_em
 
     stack = synthetic_em(SAMPLE_SHAPE, cell_size=40.0, seed=0)
     return [

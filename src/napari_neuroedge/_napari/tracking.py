@@ -102,8 +102,8 @@ def go_to_slice(viewer: Any, layer: Any, z: int) -> None:
 
 def blank(shape: tuple[int, ...], dtype: Any) -> Any:
     """A zero array for an output layer; sparse in-memory zarr (one chunk per slice) when it
-    :func:`~napari_neuroedge.workstore.is_large`."""
-    from ..workstore import is_large
+    :func:`~napari_neuroedge.io.workstore.is_large`."""
+    from ..io.workstore import is_large
 
     if len(shape) < 3 or not is_large(shape, dtype):
         return np.zeros(shape, dtype)

@@ -130,7 +130,7 @@ def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = 
 def folder_summary(folder: str | Path) -> Summary:
     """The items of a training-set folder (labels, masks and predictions read from disk)."""
     from ..training.finetune import describe_row, rows_warnings
-    from ..trainingset import read_item, read_manifest
+    from ..io.trainingset import read_item, read_manifest
 
     folder = Path(folder)
     items = read_manifest(folder)["items"]

@@ -26,10 +26,10 @@ def _compact_dtype(data: np.ndarray) -> np.ndarray:
 def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Write labels ``data`` ((y, x) or (z, y, x)) to ``path`` (.tif/.tiff); refuses to overwrite an existing file.
 
-    Raises :class:`napari_neuroedge.atomic.OutputExistsError` (a clear message) if ``path`` exists.
+    Raises :class:`napari_neuroedge.io.atomic.OutputExistsError` (a clear message) if ``path`` exists.
     """
-    from ..atomic import OutputExistsError
-    from ..io import write_array
+    from ..io.atomic import OutputExistsError
+    from ..io.stacks import write_array
 
     target = Path(path)
     if target.suffix.lower() not in (".tif", ".tiff"):

@@ -1,7 +1,7 @@
 """Prediction from an input file to output files: the pipeline with atomic, never-overwriting file sinks.
 
 ``neuroedge predict`` is argument parsing around these. :func:`iter_predict_files` opens every requested output
-(TIFF, zarr or OME-Zarr by its name, see :func:`napari_neuroedge.io.open_output`) under a temporary name, runs
+(TIFF, zarr or OME-Zarr by its name, see :func:`napari_neuroedge.io.stacks.open_output`) under a temporary name, runs
 the :mod:`.pipeline` into them and publishes them only when it finished; a failure or a cancel leaves nothing.
 :func:`predict_blockwise_files` runs the blockwise Dask job into a restartable probability zarr and thresholds
 the membranes from it with the pipeline's :func:`~.pipeline.threshold_into`.
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import check_free
+from ..io.atomic import check_free
 from ..progress import Progress, ProgressEvent
 from .pipeline import (OutputPlan, PredictionOutcome, PredictionRequest, iter_run, load_request_model, output_shape,
                        scratch_probability, threshold_into)
@@ -42,7 +42,7 @@ class OutputFiles:
 def check_outputs(files: OutputFiles) -> None:
     """Before any work: no output may exist yet, and a label inside an OME-Zarr image
     (``IMAGE.ome.zarr/labels/NAME``) needs that image, written now or already there."""
-    from ..ngff import check_label_paths
+    from ..io.ngff import check_label_paths
 
     check_free(*files.paths())
     check_label_paths([files.membranes, files.probability, files.instances, files.variance])
@@ -50,13 +50,13 @@ def check_outputs(files: OutputFiles) -> None:
 
 def iter_predict_files(stack: Any, request: PredictionRequest, files: OutputFiles, name: str = ""
                        ) -> Generator[ProgressEvent, None, PredictionOutcome]:
-    """Predict ``stack`` (an :class:`~napari_neuroedge.io.EMStack`) into ``files``; yields the pipeline's events.
+    """Predict ``stack`` (an :class:`~napari_neuroedge.io.stacks.EMStack`) into ``files``; yields the pipeline's events.
 
     Outputs get the input's voxel size; OME-Zarr pyramids are built by nearest neighbour for labels and by the
     mean for the probability and variance. ``name`` captions the overlay.
     """
-    from ..io import open_output
-    from ..overlay import write_stack_overlay
+    from ..io.stacks import open_output
+    from ..io.overlay import write_stack_overlay
     from .postprocess import instance_dtype
     from ..slices import parse_slices
 
@@ -93,8 +93,8 @@ def predict_blockwise_files(input_path: str | Path, request: PredictionRequest, 
     request's model must be a bundled name or a checkpoint path the workers can read, or a checkpoint loaded
     from one; it is loaded once here (the workers load it once each). Instances and overlays are not computed
     here (run them on the probability afterwards)."""
-    from ..io import is_zarr_path, open_output, open_stack
-    from ..ngff import is_ome_zarr_path
+    from ..io.stacks import is_zarr_path, open_output, open_stack
+    from ..io.ngff import is_ome_zarr_path
     from .blockwise import predict_blockwise
 
     prob_path = files.probability

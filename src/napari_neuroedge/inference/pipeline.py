@@ -1,7 +1,7 @@
 """The one prediction pipeline: a :class:`PredictionRequest` run into an :class:`OutputPlan` by :func:`iter_run`.
 
 Every caller that predicts builds a request and runs it here: ``neuroedge predict`` (eager), the Predict widget
-(in memory, or into disk-backed working arrays for large images, see :mod:`napari_neuroedge.workstore`),
+(in memory, or into disk-backed working arrays for large images, see :mod:`napari_neuroedge.io.workstore`),
 ``neuroedge calibrate``, training validation and the fine-tune's threshold recalibration. (Blockwise Dask
 prediction computes its blocks with the same stitch kernel, :mod:`.stitch`, and thresholds through
 :func:`threshold_into`.) So the model loading, the tiling, TTA, precision and device, the membrane threshold

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..chunks import CHUNK, chunks_for  # noqa: F401  (chunks_for: still importable from the sinks)
-from ..io import SliceFolder
+from ..io.chunks import CHUNK, chunks_for  # noqa: F401  (chunks_for: still importable from the sinks)
+from ..io.stacks import SliceFolder
 
 def is_chunked(target: Any) -> bool:
     """True for a chunked array (zarr) that should be written a row of chunks at a time; False for numpy and

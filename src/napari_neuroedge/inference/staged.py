@@ -1,5 +1,5 @@
 """Prediction into *staged* arrays: new disk-backed working arrays of a
-:class:`~napari_neuroedge.workstore.OutputStore` holding only the predicted slices (the Predict widget's path
+:class:`~napari_neuroedge.io.workstore.OutputStore` holding only the predicted slices (the Predict widget's path
 for images too large or too lazy for memory).
 
 :func:`iter_staged` runs a :class:`~.pipeline.PredictionRequest` into them, one row of chunks at a time, so
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..workstore import OutputStore, discard
+from ..io.workstore import OutputStore, discard
 from .pipeline import OutputPlan, iter_run, output_shape
 from .postprocess import instance_dtype
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..atomic import atomic_path, atomic_write_bytes
-from ..bioimageio_import import PackageError, is_package_path, load_package
+from ..io.atomic import atomic_path, atomic_write_bytes
+from .bioimageio.load import PackageError, is_package_path, load_package
 from ..config import SEED_THRESHOLD, NormConfig, from_dict, to_dict
 from .registry import build_model, resolve_checkpoint
 

@@ -3,8 +3,8 @@ the per-pixel loss targets of a slice.
 
 A :class:`LabelledSlice` is one normalised (H, W) float32 image with its uint8 membrane label (1 = membrane),
 an optional uint8 mask (1 = labelled, 0 = ignore) and an optional uint8 map of pixels the user corrected.
-Training-set folders (the format: :mod:`napari_neuroedge.trainingset`, written by
-:mod:`napari_neuroedge.export`) are read with :func:`load_training_folder`; what the CLI names (any of these,
+Training-set folders (the format: :mod:`napari_neuroedge.io.trainingset`, written by
+:mod:`napari_neuroedge.io.export`) are read with :func:`load_training_folder`; what the CLI names (any of these,
 or a large image with its labels, through :mod:`.large_image`) is read by :func:`load_data`.
 """
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from ..config import LossConfig, NormConfig
 from ..inference.normalize import normalize_slice
-from ..trainingset import MANIFEST, read_item, read_manifest
+from ..io.trainingset import MANIFEST, read_item, read_manifest
 from .labelled import LabelledSlice
 
 __all__ = ["LabelledSlice", "load_data", "load_isbi", "load_training_folder", "loss_targets", "read_manifest",
@@ -46,7 +46,7 @@ def load_isbi(root: str | Path, indices: Sequence[int], norm: NormConfig) -> lis
 
 
 def load_training_folder(folder: str | Path, norm: NormConfig) -> list[LabelledSlice]:
-    """All items of a training-set folder written by :func:`napari_neuroedge.export.export_slices`."""
+    """All items of a training-set folder written by :func:`napari_neuroedge.io.export.export_slices`."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such training-set folder")
@@ -91,7 +91,7 @@ def load_data(spec: str, slices: str | None, norm: Any, labels: str | None = Non
 
     path = Path(spec)
     if labels is not None:
-        from ..io import open_stack
+        from ..io.stacks import open_stack
         from .large_image import LargeImageCrops
 
         img, lab = open_stack(path), open_stack(labels)

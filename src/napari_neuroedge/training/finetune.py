@@ -200,7 +200,7 @@ def calibrate_thresholds(probs: Sequence[np.ndarray], slices: Sequence[LabelledS
     """(membrane threshold, seed threshold, pixel error by threshold, Rand error by seed threshold) of the
     probabilities ``probs`` against the labels of ``slices`` (only their labelled pixels): the membrane threshold
     with the lowest pixel error, the seed threshold by :func:`choose_seed_threshold` (ties go to ``parent_seed``)."""
-    from ..calibration import choose_threshold, pixel_error_by_threshold
+    from .calibration import choose_threshold, pixel_error_by_threshold
 
     errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
                                       np.concatenate([s.label.ravel() for s in slices]),
@@ -283,7 +283,7 @@ def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: 
     (the generator is closed) the last validated checkpoint is kept as ``DEST-cancelled.pt`` and ``outcome``
     says so (or that there was none).
     """
-    from ..atomic import unique_path
+    from ..io.atomic import unique_path
     from .loop import iter_fit
 
     options = options or FinetuneOptions()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import replace_atomically
+from ..io.atomic import replace_atomically
 from ..config import SEED_THRESHOLD, TileConfig, TrainConfig, TTAConfig, to_dict
 from ..inference.device import resolve_device
 from ..inference.precision import autocast, resolve_precision

@@ -13,7 +13,7 @@ from typing import Any
 from qtpy.QtCore import QSize, QTimer
 from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
 
-from ...atomic import replace_atomically
+from ...io.atomic import replace_atomically
 from ..session import get_session, unwrap_viewer
 from ..workers import Job
 

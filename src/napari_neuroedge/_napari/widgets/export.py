@@ -1,6 +1,6 @@
 """Export widget: the slices marked corrected -> a training-set folder (the format the trainer reads).
 
-Each slice is written with :func:`napari_neuroedge.export.export_slices`: image, membrane label, an ignore mask
+Each slice is written with :func:`napari_neuroedge.io.export.export_slices`: image, membrane label, an ignore mask
 where ``<image> ignore`` was painted, the model's prediction before correction, and provenance (source file,
 slice index, model and version, pixel size, time). Existing sets are added to under new names, never
 overwritten; a slice whose labels did not change since its last export to the same folder is skipped.
@@ -61,7 +61,7 @@ def pixel_size_of(image: Any) -> tuple[list[float], str]:
 
 def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
     """ExportItems for ``slices`` of a membrane layer (image, label, ignore mask, prediction, provenance)."""
-    from ...export import ExportItem
+    from ...io.export import ExportItem
 
     image = tracking.image_of(viewer, membranes)
     if image is None:
@@ -184,7 +184,7 @@ class ExportWidget(NeuroEdgeWidget):
             if not fresh:
                 notify(f"All {len(items)} corrected slice(s) were already exported to {target} unchanged.", "info")
                 return []
-            from ...export import export_slices
+            from ...io.export import export_slices
 
             entries = export_slices(target, fresh, prefix=_safe_prefix(layer.name))
         except Exception as exc:  # shape mismatch, permissions, full disk...

@@ -303,7 +303,7 @@ class FinetuneWidget(JobWidget):
         if replay_folder and not (Path(replay_folder).expanduser() / "manifest.json").exists():
             notify(f"Replay folder {replay_folder} is not a training-set folder (no manifest.json).", "warning")
             return None
-        from ...atomic import unique_path
+        from ...io.atomic import unique_path
 
         models_dir = self.models_dir()
         try:

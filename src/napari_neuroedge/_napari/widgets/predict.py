@@ -7,7 +7,7 @@ keep the image's scale and translate. Slices the user has edited keep their memb
 corrections" is ticked (only the probability is refreshed there).
 
 Large or lazy images (memory-mapped TIFF, zarr, dask, or more than ``$NEUROEDGE_LAZY_VOXELS`` voxels) are read
-band by band and predicted into OME-Zarr working arrays on disk (see :mod:`napari_neuroedge.workstore`), shown as
+band by band and predicted into OME-Zarr working arrays on disk (see :mod:`napari_neuroedge.io.workstore`), shown as
 zarr-backed layers; the membrane layer stays paintable. Nothing of the volume's size is held in memory on that path.
 """
 
@@ -26,7 +26,7 @@ from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushBut
 
 from ...config import SEED_THRESHOLD
 from ...inference.sinks import copy_slices, readable
-from ...workstore import OutputStore, discard, wants_lazy
+from ...io.workstore import OutputStore, discard, wants_lazy
 from .. import lazy_outputs, tracking
 from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
 from ..session import LOAD_CHECKPOINT
@@ -42,7 +42,7 @@ SCOPES = ("current slice", "all slices")
 class PredictResult:
     """What a prediction job hands back to the GUI thread; arrays are (k, y, x) for the k predicted slices.
 
-    With ``lazy`` they are staged OME-Zarr arrays of the session's :class:`~napari_neuroedge.workstore.OutputStore`
+    With ``lazy`` they are staged OME-Zarr arrays of the session's :class:`~napari_neuroedge.io.workstore.OutputStore`
     ((y, x) for a 2D image) that the GUI thread adopts as layer data or copies into it, then deletes.
     """
 
@@ -87,9 +87,9 @@ def describe_model(ckpt: Any) -> str:
 def voxel_size_nm(layer: Any) -> tuple[float, ...] | None:
     """The layer's voxel size in nm per axis, NaN where nothing states it (None: no axis): the voxel size the
     NeuroEdge reader stored (its NaN stays NaN: the reader shows it as scale 1), else the layer's scale on the
-    axes whose unit is a length (:func:`~napari_neuroedge.io.nm_per_unit`). The scale of the on-disk OME-Zarr
+    axes whose unit is a length (:func:`~napari_neuroedge.io.stacks.nm_per_unit`). The scale of the on-disk OME-Zarr
     outputs."""
-    from ...io import nm_per_unit
+    from ...io.stacks import nm_per_unit
 
     nan = float("nan")
     meta = layer.metadata if isinstance(layer.metadata, dict) else {}
@@ -379,7 +379,7 @@ class PredictWidget(JobWidget):
                    "Predict runs on the layer you see: tick its eye in the layer list, or choose a visible "
                    "image in 'image'.", level="warning", status=self.jobs.status)
             return None
-        from ...io import InputError, check_em_array
+        from ...io.stacks import InputError, check_em_array
 
         data = tracking.image_array(layer)
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ...chunks import CHUNK, chunks_for
+from ...io.chunks import CHUNK, chunks_for
 from ..tiling import TileGrid, tiles_in_range
 
 DEFAULT_CHUNK = CHUNK  # px, output zarr chunk side in y/x (the one default of every zarr output, chunks.CHUNK)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ...atomic import OutputExistsError, atomic_write_bytes, check_free
+from ...io.atomic import OutputExistsError, atomic_write_bytes, check_free
 from ...config import to_dict
 from ...progress import Cancelled, Progress, ProgressEvent, drive
 from ..pipeline import PredictionRequest
@@ -83,7 +83,7 @@ def iter_predict_blockwise(volume: Any, output: str | Path, request: PredictionR
     _require_dask()
     import zarr
 
-    from ...io import EMStack, open_stack
+    from ...io.stacks import EMStack, open_stack
 
     t_start = time.perf_counter()
     check_scheduler(scheduler)

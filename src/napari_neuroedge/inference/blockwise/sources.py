@@ -239,7 +239,7 @@ class VolumeRef:
                 _VOLUMES[key] = data  # most recently used last
                 return data
         if self.path is not None:
-            from ...io import open_stack
+            from ...io.stacks import open_stack
 
             data = open_stack(self.path).data
         else:

@@ -1,6 +1,6 @@
 """The chunking of every zarr array this package writes (plain zarr, OME-Zarr, the viewer's work store): one
 slice deep and at most :data:`CHUNK` x :data:`CHUNK` px, so a slice is read or written a row of chunks at a
-time. Below the writers (:mod:`.io`, :mod:`.ngff`, :mod:`.workstore`) and the prediction sinks that fill them."""
+time. Below the writers (:mod:`.stacks`, :mod:`.ngff`, :mod:`.workstore`) and the prediction sinks that fill them."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Each item is one 2D slice stored as TIFF files: the raw image (its own dtype), the corrected membrane label
 (uint8, 1 = membrane), optionally an ignore mask (uint8, 1 = labelled, 0 = ignore) and the model's prediction
 before correction (uint8). ``manifest.json`` lists the items with their file names and provenance. Written by
-:mod:`napari_neuroedge.export`, read for training (:mod:`napari_neuroedge.training.dataset`) and for the
+:mod:`napari_neuroedge.io.export`, read for training (:mod:`napari_neuroedge.training.dataset`) and for the
 widgets' summaries; the format lives here, below both, so neither imports the other.
 """
 

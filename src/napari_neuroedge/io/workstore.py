@@ -6,7 +6,7 @@ dask ...) or has more than :func:`lazy_voxels` voxels. Each output is an OME-Zar
 image's voxel size as the scale; label outputs carry ``image-label`` metadata) in a temporary folder
 (:class:`OutputStore`, under ``$NEUROEDGE_CACHE_DIR`` or the system temp dir), created atomically (under a
 temporary name, then renamed) so the folder never holds a half-made array. ome-zarr readers, napari-ome-zarr
-and :func:`napari_neuroedge.io.open_stack` read them back with their axes and scale. No pyramid: the layers
+and :func:`napari_neuroedge.io.stacks.open_stack` read them back with their axes and scale. No pyramid: the layers
 are painted in place, which would leave lower levels stale.
 
 :func:`~napari_neuroedge.inference.staged.iter_staged` predicts into new arrays of a store.

@@ -1,6 +1,6 @@
 """Physical units of voxel sizes: every spelling a file (OME-XML, ImageJ, NGFF) or a napari layer uses, in nm.
 
-Below the readers and writers that need it (:mod:`.io` for TIFF metadata, :mod:`.ngff` for NGFF axes)."""
+Below the readers and writers that need it (:mod:`.stacks` for TIFF metadata, :mod:`.ngff` for NGFF axes)."""
 
 from __future__ import annotations
 

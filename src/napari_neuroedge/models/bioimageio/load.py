@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 from torch.nn import functional as F
 
-from .config import NormConfig
+from ...config import NormConfig
 
 ARCH = "bioimageio"
 

@@ -239,7 +239,7 @@ def open_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunks: tu
 
     ``.ome.zarr`` paths give the full-resolution level of an NGFF multiscale image (pyramid built with
     ``downsample``, "nearest" or "mean", at the end; ``label`` marks it an NGFF label image; see
-    :mod:`napari_neuroedge.ngff`), ``.zarr`` paths a chunked zarr array, anything else a memory-mapped
+    :mod:`napari_neuroedge.io.ngff`), ``.zarr`` paths a chunked zarr array, anything else a memory-mapped
     (uncompressed, BigTIFF when large) TIFF; memory stays bounded by what the caller writes at a time. On an exception (including a cancel) the
     temporary output is deleted. Raises :class:`OutputExistsError` if ``path`` exists.
     """

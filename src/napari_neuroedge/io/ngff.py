@@ -143,7 +143,7 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
 
 
 def _label_commit(path: Path, image: Path, name: str, shape: tuple[int, ...]) -> Callable[[Path], None]:
-    """The :func:`~napari_neuroedge.atomic.atomic_dir` commit of ``IMAGE/labels/NAME``: move the finished folder
+    """The :func:`~napari_neuroedge.io.atomic.atomic_dir` commit of ``IMAGE/labels/NAME``: move the finished folder
     to ``labels/NAME`` of the image (or of its temporary folder while this process still writes it) and list it in
     ``labels``' metadata. The image must then be an NGFF 0.5 image of the same ``shape``."""
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
-from .inference.tiling import DEFAULT_CONTEXT
-from .models.checkpoint import Checkpoint, load_checkpoint
+from ...io.atomic import atomic_path
+from ...inference.tiling import DEFAULT_CONTEXT
+from ..checkpoint import Checkpoint, load_checkpoint
 
-SAMPLE = Path(__file__).parent / "data" / "sample_em.tif"
+SAMPLE = Path(__file__).parents[2] / "data" / "sample_em.tif"
 ARCH_CALLABLE = "BoundaryUNet"
 INPUT_ID, OUTPUT_ID = "raw", "boundary"
 
@@ -92,7 +92,7 @@ def training_datasets(ckpt: Checkpoint) -> tuple[list[str], list[str]]:
 
 def architecture_source() -> str:
     """Self-contained Python source of the U-Net and :data:`ARCH_CALLABLE` (imports only torch)."""
-    from .models import unet
+    from .. import unet
 
     return inspect.getsource(unet) + _ARCH_SUFFIX
 
@@ -155,7 +155,7 @@ Fine-tuned from: {", ".join(parents) or "none (trained from scratch)"}.
 
 
 def _write_cover(path: Path, raw: np.ndarray, prob: np.ndarray, threshold: float) -> None:
-    from .overlay import write_overlay
+    from ...io.overlay import write_overlay
 
     write_overlay(path, [(raw, prob, "test input")], threshold, "napari-neuroedge boundary prediction")
 
@@ -164,7 +164,7 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
     """Write the bioimage.io package (zip) of ``model`` (bundled name, fine-tuned name or checkpoint path).
 
     Raises :class:`PackageError` for models the spec export does not cover (non-U-Net, non-percentile norm),
-    :class:`~napari_neuroedge.atomic.OutputExistsError` if ``output`` exists. Returns ``output``.
+    :class:`~napari_neuroedge.io.atomic.OutputExistsError` if ``output`` exists. Returns ``output``.
     """
     import pydantic
     import torch
@@ -175,7 +175,7 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
     from bioimageio.spec import ValidationContext, save_bioimageio_package
     from bioimageio.spec.model import v0_5 as s
 
-    from .inference.normalize import normalize_slice
+    from ...inference.normalize import normalize_slice
 
     output = Path(output)
     ckpt = load_checkpoint(model)

@@ -1,4 +1,4 @@
-"""Export corrected slices into a training-set folder (the format: :mod:`napari_neuroedge.trainingset`).
+"""Export corrected slices into a training-set folder (the format: :mod:`napari_neuroedge.io.trainingset`).
 
 Each item is one 2D slice: the raw image (its own dtype), the corrected membrane label (uint8, 1 = membrane),
 optionally an ignore mask (uint8, 1 = labelled, 0 = ignore) and the model's prediction before correction

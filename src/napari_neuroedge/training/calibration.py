@@ -67,7 +67,7 @@ def iter_calibrate(image: Any, labels: Any, request: Any, membrane_value: int = 
     """
     from dataclasses import replace
 
-    from .inference.pipeline import OutputPlan, iter_run, output_shape
+    from ..inference.pipeline import OutputPlan, iter_run, output_shape
 
     if tuple(image.shape) != tuple(labels.shape):
         raise ValueError(f"image {tuple(image.shape)} and labels {tuple(labels.shape)} shapes differ")
