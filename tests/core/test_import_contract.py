@@ -168,3 +168,18 @@ def test_only_napari_imports_a_gui_toolkit() -> None:
     bad = sorted({(m, n) for m, by_kind in IMPORTS.items() if not m.startswith(f"{ROOT}._napari")
                   for kind in by_kind.values() for n in kind if n.split(".")[0] in GUI})
     assert bad == []
+
+
+#: the GUI's state and rules (no widgets): they, what they import and the packages above them never import a GUI
+#: toolkit, so their tests run without Qt
+QT_FREE = ("_napari.ledger",)
+
+
+def test_the_gui_state_imports_no_gui_toolkit() -> None:
+    graph = _graph(("module", "function"))
+    for name in QT_FREE:
+        module = f"{ROOT}.{name}"
+        parents = {".".join(module.split(".")[:k]) for k in range(1, module.count(".") + 1)}
+        reach = {module} | parents | {t for m in {module} | parents for t in nx.descendants(graph, m)}
+        bad = sorted((m, n) for m in reach for kind in IMPORTS[m].values() for n in kind if n.split(".")[0] in GUI)
+        assert bad == [], f"{name} reaches a GUI toolkit: {bad}"

@@ -42,7 +42,7 @@ def main() -> None:
     viewer.window.add_dock_widget(panel)
     mem = viewer.add_labels(stack.membrane.copy(), name="em membranes")
     tracking.info(mem).update(role="membranes", image="em")
-    tracking.info(mem)["corrected"].add(0)
+    tracking.ledger_of(mem).mark_corrected(0)
     panel.finetune.membranes_combo.refresh()
     panel.finetune.steps_spin.setValue(steps)
     app = QApplication.instance()

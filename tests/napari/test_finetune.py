@@ -65,7 +65,7 @@ def corrected_viewer(panel_viewer, waiter, goto):
     waiter(panel.predict.predict())  # current slice (1)
     mem = viewer.layers["em membranes"]
     _correct_slice(viewer, mem, 1)
-    assert tracking.info(mem)["corrected"] == {1}
+    assert tracking.ledger_of(mem).corrected == {1}
     return viewer, panel, mem
 
 
@@ -124,9 +124,9 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     waiter(repredict)
     z = job.extra["repredicted_slice"]
     assert z in (0, 2) and tracking.current_slice(viewer, viewer.layers["em"]) == z
-    assert tracking.info(mem)["slice_model"][z]["model"] == new_name
-    assert tracking.info(mem)["slice_model"][1]["model"] == first_model
-    assert tracking.info(mem)["edited"] == {1}
+    assert tracking.ledger_of(mem).model_of(z)["model"] == new_name
+    assert tracking.ledger_of(mem).model_of(1)["model"] == first_model
+    assert tracking.ledger_of(mem).edited == {1}
     assert any("Fine-tuned model saved" in m for m in notes("info"))
 
     # a second fine-tune continues from the first

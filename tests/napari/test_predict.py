@@ -69,11 +69,11 @@ def test_predict_all_slices_fills_layers(qtbot, panel_viewer, synth_stack, waite
     assert any(not np.array_equal(instances_from_probability(prob[z], 0.2), instances_from_probability(prob[z]))
                for z in range(3))  # so the check above sees the widget's setting, not the default
     assert float(unc.data.max()) > 0 and float(unc.data.min()) >= 0
-    assert tracking.info(membranes)["predicted"] == {0, 1, 2}
+    assert tracking.ledger_of(membranes).predicted == {0, 1, 2}
     # outputs are not offered as inputs; the membrane layer is offered for correcting
     assert [p.image_combo.itemText(i) for i in range(p.image_combo.count())] == ["em"]
     assert panel.correct.membranes_combo.currentText() == "em membranes"
-    assert tracking.info(membranes)["slice_model"][1]["model"] == tiny_name(panel)
+    assert tracking.ledger_of(membranes).model_of(1)["model"] == tiny_name(panel)
 
 
 def tiny_name(panel) -> str:

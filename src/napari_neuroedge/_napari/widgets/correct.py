@@ -70,8 +70,7 @@ def update_difference(viewer: Any, membranes: Any, slices: Any = None, create: b
         meta = tracking.info(diff)
         meta["role"], meta["image"] = "difference", image.name
         viewer.layers.selection.active = membranes
-    meta = tracking.info(membranes)
-    zs = sorted(meta["predicted"]) if slices is None else sorted(slices)
+    zs = sorted(tracking.ledger_of(membranes).predicted) if slices is None else sorted(slices)
     for z in zs:
         pred = prediction_of(viewer, membranes, z)
         label = tracking.slice_of(membranes.data, z)
@@ -113,9 +112,10 @@ def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
     """Predicted, not-yet-corrected slice with the highest mean TTA variance, or None."""
     image = tracking.image_of(viewer, membranes)
     unc = tracking.companion(viewer, image.name, "uncertainty") if image is not None else None
-    if unc is None or not tracking.info(unc)["predicted"]:
+    led = tracking.ledger_of(membranes)
+    if unc is None or not led.uncertain:
         return None
-    candidates = sorted(tracking.info(unc)["predicted"] - tracking.info(membranes)["corrected"])
+    candidates = sorted(led.uncertain - led.corrected)
     if not candidates:
         return None
     scores = {z: float(np.mean(tracking.slice_of(unc.data, z))) for z in candidates}
@@ -207,28 +207,28 @@ class CorrectWidget(NeuroEdgeWidget):
             self.slice_list.blockSignals(False)
             return
         self._hook(layer)
-        meta = tracking.info(layer)
-        for z in sorted(meta["edited"] | meta["corrected"]):
+        led = tracking.ledger_of(layer)
+        for z in sorted(led.edited | led.corrected):
             tags = []
-            if z in meta["edited"]:
+            if z in led.edited:
                 tags.append("edited")
-            if z in meta["scratch"]:
+            if z in led.scratch:
                 tags.append("never predicted")
-            if z in meta["exported"]:
+            if z in led.exported:
                 tags.append("exported")
             item = QListWidgetItem(f"slice {z}  ({', '.join(tags) or 'reviewed'})")
             item.setData(Qt.UserRole, z)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if z in meta["corrected"] else Qt.Unchecked)
+            item.setCheckState(Qt.Checked if z in led.corrected else Qt.Unchecked)
             self.slice_list.addItem(item)
         self.slice_list.blockSignals(False)
-        text = f"{len(meta['corrected'])} slice(s) marked corrected, {len(meta['edited'])} edited."
-        waiting = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
+        text = f"{len(led.corrected)} slice(s) marked corrected, {len(led.edited)} edited."
+        waiting = led.left_out()
         if waiting:
             text += (f"\nSlice {', '.join(map(str, waiting))}: painted but never predicted, so NOT training data. "
                      "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
                      "or predict it first and correct the prediction.")
-        marked = sorted(meta["corrected"] & meta["scratch"])
+        marked = sorted(led.corrected & led.scratch)
         if marked:
             text += (f"\nSlice {', '.join(map(str, marked))}: marked corrected without a prediction, so all its "
                      "labels count as ground truth (unpainted = not membrane, except under ignore paint).")
@@ -303,13 +303,9 @@ class CorrectWidget(NeuroEdgeWidget):
     def set_corrected(self, layer: Any, z: int, corrected: bool) -> None:
         """Mark slice ``z`` corrected (training data) or not. Marking keeps its current prediction as the one
         corrected; on a never-predicted slice the notification and the summary say what marking means."""
-        meta = tracking.info(layer)
-        if corrected:
-            tracking.take_as_corrected(self.viewer, layer, [z], scratch_too=True)
-        else:
-            meta["corrected"].discard(z)
+        tracking.mark_corrected(self.viewer, layer, z, corrected)
         self.session.corrections_changed.emit(layer.name)
-        if corrected and z in meta["scratch"]:
+        if corrected and z in tracking.ledger_of(layer).scratch:
             fraction = float(np.mean(tracking.slice_of(layer.data, z) > 0))
             message = scratch_meaning(z, fraction)
             self.summary.setText(self.summary.text() + "\n" + message)

@@ -45,7 +45,7 @@ def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] |
     if image is None:
         raise ValueError(f"cannot find the image layer of '{membranes.name}'")
     out = []
-    for z in sorted(tracking.info(membranes)["corrected"]):
+    for z in tracking.ledger_of(membranes).training_slices():
         a = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
         out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": a.label,
                     "mask": a.mask, "corrected": a.corrected, "meta": {"source": image.name, "slice": int(z)}})
@@ -280,7 +280,7 @@ class FinetuneWidget(JobWidget):
                 notify("No membrane layer: predict, correct some slices, then fine-tune.", "warning")
                 return None
             try:
-                arrays = {z: slice_arrays(self.viewer, membranes, z) for z in tracking.info(membranes)["corrected"]}
+                arrays = {z: slice_arrays(self.viewer, membranes, z) for z in tracking.ledger_of(membranes).corrected}
                 raw = viewer_training_slices(self.viewer, membranes, arrays)
                 summary = viewer_summary(self.viewer, membranes, arrays)
             except ValueError as exc:
@@ -406,7 +406,7 @@ class FinetuneWidget(JobWidget):
         if image.data.ndim != 3:
             return None
         membranes = tracking.companion(self.viewer, image.name, "membranes")
-        corrected = set(tracking.info(membranes)["corrected"]) if membranes is not None else set()
+        corrected = tracking.ledger_of(membranes).corrected if membranes is not None else frozenset()
         z = tracking.current_slice(self.viewer, image)
         free = [k for k in range(int(image.data.shape[0])) if k not in corrected]
         if not free:

@@ -558,7 +558,6 @@ class PredictWidget(JobWidget):
         if result.variance is not None:
             unc, _ = self._put(image, "uncertainty", "image", result, result.variance, colormap="viridis",
                                contrast_limits=(0.0, 0.1), blending="additive", visible=False)
-            tracking.info(unc)["predicted"] |= set(result.slices)
         if result.instances is not None:
             self._put(image, "instances", "labels", result, result.instances, opacity=0.35)
         name = tracking.layer_name(image.name, "membranes")
@@ -567,20 +566,15 @@ class PredictWidget(JobWidget):
                   and tuple(existing.data.shape) == result.shape)  # else a fresh layer holds nothing of the user's
         keep: set[int] = set()
         if reused and not self.overwrite_check.isChecked():  # the user's labels: edited or marked corrected
-            old_meta = tracking.info(existing)
-            keep = (old_meta["edited"] | old_meta["corrected"]) & set(result.slices)
+            keep = tracking.ledger_of(existing).kept_on_repredict(result.slices)
         membranes, created = self._put(image, "membranes", "labels", result, result.membranes, keep,
                                        colormap=tracking.membrane_colormap(), opacity=0.7)
-        meta = tracking.info(membranes)
         if self.overwrite_check.isChecked():
             tracking.forget_slices(membranes, result.slices)
-        meta["predicted"] |= set(result.slices)
-        meta["threshold"] = result.threshold
+        # a kept slice keeps the provenance of the prediction it corrects
+        tracking.ledger_of(membranes).mark_predicted(result.slices, result.model, result.threshold, keep,
+                                                     uncertainty=result.variance is not None)
         tracking.drop_rows(membranes)  # a prediction is rare: the summary rows are read again once
-        for z in set(result.slices) - keep:  # a kept slice keeps the provenance of the prediction it corrects
-            meta["slice_model"][z] = dict(result.model)
-            meta["slice_threshold"][z] = result.threshold
-        tracking.info(boundary)["predicted"] |= set(result.slices)
         tracking.attach_tracking(membranes, self.session)
         if created:
             membranes.brush_size = 2
