@@ -99,6 +99,9 @@ def test_stroke_on_a_never_predicted_slice_is_scratch_not_training_data(world):
     assert _stroke(viewer, mem, 2) == {2}
     assert _state(mem) == {"edited": {2}, "corrected": set(), "scratch": {2}, "predicted": {0}, "exported": set()}
     assert tracking.reference_prediction(viewer, mem, 2) is None
+    led = ledger_of(mem)
+    assert led.never_predicted(2) and led.never_predicted(3) and not led.never_predicted(0)
+    assert not led.is_corrected(2) and led.left_out() == [2]
     summary = training_data.viewer_summary(viewer, mem)
     assert summary.slices == [] and summary.text.startswith("nothing: no slice is marked corrected.")
     assert "Not included: slice 2, painted but never predicted" in summary.notes[0]
@@ -223,8 +226,9 @@ def test_the_ledger_changes_only_through_its_methods_and_says_what_changed():
     record = led.record(1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         record.corrected = True  # type: ignore[misc]
-    with pytest.raises(AttributeError):
-        led.corrected = frozenset({2})  # type: ignore[misc]
+    for name in ("corrected", "threshold"):
+        with pytest.raises(AttributeError):
+            setattr(led, name, frozenset({2}))
     np.testing.assert_array_equal(led.reference_of(1), np.ones((2, 2), np.uint8))
     # napari copies a layer's metadata (e.g. Duplicate Layer): the copy is a ledger of its own, no events shared
     twin = copy.deepcopy({"neuroedge": {"ledger": led}})["neuroedge"]["ledger"]

@@ -159,7 +159,7 @@ def test_rgb_layer_is_refused_with_a_notification(qtbot, make_napari_viewer, not
 
 def test_corrupt_checkpoint_shows_error_and_keeps_selection(qtbot, make_napari_viewer, tmp_path, notes,
                                                             monkeypatch):
-    from napari_neuroedge._napari.session import LOAD_CHECKPOINT
+    from napari_neuroedge._napari.state import LOAD_CHECKPOINT
     from napari_neuroedge._napari.widgets.predict import PredictWidget
 
     bad = tmp_path / "broken.pt"
@@ -283,7 +283,7 @@ def test_unusable_saved_values_fall_back_to_the_defaults(make_napari_viewer, tmp
     settings.mkdir()
     (settings / "predict.json").write_text('{"device": "tpu:7", "tile": 99999, "context": 16}')
     w = PredictWidget(make_napari_viewer())
-    assert w.device_combo.currentText() == "auto" and w.session.device == "auto"
+    assert w.device_combo.currentText() == "auto" and w.session.state.device == "auto"
     assert w.tile_spin.value() == 0 and w.context_spin.value() == 16
     (settings / "predict.json").write_text("{not json")
     assert PredictWidget(make_napari_viewer()).context_spin.value() == 0

@@ -192,7 +192,7 @@ class _StubSession:
 def test_peak_memory_does_not_scale_with_the_volume(tmp_path):
     """(2, 2048, 2048) zarr through the widget's job: peak memory is the same for 1 and 2 slices and below the
     outputs' size (float32 + uint8 volumes = 40 MiB; the in-memory path needs ~48 MiB here)."""
-    from napari_neuroedge._napari.widgets.predict import predict_job
+    from napari_neuroedge._napari.actions import predict_job
     from napari_neuroedge.progress import drive
 
     shape = (2, 2048, 2048)
@@ -246,7 +246,7 @@ def test_slice_folder_is_read_once_per_slice(tmp_path, monkeypatch):
     import tifffile
 
     from napari_neuroedge.io import stacks as io
-    from napari_neuroedge._napari.widgets.predict import predict_job
+    from napari_neuroedge._napari.actions import predict_job
     from napari_neuroedge.progress import drive
 
     stack = (np.arange(3 * 40 * 48) % 251).astype(np.uint8).reshape(3, 40, 48)

@@ -76,6 +76,11 @@ class SliceRecord:
 EMPTY = SliceRecord()
 
 
+def _slices_where(attr: str, doc: str) -> property:
+    """A read-only property: the frozenset of slices whose record has ``attr`` set."""
+    return property(lambda self: frozenset(z for z, r in self._records.items() if getattr(r, attr)), doc=doc)
+
+
 class Ledger:
     """The per-slice records of one membrane layer; see the module docstring for the rules."""
 
@@ -83,7 +88,12 @@ class Ledger:
 
     def __init__(self) -> None:
         self._records: dict[int, SliceRecord] = {}
-        self.threshold = 0.5  # the last prediction's (a slice without its own threshold uses it)
+        self._threshold = 0.5
+
+    @property
+    def threshold(self) -> float:
+        """The last prediction's membrane threshold (a slice without its own threshold uses it)."""
+        return self._threshold
 
     # ------------------------------------------------------------------ reading
     def record(self, z: int) -> SliceRecord:
@@ -93,33 +103,12 @@ class Ledger:
         """{slice: record} (a copy; the records themselves are frozen)."""
         return dict(self._records)
 
-    def _where(self, attr: str) -> frozenset[int]:
-        return frozenset(z for z, r in self._records.items() if getattr(r, attr))
-
-    @property
-    def predicted(self) -> frozenset[int]:
-        return self._where("predicted")
-
-    @property
-    def uncertain(self) -> frozenset[int]:
-        """Predicted slices with TTA variance (where 'next most uncertain slice' looks)."""
-        return self._where("uncertainty")
-
-    @property
-    def edited(self) -> frozenset[int]:
-        return self._where("edited")
-
-    @property
-    def corrected(self) -> frozenset[int]:
-        return self._where("corrected")
-
-    @property
-    def scratch(self) -> frozenset[int]:
-        return self._where("scratch")
-
-    @property
-    def exported(self) -> frozenset[int]:
-        return self._where("exported")
+    predicted = _slices_where("predicted", "Slices with a prediction.")
+    uncertain = _slices_where("uncertainty", "Predicted slices with TTA variance ('next most uncertain slice').")
+    edited = _slices_where("edited", "Slices the user painted.")
+    corrected = _slices_where("corrected", "Slices that are training data.")
+    scratch = _slices_where("scratch", "Slices first painted or marked while never predicted.")
+    exported = _slices_where("exported", "Slices exported to a training-set folder.")
 
     def is_corrected(self, z: int) -> bool:
         return self.record(z).corrected
@@ -180,7 +169,7 @@ class Ledger:
         """Predict wrote ``slices`` with ``model`` at ``threshold`` (with TTA variance if ``uncertainty``); the
         slices in ``keep`` kept the user's labels and the provenance of the prediction they correct."""
         keep = {int(z) for z in keep}
-        self.threshold = float(threshold)
+        self._threshold = float(threshold)
         out = {}
         for z in map(int, slices):
             r = replace(self.record(z), predicted=True, uncertainty=self.record(z).uncertainty or uncertainty)
@@ -246,7 +235,7 @@ class Ledger:
     # ------------------------------------------------------------------ copies (napari copies layer metadata)
     def __deepcopy__(self, memo: dict[int, Any]) -> Ledger:
         out = Ledger()
-        out._records, out.threshold = dict(self._records), self.threshold  # records are frozen: share them
+        out._records, out._threshold = dict(self._records), self._threshold  # records are frozen: share them
         return out
 
     __copy__ = lambda self: self.__deepcopy__({})  # noqa: E731

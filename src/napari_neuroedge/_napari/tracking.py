@@ -182,6 +182,11 @@ def has_role(layer: Any, role: str) -> bool:
     return own == role or (own == "" and str(layer.name).endswith(SUFFIXES[role]))
 
 
+def is_membrane_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a membrane layer (the widgets' membrane choosers list these)."""
+    return has_role(layer, "membranes")
+
+
 # ---------------------------------------------------------------- per-slice rows, and what drops them
 _ROWS: weakref.WeakKeyDictionary[Any, dict[int, Any]] = weakref.WeakKeyDictionary()
 

@@ -23,18 +23,14 @@ from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QHBoxLayout, QL
                             QPushButton, QWidget)
 
 from .. import tracking
+from ..actions import update_difference
 from .._qt_utils import LayerCombo, notify
 from .common import NeuroEdgeWidget
 
 BRUSH_PRESETS = (1, 2, 3, 5)
 TOGGLE_KEY = "o"
-DIFF_COLORS = {1: (0.2, 1.0, 0.2, 1.0), 2: (1.0, 0.2, 1.0, 1.0)}  # added: green, removed: magenta
 IGNORE_COLOR = (0.6, 0.6, 0.6, 1.0)
 _KEY_BOUND: weakref.WeakSet[Any] = weakref.WeakSet()  # membrane layers with the toggle key bound
-
-
-def _is_membrane_layer(layer: Any) -> bool:
-    return tracking.has_role(layer, "membranes")
 
 
 def prediction_of(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
@@ -49,38 +45,6 @@ def scratch_meaning(z: int, membrane_fraction: float) -> str:
     return (f"Slice {z} was never predicted, so marking it corrected declares ALL its labels ground truth: every "
             f"pixel not painted as membrane is trained as 'not membrane' ({membrane_fraction:.1%} of the slice is "
             "membrane now). Paint ignore regions over the parts you have not labelled.")
-
-
-def update_difference(viewer: Any, membranes: Any, slices: Any = None, create: bool = True) -> Any:
-    """Fill ``<image> difference`` (1 = added, 2 = removed by the user) for ``slices`` (default: predicted ones)."""
-    image = tracking.image_of(viewer, membranes)
-    if image is None:
-        return None
-    diff = tracking.companion(viewer, image.name, "difference")
-    if diff is None or tuple(diff.data.shape) != tuple(membranes.data.shape):
-        if not create:
-            return None
-        if diff is not None:
-            viewer.layers.remove(diff)
-        diff = viewer.add_labels(tracking.blank(tuple(membranes.data.shape), np.uint8),
-                                 name=tracking.layer_name(image.name, "difference"), scale=membranes.scale,
-                                 translate=membranes.translate, opacity=0.9,
-                                 colormap=tracking.membrane_colormap(DIFF_COLORS),
-                                 metadata={tracking.KEY: {"role": "difference", "image": image.name}})
-        meta = tracking.info(diff)
-        meta["role"], meta["image"] = "difference", image.name
-        viewer.layers.selection.active = membranes
-    zs = sorted(tracking.ledger_of(membranes).predicted) if slices is None else sorted(slices)
-    for z in zs:
-        pred = prediction_of(viewer, membranes, z)
-        label = tracking.slice_of(membranes.data, z)
-        d = tracking.difference_map(label, pred) if pred is not None else np.zeros(label.shape, np.uint8)
-        if membranes.ndim == 2:
-            diff.data[...] = d
-        else:
-            diff.data[z] = d
-    diff.refresh()
-    return diff
 
 
 def toggle_prediction(viewer: Any, membranes: Any) -> bool | None:
@@ -129,7 +93,7 @@ class CorrectWidget(NeuroEdgeWidget):
         super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
 
-        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), tracking.is_membrane_layer)
         self.brush_buttons: dict[int, QPushButton] = {}
         brushes = QHBoxLayout()
         for size in BRUSH_PRESETS:

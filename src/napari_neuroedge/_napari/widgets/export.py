@@ -23,7 +23,6 @@ from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report
 from ..training_data import slice_arrays, viewer_summary
 from .common import NeuroEdgeWidget, SecondClick, debounced
-from .correct import _is_membrane_layer
 
 
 def _digest(*arrays: np.ndarray | None) -> str:
@@ -91,7 +90,7 @@ class ExportWidget(NeuroEdgeWidget):
         super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
 
-        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), tracking.is_membrane_layer)
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("training-set folder (created if needed)")
         self.browse_button = QPushButton("...")
