@@ -292,6 +292,19 @@ def _count_reads(monkeypatch):
     return reads
 
 
+def _run_debounced(panel) -> None:
+    """Run the summaries a stroke scheduled now, as their 300 ms debounce timers would, instead of racing them
+    with a fixed wait: queued events first (the difference map's 0 ms timer), then each pending timer's slot."""
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    for timer in (panel.export._relist, panel.finetune._summary_timer):
+        if timer.isActive():
+            timer.stop()
+            timer.timeout.emit()
+    QApplication.processEvents()
+
+
 def _fresh_summary(viewer, mem):
     """The summary text computed from scratch (no cached rows)."""
     from napari_neuroedge._napari.training_data import viewer_summary
@@ -313,14 +326,14 @@ def test_a_stroke_rereads_only_the_slice_it_painted(qtbot, predicted, monkeypatc
     reads.clear()
     mem.brush_size = 5
     mem.paint((1, *_cell_pixel(mem, 1)), 1)
-    qtbot.wait(700)  # both debounced summaries ran
+    _run_debounced(panel)  # both debounced summaries ran
     assert reads == [1]
     shown = panel.export.info.text()
     assert shown.endswith(_fresh_summary(viewer, mem)) and panel.finetune.data_label.text().startswith(
         "Will train on " + _fresh_summary(viewer, mem))
     reads.clear()
     mem.undo()  # napari says nothing about an undo: tracking drops every row of the layer
-    qtbot.wait(700)
+    _run_debounced(panel)
     assert sorted(reads) == [0, 1, 2]
     assert panel.export.info.text() != shown and panel.export.info.text().endswith(_fresh_summary(viewer, mem))
 
@@ -336,7 +349,7 @@ def test_any_ignore_layer_is_tracked_without_recomputing_differences(qtbot, pred
     panel.correct.diff_check.setChecked(True)
     ignore = viewer.add_labels(np.zeros(mem.data.shape, np.uint8), name="em ignore", scale=mem.scale,
                                translate=mem.translate)
-    qtbot.wait(700)
+    _run_debounced(panel)
     reads = _count_reads(monkeypatch)
     diffs: list[list[int]] = []
     real = correct.update_difference
@@ -344,7 +357,7 @@ def test_any_ignore_layer_is_tracked_without_recomputing_differences(qtbot, pred
                         lambda v, m, slices=None, create=True: diffs.append(sorted(slices)) or real(v, m, slices, create))
     ignore.brush_size = 15
     ignore.paint((2, 40, 50), 1)
-    qtbot.wait(700)
+    _run_debounced(panel)
     assert reads == [2] and diffs == []
     row = [line for line in panel.export.info.text().splitlines() if line.startswith("  slice 2:")][0]
     labelled = float(np.mean(np.asarray(ignore.data[2]) == 0))
@@ -352,5 +365,5 @@ def test_any_ignore_layer_is_tracked_without_recomputing_differences(qtbot, pred
     assert panel.export.info.text().endswith(_fresh_summary(viewer, mem))
     reads.clear()
     mem.paint((0, *_cell_pixel(mem, 0)), 1)
-    qtbot.wait(700)
+    _run_debounced(panel)
     assert reads == [0] and diffs == [[0]]

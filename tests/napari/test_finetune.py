@@ -1,47 +1,18 @@
 """One-click fine-tune: background run with progress and live plots, result selected and re-predicted, cancel,
-a second run continuing from the first, closing the viewer mid-run, and the GUI event-loop latency meanwhile."""
+a second run continuing from the first, closing the viewer mid-run. (The GUI event-loop lateness meanwhile is
+measured in benchmarks/bench_gui_latency.py, not here.)"""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 
 from napari_neuroedge._napari import tracking
 from napari_neuroedge.models.checkpoint import load_checkpoint
-
-
-class LatencyProbe:
-    """A QTimer firing every ``interval_ms``; records how late each tick is (ms)."""
-
-    def __init__(self, interval_ms: int = 10) -> None:
-        self.interval = interval_ms / 1000
-        self.timer = QTimer()
-        self.timer.setTimerType(Qt.PreciseTimer)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.last: float | None = None
-        self.late_ms: list[float] = []
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        if self.last is not None:
-            self.late_ms.append(max(0.0, (now - self.last - self.interval) * 1000))
-        self.last = now
-
-    def start(self) -> None:
-        self.last = None
-        self.timer.start()
-
-    def stop(self) -> dict[str, float]:
-        self.timer.stop()
-        arr = np.asarray(self.late_ms) if self.late_ms else np.zeros(1)
-        return {"n": len(self.late_ms), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
-                "max": float(arr.max())}
 
 
 def _correct_slice(viewer, mem, z: int) -> None:
@@ -69,7 +40,7 @@ def corrected_viewer(panel_viewer, waiter, goto):
     return viewer, panel, mem
 
 
-def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path, notes):
+def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path, notes, monkeypatch):
     viewer, panel, mem = corrected_viewer
     ft = panel.finetune
     # the defaults behind "Advanced" are the core's one-click recipe, the same as `neuroedge finetune`'s
@@ -79,32 +50,23 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     first_model = panel.predict.session.selected_model
     ft.save_edit.setText(str(tmp_path / "models"))
     _small(ft, 12)
-    seen: list[tuple[int, int, str]] = []
-    probe = LatencyProbe(10)
+    seen: list[tuple[int, int, str]] = []  # every training event the panel showed: (done, total, status text)
+    show = ft.jobs.update_event
+
+    def record(event, extra=""):
+        show(event, extra)
+        if event.stage == "train" and (not seen or seen[-1][0] != event.done):
+            seen.append((event.done, event.total, ft.jobs.status.text()))
+
+    monkeypatch.setattr(ft.jobs, "update_event", record)
 
     qtbot.mouseClick(ft.run_button, Qt.LeftButton)
     job = ft.job
     assert job is not None and job.worker is not None and not ft.run_button.isEnabled()
-
-    def track():
-        ev = job.last_event
-        if ev is not None and ev.stage == "train":
-            if not seen:
-                probe.start()  # measure while training runs
-            if not seen or seen[-1][0] != ev.done:
-                seen.append((ev.done, ev.total, ft.jobs.status.text()))
-        return not job.running
-
-    qtbot.waitUntil(track, timeout=120_000)
-    stats = probe.stop()
-    waiter(job)
-    print(f"\nGUI event-loop lateness during fine-tuning (10 ms timer, {stats['n']} ticks): "
-          f"p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, max {stats['max']:.1f} ms")
+    waiter(job, timeout=120)
     assert job.state == "done", job.error
-    assert stats["n"] > 20
-    assert stats["p95"] < 200, stats  # target < 100 ms; looser bound here because the CI machine is shared
-    # progress: steps counted up to the total, with an ETA while running
-    assert seen[-1][:2] == (12, 12) and len(seen) >= 3
+    # progress: every step counted, up to a total that stays the same, with an ETA while running
+    assert [done for done, _, _ in seen] == list(range(1, 13)) and {total for _, total, _ in seen} == {12}
     assert any("ETA" in text for _, _, text in seen[:-1])
     assert ft.jobs.bar.value() == 12 and ft.jobs.bar.maximum() == 12
     # live plots got every loss and the validation at the end (held-out rows of the corrected slice)
@@ -165,10 +127,8 @@ def test_cancel_finetune_keeps_last_validated_checkpoint(qtbot, corrected_viewer
     val_every = ft.options().val_every
     qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
                     and job.last_event.done >= val_every + 1, timeout=120_000)
-    t0 = time.perf_counter()
     qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
     waiter(job)
-    assert time.perf_counter() - t0 < 10
     assert job.state == "cancelled"
     kept = Path(job.extra["outcome"].path)
     assert kept.exists() and kept.name.endswith("-cancelled.pt")

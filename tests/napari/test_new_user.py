@@ -226,8 +226,8 @@ def test_docking_predict_beside_the_panel_keeps_the_panel_usable(qtbot, make_nap
     viewer.window.resize(1920, 1080)
     _, panel = viewer.window.add_plugin_dock_widget("napari-neuroedge", "NeuroEdge")
     _, predict = viewer.window.add_plugin_dock_widget("napari-neuroedge", "Predict")
-    qtbot.wait(300)
-    print("heights", panel.height(), predict.height(), panel.sizeHint(), predict.sizeHint(), predict.minimumSizeHint())
+    # the docks are laid out once the window has processed its resize: wait for that, not for a fixed time
+    qtbot.waitUntil(lambda: panel.height() >= 350 and predict.height() >= 200, timeout=10_000)
     assert panel.height() >= 350, panel.height()  # was ~100 px: the standalone form claimed its full height
     assert predict.height() >= 200, predict.height()
     assert panel.predict.scroll is False and predict.scroll is True

@@ -3,7 +3,7 @@
 Realistic settings: the bundled model's architecture, a 512 x 512 synthetic slice with its true membranes as
 the "corrections", crop 256, batch 4. A QTimer fires every 10 ms on the GUI thread; its lateness is reported.
 
-    xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python tests/napari/bench_gui_latency.py [steps] [threads]
+    xvfb-run -a -s "-screen 0 1280x1024x24" .venv/bin/python benchmarks/bench_gui_latency.py [steps] [threads]
 
 ``threads`` overrides the plugin's choice (all cores but one) to compare.
 """
