@@ -53,8 +53,8 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     seen: list[tuple[int, int, str]] = []  # every training event the panel showed: (done, total, status text)
     show = ft.jobs.update_event
 
-    def record(event, extra=""):
-        show(event, extra)
+    def record(event, extra="", **kwargs):
+        show(event, extra, **kwargs)
         if event.stage == "train" and (not seen or seen[-1][0] != event.done):
             seen.append((event.done, event.total, ft.jobs.status.text()))
 
@@ -65,10 +65,12 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     assert job is not None and job.worker is not None and not ft.run_button.isEnabled()
     waiter(job, timeout=120)
     assert job.state == "done", job.error
-    # progress: every step counted, up to a total that stays the same, with an ETA while running
-    assert [done for done, _, _ in seen] == list(range(1, 13)) and {total for _, total, _ in seen} == {12}
-    assert any("ETA" in text for _, _, text in seen[:-1])
-    assert ft.jobs.bar.value() == 12 and ft.jobs.bar.maximum() == 12
+    # progress: every step counted; the bar's range stays fixed (a time-limited run's total is an estimate, so the
+    # bar shows the fraction and the text the count); no ETA before a second step measured one, then an ETA
+    assert [done for done, _, _ in seen] == list(range(1, 13))
+    assert seen[0][2].startswith("train: 1 steps") and "ETA" not in seen[0][2]
+    assert any("ETA" in text for _, _, text in seen[1:-1])
+    assert ft.jobs.bar.maximum() == ft.jobs.ESTIMATE_RANGE and ft.jobs.bar.value() == ft.jobs.bar.maximum()
     # live plots got every loss and the validation at the end (held-out rows of the corrected slice)
     assert len(ft.loss_plot.series["loss"]) == 12
     assert len(ft.val_plot.series["F1"]) >= 1
@@ -81,6 +83,19 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     new_name = job.extra["model_name"]
     assert panel.predict.session.selected_model == new_name == path.stem
     assert panel.predict.model_combo.currentText() == new_name
+    # the model line says what the run did and which step it kept; the plots mark that step; the message says
+    # the kept model's held-out scores and that the plot's title shows the last validation's
+    kept_step, steps_done = ckpt.step, ckpt.provenance["steps_done"]
+    assert steps_done == 12 and 0 < kept_step <= 12
+    line = panel.predict.model_info.text().splitlines()[0]
+    assert f"fine-tuned 12 steps{'' if kept_step == 12 else f', kept step {kept_step}'} \u00b7" in line, line
+    assert ft.val_plot.kept_step == ft.loss_plot.kept_step == kept_step
+    done = ft.jobs.status.text()
+    kept = job.result.kept_metrics
+    assert (f"the kept model (validated at step {kept_step}): boundary F1 {kept['f1']:.3f}, Rand error "
+            f"{kept['rand_error']:.3f}") in done
+    assert "The plot's title shows the last validation's values, not the kept model's." in done
+    assert str(path) in done
     # the nearest slice the user did NOT correct was re-predicted with the new model; slice 1 keeps its labels
     repredict = job.extra["repredict"]
     waiter(repredict)
@@ -89,7 +104,9 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     assert tracking.info(mem)["slice_model"][z]["model"] == new_name
     assert tracking.info(mem)["slice_model"][1]["model"] == first_model
     assert tracking.info(mem)["edited"] == {1}
-    assert any("Fine-tuned model saved" in m for m in notes("info"))
+    toasts = notes("info")
+    assert f"Fine-tuned model '{new_name}' saved and selected in Predict; re-predicting slice {z}, which you did " \
+           "not correct." in toasts and not any(str(tmp_path) in m for m in toasts)  # short: no path
 
     # a second fine-tune continues from the first
     _small(ft, 2)
@@ -102,19 +119,51 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     assert panel.predict.session.selected_model == Path(job2.result.path).stem
 
 
-def test_cancel_before_validation_keeps_nothing(qtbot, corrected_viewer, waiter, tmp_path, notes):
+def test_cancel_before_validation_keeps_nothing_and_removes_its_run_folder(qtbot, corrected_viewer, waiter, tmp_path,
+                                                                          notes):
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    models = tmp_path / "m"
+    # the user's own things in the models folder: a model, an older run with its log
+    (models / "runs" / "older").mkdir(parents=True)
+    (models / "runs" / "older" / "log.jsonl").write_text("{}\n")
+    (models / "mine.pt").write_bytes(b"a model")
+    ft.save_edit.setText(str(models))
+    _small(ft, 10_000)
+    job = ft.finetune()
+    run_dir = job.extra["run_dir"]
+    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
+                    and job.last_event.done >= 2, timeout=60_000)
+    assert (run_dir / "log.jsonl").exists()
+    qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
+    waiter(job)
+    assert job.state == "cancelled" and job.extra["outcome"].path is None
+    assert sorted(p.name for p in models.glob("*.pt")) == ["mine.pt"]  # nothing unvalidated is called a model
+    assert not run_dir.exists()  # its unvalidated last.pt is gone with it
+    assert (models / "runs" / "older" / "log.jsonl").exists() and (models / "mine.pt").read_bytes() == b"a model"
+    assert notes("info") == ["Fine-tuning cancelled before the first validation; no model was kept."]
+    assert ft.jobs.status.text() == ("Fine-tuning cancelled before the first validation; no model was kept, and its "
+                                     f"run folder {run_dir} was removed.")
+
+
+def test_choosing_another_membrane_layer_clears_the_last_run(qtbot, corrected_viewer, waiter, tmp_path, notes):
     viewer, panel, mem = corrected_viewer
     ft = panel.finetune
     ft.save_edit.setText(str(tmp_path / "m"))
     _small(ft, 10_000)
     job = ft.finetune()
-    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
-                    and job.last_event.done >= 2, timeout=60_000)
-    qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(ft.loss_plot.series.get("loss", [])) >= 2, timeout=60_000)
+    ft.jobs.cancel_button.click()
     waiter(job)
-    assert job.state == "cancelled" and job.extra["outcome"].path is None
-    assert not list((tmp_path / "m").glob("*.pt"))  # nothing unvalidated is called a model
-    assert any("before the first validation; no model was kept" in m for m in notes("info"))
+    notes("info")
+    assert ft.jobs.bar.format() == "cancelled" and "cancelled" in ft.jobs.status.text()
+    viewer.add_labels(np.zeros(mem.data.shape, np.uint8), name="other membranes")
+    ft.membranes_combo.set_layer(mem.name)  # the same layer again: the run stays shown
+    assert "cancelled" in ft.jobs.status.text() and ft.loss_plot.series
+    ft.membranes_combo.set_layer("other membranes")
+    assert ft.membranes_combo.currentText() == "other membranes"
+    assert ft.jobs.status.text() == "" and ft.jobs.bar.format() == "%p%" and ft.jobs.bar.value() == 0
+    assert not ft.loss_plot.series and not ft.val_plot.series
 
 
 def test_cancel_finetune_keeps_last_validated_checkpoint(qtbot, corrected_viewer, waiter, tmp_path, notes):

@@ -109,8 +109,11 @@ def bind_toggle_key(viewer: Any, layer: Any) -> None:
         notify(f"could not bind the '{TOGGLE_KEY}' key: {exc}", "warning")
 
 
-def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
-    """Predicted, not-yet-corrected slice with the highest mean TTA variance, or None."""
+def next_uncertain_slice(viewer: Any, membranes: Any, after: int | None = None) -> int | None:
+    """Predicted, not-yet-corrected slice with the highest mean TTA variance, or None.
+
+    ``after``: the slice on screen; when it is one of the candidates the next one down the ranking is returned
+    (after the last, the first again), so asking again moves on instead of staying put."""
     image = tracking.image_of(viewer, membranes)
     unc = tracking.companion(viewer, image.name, "uncertainty") if image is not None else None
     if unc is None or not tracking.info(unc)["predicted"]:
@@ -119,7 +122,10 @@ def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
     if not candidates:
         return None
     scores = {z: float(np.mean(tracking.slice_of(unc.data, z))) for z in candidates}
-    return max(candidates, key=lambda z: (scores[z], -z))
+    ranking = sorted(candidates, key=lambda z: (-scores[z], z))
+    if after in ranking:
+        return ranking[(ranking.index(after) + 1) % len(ranking)]
+    return ranking[0]
 
 
 class CorrectWidget(NeuroEdgeWidget):
@@ -228,10 +234,8 @@ class CorrectWidget(NeuroEdgeWidget):
             text += (f"\nSlice {', '.join(map(str, waiting))}: painted but never predicted, so NOT training data. "
                      "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
                      "or predict it first and correct the prediction.")
-        marked = sorted(meta["corrected"] & meta["scratch"])
-        if marked:
-            text += (f"\nSlice {', '.join(map(str, marked))}: marked corrected without a prediction, so all its "
-                     "labels count as ground truth (unpainted = not membrane, except under ignore paint).")
+        for z in sorted(meta["corrected"] & meta["scratch"]):  # said once here, not again by the mark
+            text += "\n" + scratch_meaning(z, float(np.mean(tracking.slice_of(layer.data, z) > 0)))
         self.summary.setText(text)
 
     def _on_corrections_changed(self, name: str) -> None:
@@ -309,10 +313,7 @@ class CorrectWidget(NeuroEdgeWidget):
         else:
             meta["corrected"].discard(z)
         self.session.corrections_changed.emit(layer.name)
-        if corrected and z in meta["scratch"]:
-            fraction = float(np.mean(tracking.slice_of(layer.data, z) > 0))
-            message = scratch_meaning(z, fraction)
-            self.summary.setText(self.summary.text() + "\n" + message)
+        if corrected and z in meta["scratch"]:  # refresh() (on corrections_changed) put what it means below
             notify(f"Slice {z} marked corrected: its labels are now ground truth everywhere.", "info")
 
     def _on_diff_toggled(self, on: bool) -> None:
@@ -333,7 +334,7 @@ class CorrectWidget(NeuroEdgeWidget):
         layer = self.membranes()
         if layer is None:
             return None
-        z = next_uncertain_slice(self.viewer, layer)
+        z = next_uncertain_slice(self.viewer, layer, after=tracking.current_slice(self.viewer, layer))
         if z is None:
             image = tracking.image_of(self.viewer, layer)
             unc = tracking.companion(self.viewer, image.name, "uncertainty") if image is not None else None

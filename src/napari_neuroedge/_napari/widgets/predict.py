@@ -72,14 +72,21 @@ def _is_input_image(layer: Any) -> bool:
 
 
 def describe_model(ckpt: Any) -> str:
-    """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"."""
+    """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"; a
+    fine-tuned one says how many steps its run did and which it kept: "fine-tuned 142 steps, kept step 50"."""
     from ...config import arch_display_name
 
     arch = arch_display_name(ckpt.arch)
     kwargs = ckpt.arch_kwargs if isinstance(ckpt.arch_kwargs, dict) else {}
     parts = [arch + "".join(f", {str(k).replace('_', ' ')} {v}" for k, v in kwargs.items())]
-    if ckpt.step:
-        parts.append(f"trained {int(ckpt.step):,} steps")
+    prov = ckpt.provenance if isinstance(ckpt.provenance, dict) else {}
+    step, done = int(ckpt.step or 0), prov.get("steps_done")
+    if done is not None:  # a finished fine-tune: the checkpoint's step is the kept (validated) one
+        parts.append(f"fine-tuned {int(done):,} steps" + (f", kept step {step:,}" if step != int(done) else ""))
+    elif prov.get("cancelled"):
+        parts.append(f"fine-tune cancelled, kept step {step:,}")
+    elif step:
+        parts.append(f"trained {step:,} steps")
     parts.append(f"threshold {ckpt.threshold:g}")
     return " \u00b7 ".join(parts)
 
@@ -348,7 +355,7 @@ class PredictWidget(JobWidget):
 
     def _rgb_refusal(self, layer: Any) -> None:
         report(f"'{short_name(layer.name, 16)}' is RGB; NeuroEdge needs grayscale.", _rgb_advice(),
-               status=self.jobs.status)
+               level="warning", status=self.jobs.status)
 
     def _check_image(self, layer: Any) -> Any:
         """The layer's array if it can be predicted, else None (after a notification saying why).
@@ -385,7 +392,7 @@ class PredictWidget(JobWidget):
         try:
             check_em_array(data, f"layer '{layer.name}'")
         except InputError as exc:
-            report(f"'{short_name(layer.name, 18)}' cannot be predicted.", f"{reason(exc)}.",
+            report(f"'{short_name(layer.name, 18)}' cannot be predicted.", f"{reason(exc)}.", level="warning",
                    status=self.jobs.status, exc=exc)
             return None
         return data
@@ -553,14 +560,15 @@ class PredictWidget(JobWidget):
                    "warning")
             self._discard(result)
             return []
-        boundary, _ = self._put(image, "boundary", "image", result, result.prob, colormap="magma",
-                                contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
+        boundary, added = self._put(image, "boundary", "image", result, result.prob, colormap="magma",
+                                    contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
         if result.variance is not None:
-            unc, _ = self._put(image, "uncertainty", "image", result, result.variance, colormap="viridis",
-                               contrast_limits=(0.0, 0.1), blending="additive", visible=False)
+            unc, created = self._put(image, "uncertainty", "image", result, result.variance, colormap="viridis",
+                                     contrast_limits=(0.0, 0.1), blending="additive", visible=False)
             tracking.info(unc)["predicted"] |= set(result.slices)
+            added |= created
         if result.instances is not None:
-            self._put(image, "instances", "labels", result, result.instances, opacity=0.35)
+            added |= self._put(image, "instances", "labels", result, result.instances, opacity=0.35)[1]
         name = tracking.layer_name(image.name, "membranes")
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         reused = (existing is not None and type(existing).__name__ == "Labels"
@@ -585,6 +593,7 @@ class PredictWidget(JobWidget):
         if created:
             membranes.brush_size = 2
             membranes.selected_label = 1
+        if created or added:  # napari selects a layer it adds: the next brush stroke must paint membranes
             self.viewer.layers.selection.active = membranes
         diff = tracking.companion(self.viewer, image.name, "difference")
         if diff is not None:
