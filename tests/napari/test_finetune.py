@@ -366,3 +366,33 @@ def test_after_finetune_difference_is_against_the_corrected_prediction_and_runs_
     assert load_checkpoint(job.result.path).optimizer is None  # the kept model is untouched and loads
     assert ft.clean_runs(confirmed=True) is None and "Nothing to clean" in ft.clean_label.text()
     assert any("Run folders cleaned" in m for m in notes("info"))
+
+
+def test_the_parent_validated_at_step_0_is_the_reference_and_the_done_message_names_both(panel_viewer):
+    """The core validates the parent before the first step (a validation event at step 0): it is drawn as the
+    reference lines, not as a point of the run; the done message puts the parent's held-out F1 and Rand error
+    beside the kept model's, and says the plot's title is the last validation's."""
+    from napari_neuroedge._napari.widgets.finetune import done_summary
+    from napari_neuroedge.progress import ProgressEvent
+    from napari_neuroedge.training.finetune import FinetuneOutcome
+
+    _, panel = panel_viewer
+    ft = panel.finetune
+    ft._on_event(None, ProgressEvent(0, 40, "train", {"val": {"f1": 0.9, "rand_error": 0.1}}, unit="steps"))
+    assert ft.val_plot.references == {"parent F1": 0.9, "parent Rand err": 0.1} and not ft.val_plot.series
+    assert "parent's held-out F1 0.900, Rand error 0.100" in ft.jobs.status.text()
+    ft._on_event(None, ProgressEvent(20, 40, "train", {"loss": 0.3, "val": {"f1": 0.95, "rand_error": 0.05}},
+                                     unit="steps"))
+    assert ft.val_plot.series == {"F1": [(20.0, 0.95)], "Rand err": [(20.0, 0.05)]}
+    assert ft.val_plot.legend_names() == ["parent F1", "parent Rand err", "F1", "Rand err"]
+    outcome = FinetuneOutcome(steps=1234, kept_metrics={"f1": 0.96, "rand_error": 0.04}, threshold=0.5,
+                              threshold_source="the parent's", notes=["validation is weak."])
+    text = done_summary(outcome, 20, "0:12")
+    assert text == ("1,234 steps in 0:12. Held-out corrected pixels, the kept model (validated at step 20): boundary F1 "
+                    "0.960, Rand error 0.040. The plot's title shows the last validation's values, not the kept "
+                    "model's. Threshold 0.5 (the parent's). Note: validation is weak.")
+    outcome.parent_metrics = {"f1": 0.9, "rand_error": 0.1}  # FinetuneOutcome.parent_metrics (issue 23)
+    assert ("Rand error 0.040; the parent: F1 0.900, Rand error 0.100. The plot's title" in
+            done_summary(outcome, 20, "0:12"))
+    assert done_summary(FinetuneOutcome(steps=3), None, "0:01") == \
+        "3 steps in 0:01. Not validated: no pixels were held out, so the model is the last step's."

@@ -163,6 +163,29 @@ def test_progress_names_its_units_shows_what_loads_and_marks_a_cancel(panel_view
     notes("info")
 
 
+def test_progress_counts_with_separators_a_steady_bar_and_no_eta_before_it_is_measured(qtbot, monkeypatch):
+    from napari_neuroedge._napari.widgets import common
+    from napari_neuroedge.progress import ProgressEvent
+
+    clock = [100.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    panel = common.JobPanel()
+    qtbot.addWidget(panel)
+    panel.update_event(ProgressEvent(786_432, 3_145_728, "predict", unit="px"))
+    assert panel.status.text() == "predict: 786,432/3,145,728 px"  # the first event: no ETA (it would read 0:00)
+    clock[0] += 10
+    panel.update_event(ProgressEvent(1_572_864, 3_145_728, "predict", unit="px"))
+    assert panel.status.text() == "predict: 1,572,864/3,145,728 px - ETA 0:20"  # a quarter in 10 s, half left
+    # a time-limited training's total is an estimate that moves (86 -> 142): the bar's range does not
+    ranges = []
+    for done, total in ((1, 86), (50, 120), (100, 142)):
+        clock[0] += 5
+        panel.update_event(ProgressEvent(done, total, "train", unit="steps"), estimated=True)
+        ranges.append((panel.bar.maximum(), panel.bar.value()))
+    assert ranges == [(1000, 12), (1000, 417), (1000, 704)]
+    assert panel.status.text().startswith("train: 100 steps - ETA ")
+
+
 # ---------------------------------------------------------------------------------------------- 4. labels, layout
 def test_model_line_is_written_for_people(qtbot, make_napari_viewer):
     from napari_neuroedge._napari.widgets.predict import PredictWidget
@@ -213,6 +236,49 @@ def test_training_plots_have_axes_auto_range_legend_parent_reference_and_kept_ma
     val.clear()
     assert not val.series and not val.references and val.kept_step is None and val.legend_names() == []
     assert not val.grab().isNull()
+
+
+def test_dock_opens_at_a_sensible_width_and_cancel_stays_whole_at_its_narrowest(qtbot, make_napari_viewer):
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QImage
+    from superqt import QCollapsible
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    dock, panel = viewer.window.add_plugin_dock_widget("napari-neuroedge", "NeuroEdge")
+    # it opens at the content's width (a little more), not a third of the window
+    qtbot.waitUntil(lambda: panel.isVisible() and panel.minimumWidth() <= panel.width() <= 1600 // 4,
+                    timeout=10_000)
+    assert panel.minimumWidth() <= 1600 // 4 - panel.ROOM
+    viewer.window._qt_window.resizeDocks([dock], [panel.minimumWidth()], Qt.Orientation.Horizontal)
+    qtbot.waitUntil(lambda: panel.width() == panel.minimumWidth(), timeout=10_000)
+    # at its narrowest every tab's controls fit (no horizontal scrolling) and "Cancel" is whole
+    for i in range(panel.tabs.count()):
+        panel.tabs.setCurrentIndex(i)
+        area = panel.tabs.widget(i)
+        qtbot.waitUntil(lambda: area.isVisible() and area.widget().width() > 0, timeout=5000)
+        assert area.horizontalScrollBar().maximum() == 0, (panel.tabs.tabText(i), area.widget().minimumSizeHint())
+    cancel = panel.finetune.jobs.cancel_button
+    assert cancel.isVisible() and cancel.width() >= cancel.sizeHint().width(), (cancel.width(), cancel.sizeHint())
+    # the collapsed "Advanced" header points at its text (right), the open one down at its content
+    advanced = panel.finetune.advanced
+    assert not advanced.isExpanded()
+
+    def pointing(icon) -> str:
+        """Which way a drawn triangle points: the side its ink thins out towards."""
+        img = icon.pixmap(32, 32).toImage().convertToFormat(QImage.Format.Format_ARGB32)
+        ptr = img.constBits()
+        ptr.setsize(img.sizeInBytes())
+        ink = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine() // 4, 4)[:, :img.width(), 3] > 0
+        ys, xs = np.nonzero(ink)
+        dx = xs.mean() - (xs.min() + xs.max()) / 2  # the centroid lies towards the triangle's base
+        dy = ys.mean() - (ys.min() + ys.max()) / 2
+        if abs(dx) > abs(dy):
+            return "right" if dx < 0 else "left"
+        return "down" if dy < 0 else "up"
+
+    assert pointing(advanced.collapsedIcon()) == "right" and pointing(advanced.expandedIcon()) == "down"
+    assert pointing(QCollapsible("x").collapsedIcon()) == "up"  # superqt's default, which the issue saw
 
 
 def test_docking_predict_beside_the_panel_keeps_the_panel_usable(qtbot, make_napari_viewer):

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QSize, QTimer
-from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy,
+                            QVBoxLayout, QWidget)
 
 from ..session import get_session, unwrap_viewer
 from ..workers import Job
@@ -103,6 +104,10 @@ class JobPanel(QWidget):
         self.bar.setTextVisible(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        # the bar gives way, never the button: "Cancel" stays whole at the dock's narrowest
+        self.cancel_button.setMinimumWidth(self.cancel_button.sizeHint().width())
+        self.cancel_button.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Fixed)
+        self.bar.setMinimumWidth(60)
         self.cancel_button.setToolTip("Stop after the current tile batch / training step; nothing is lost")
         lay.addWidget(self.bar, 1)
         lay.addWidget(self.cancel_button)

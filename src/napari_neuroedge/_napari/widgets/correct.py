@@ -137,18 +137,19 @@ class CorrectWidget(NeuroEdgeWidget):
 
         self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
         self.brush_buttons: dict[int, QPushButton] = {}
-        brushes = QHBoxLayout()
-        for size in BRUSH_PRESETS:
+        brushes = QGridLayout()  # three to a row: the dock stays narrow (napari's buttons are wide)
+        for i, size in enumerate(BRUSH_PRESETS):
             button = QPushButton(f"{size} px")
             button.setToolTip(f"paint membrane with a {size} px brush")
             button.clicked.connect(lambda _=False, s=size: self.set_brush(s))
             self.brush_buttons[size] = button
-            brushes.addWidget(button)
+            brushes.addWidget(button, i // 3, i % 3)
         self.erase_button = QPushButton("erase")
         self.erase_button.clicked.connect(self.set_erase)
-        brushes.addWidget(self.erase_button)
+        brushes.addWidget(self.erase_button, len(BRUSH_PRESETS) // 3, len(BRUSH_PRESETS) % 3)
         self.toggle_button = QPushButton(f"toggle prediction overlay  [{TOGGLE_KEY.upper()}]")
-        self.diff_check = QCheckBox("show difference to prediction (green added, magenta removed)")
+        self.diff_check = QCheckBox("show difference to prediction")
+        self.diff_check.setToolTip("'<image> difference': green = membrane you added, magenta = membrane you removed")
         self.slice_list = QListWidget()
         self.slice_list.setToolTip("slices you edited; ticked = corrected (exported / used for fine-tuning). "
                                    "Double-click to go there.")
@@ -162,7 +163,7 @@ class CorrectWidget(NeuroEdgeWidget):
 
         form = QFormLayout()
         form.addRow("membranes", self.membranes_combo)
-        form.addRow("brush", brushes)
+
         grid = QGridLayout()
         grid.addWidget(self.mark_button, 0, 0)
         grid.addWidget(self.unmark_button, 0, 1)
@@ -170,6 +171,8 @@ class CorrectWidget(NeuroEdgeWidget):
         grid.addWidget(self.ignore_button, 1, 1)
         lay = self.body_layout()
         lay.addLayout(form)
+        lay.addWidget(QLabel("brush:"))
+        lay.addLayout(brushes)
         lay.addWidget(self.toggle_button)
         lay.addWidget(self.diff_check)
         lay.addWidget(QLabel("edited slices (tick = corrected):"))

@@ -35,6 +35,7 @@ from .predict import gui_threads
 from ...config import FinetuneOptions
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")
+ADVANCED_ARROWS = ("\u25b6", "\u25bc")  # collapsed, expanded
 
 
 def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> list[dict[str, Any]]:
@@ -177,7 +178,8 @@ class FinetuneWidget(JobWidget):
         self.parent_weight_spin = f.parent_weight.native
         self.replay_edit.setPlaceholderText("original training-set folder (optional)")
         self.lr_spin.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)  # arrows: +-10 %, typed: 1e-6
-        self.advanced = QCollapsible("Advanced")
+        # collapsed: the arrow points at the header's text (as napari's own sections); open: down at the content
+        self.advanced = QCollapsible("Advanced", collapsedIcon=ADVANCED_ARROWS[0], expandedIcon=ADVANCED_ARROWS[1])
         self.advanced.addWidget(self.form.native)
 
         browse = QPushButton("...")

@@ -207,7 +207,8 @@ class PredictWidget(JobWidget):
                          value=SEED_THRESHOLD, tooltip="neuron instances grow from pixels whose boundary "
                          "probability is below this; lower it if cells merge through faint membranes"),
             CheckBox(name="uncertainty", text="TTA uncertainty (Image)"),
-            CheckBox(name="overwrite", text="replace my corrections (edited or corrected slices)"),
+            CheckBox(name="overwrite", text="replace my corrections",
+                     tooltip="predict over the slices you edited or marked corrected too (their labels are lost)"),
         ], transient=("threshold", "seed_threshold", "overwrite"))
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
         self.tile_spin, self.context_spin, self.tta_combo = f.tile.native, f.context.native, f.tta.native
