@@ -136,6 +136,8 @@ class CorrectWidget(NeuroEdgeWidget):
         from napari.layers import Labels
 
         self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self._scratch_fractions: dict[tuple[int, int], float] = {}  # (layer id, slice): membrane when marked
+        self._shown: Any = None
         self.brush_buttons: dict[int, QPushButton] = {}
         brushes = QGridLayout()  # three to a row: the dock stays narrow (napari's buttons are wide)
         for i, size in enumerate(BRUSH_PRESETS):
@@ -207,16 +209,15 @@ class CorrectWidget(NeuroEdgeWidget):
             _KEY_BOUND.add(layer)
 
     def refresh(self) -> None:
-        """Re-list the edited slices of the chosen membrane layer."""
+        """Re-list the edited slices of the chosen membrane layer (the widgets are touched only when what they
+        show changed: a brush stroke calls this at every dab)."""
         layer = self.membranes(quiet=True)
-        self.slice_list.blockSignals(True)
-        self.slice_list.clear()
         if layer is None:
-            self.summary.setText("Run Predict to get a membrane layer to correct.")
-            self.slice_list.blockSignals(False)
+            self._show([], "Run Predict to get a membrane layer to correct.")
             return
         self._hook(layer)
         meta = tracking.info(layer)
+        rows = []
         for z in sorted(meta["edited"] | meta["corrected"]):
             tags = []
             if z in meta["edited"]:
@@ -225,12 +226,7 @@ class CorrectWidget(NeuroEdgeWidget):
                 tags.append("never predicted")
             if z in meta["exported"]:
                 tags.append("exported")
-            item = QListWidgetItem(f"slice {z}  ({', '.join(tags) or 'reviewed'})")
-            item.setData(Qt.UserRole, z)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if z in meta["corrected"] else Qt.Unchecked)
-            self.slice_list.addItem(item)
-        self.slice_list.blockSignals(False)
+            rows.append((z, f"slice {z}  ({', '.join(tags) or 'reviewed'})", z in meta["corrected"]))
         text = f"{len(meta['corrected'])} slice(s) marked corrected, {len(meta['edited'])} edited."
         waiting = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
         if waiting:
@@ -238,7 +234,25 @@ class CorrectWidget(NeuroEdgeWidget):
                      "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
                      "or predict it first and correct the prediction.")
         for z in sorted(meta["corrected"] & meta["scratch"]):  # said once here, not again by the mark
-            text += "\n" + scratch_meaning(z, float(np.mean(tracking.slice_of(layer.data, z) > 0)))
+            key = (id(layer), z)  # read when marked, not at every dab of a stroke
+            if key not in self._scratch_fractions:
+                self._scratch_fractions[key] = float(np.mean(tracking.slice_of(layer.data, z) > 0))
+            text += "\n" + scratch_meaning(z, self._scratch_fractions[key])
+        self._show(rows, text)
+
+    def _show(self, rows: list[tuple[int, str, bool]], text: str) -> None:
+        if (rows, text) == self._shown:
+            return
+        self._shown = (rows, text)
+        self.slice_list.blockSignals(True)
+        self.slice_list.clear()
+        for z, label, checked in rows:
+            item = QListWidgetItem(label)
+            item.setData(Qt.UserRole, z)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+            self.slice_list.addItem(item)
+        self.slice_list.blockSignals(False)
         self.summary.setText(text)
 
     def _on_corrections_changed(self, name: str) -> None:
@@ -315,6 +329,7 @@ class CorrectWidget(NeuroEdgeWidget):
             tracking.take_as_corrected(self.viewer, layer, [z], scratch_too=True)
         else:
             meta["corrected"].discard(z)
+            self._scratch_fractions.pop((id(layer), z), None)
         self.session.corrections_changed.emit(layer.name)
         if corrected and z in meta["scratch"]:  # refresh() (on corrections_changed) put what it means below
             notify(f"Slice {z} marked corrected: its labels are now ground truth everywhere.", "info")
