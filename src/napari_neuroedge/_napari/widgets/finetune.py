@@ -141,7 +141,7 @@ class FinetuneWidget(JobWidget):
         self.clean_label = QLabel("")
         self.clean_label.setWordWrap(True)
         self.jobs = JobPanel()
-        self.loss_plot = TrainingPlot("training loss, last step", y_label="loss", log_y=True)
+        self.loss_plot = TrainingPlot("training loss", y_label="loss", log_y=True)
         self.val_plot = TrainingPlot("held-out, last validation", y_label="score")
 
         d = FinetuneOptions()  # the one-click recipe: the same defaults as `neuroedge finetune`

@@ -31,10 +31,13 @@ class TrainingPlot(QWidget):
         self.references: dict[str, float] = {}
         self.kept_step: float | None = None
         self.widget = pg.PlotWidget(background=None)
+        self.widget.setMinimumWidth(120)  # the dock decides the width; a long title wraps (see _retitle)
         self.plot = self.widget.getPlotItem()
         self.plot.setLabel("bottom", "step")
         if y_label:
             self.plot.setLabel("left", y_label)
+        for side in ("bottom", "left"):  # plain numbers, no "(x0.001)" rescaling of the axis
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.plot.setLogMode(x=False, y=log_y)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.setMenuEnabled(False)
@@ -49,6 +52,11 @@ class TrainingPlot(QWidget):
         lay.addWidget(self.widget)
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
+
+    def sizeHint(self) -> Any:  # noqa: N802 (Qt API)
+        from qtpy.QtCore import QSize
+
+        return QSize(300, 210)
         self._retitle()
 
     # ------------------------------------------------------------------ data
@@ -108,7 +116,8 @@ class TrainingPlot(QWidget):
         self.kept_step = float(step)
         self._kept_line = pg.InfiniteLine(pos=float(step), angle=90, label=label,
                                           pen=pg.mkPen("#ffd54f", width=1.4, style=Qt.PenStyle.DotLine),
-                                          labelOpts={"position": 0.9, "color": "#ffd54f", "anchors": [(1, 0), (1, 0)]})
+                                          labelOpts={"position": 0.5, "color": "#ffd54f", "rotateAxis": (1, 0),
+                                                     "anchors": [(0.5, 1), (0.5, 1)]})
         self.plot.addItem(self._kept_line)
         self._retitle()
 
@@ -132,4 +141,5 @@ class TrainingPlot(QWidget):
         return f"{self.title} (step {step:g}): {text}"
 
     def _retitle(self) -> None:
-        self.plot.setTitle(self.title_text(), size="9pt")
+        title, _, values = self.title_text().partition(": ")  # two lines: the dock is narrow
+        self.plot.setTitle(f"{title}:<br>{values}" if values else title, size="9pt")
