@@ -85,18 +85,18 @@ def test_screenshot_of_the_finetune_plots(qtbot, make_napari_viewer, waiter, isb
     mem.refresh()
     ft = panel.finetune
     ft.save_edit.setText(str(tmp_path / "models"))
-    ft.steps_spin.setValue(60)
+    ft.steps_spin.setValue(40)
     ft.time_spin.setValue(900)  # the steps end it, not the clock of a busy machine
-    ft.crop_spin.setValue(192)
+    ft.crop_spin.setValue(160)
     ft.batch_spin.setValue(2)
     options = ft.options
-    ft.options = lambda: replace(options(), val_every=15)  # a few validations in a short run
+    ft.options = lambda: replace(options(), val_every=10)  # a few validations in a short run
     panel.tabs.setCurrentIndex(3)
     job = waiter(ft.finetune(confirmed=True), timeout=600)
     assert job.state == "done", job.error
     waiter(job.extra["repredict"], timeout=300)
-    assert len(ft.loss_plot.series["loss"]) == 60 and len(ft.val_plot.series["F1"]) == 4
-    assert ft.val_plot.kept_step in (15, 30, 45, 60)
+    assert len(ft.loss_plot.series["loss"]) == 40 and len(ft.val_plot.series["F1"]) == 4
+    assert ft.val_plot.kept_step in (10, 20, 30, 40)
     ft.advanced.collapse(animate=False)
     area = panel.tabs.widget(3)
     area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())  # the message and both plots
