@@ -8,8 +8,9 @@ the window asks first and then cancels it) or, with ``background=False``, synchr
 thread*, so its clean-up (temp files, the fine-tuner's last checkpoint) runs before the job reports back.
 Handlers always run in the GUI thread. An ``on_done`` handler that is a generator function *lands* its results in
 steps: the runner advances it one step per turn of the Qt event loop (the job is ``landing`` meanwhile, still
-holding its resources), so writing large results into layers never freezes the window at once. Jobs holding a resource (e.g. ``"layer:stack"``) block other jobs
-asking for it, with a message; closing the viewer cancels every job and waits briefly for it.
+holding its resources), so writing large results into layers never freezes the window at once. Jobs holding a
+resource (e.g. ``"layer:stack"``) block other jobs asking for it, with a message; closing the viewer cancels every
+job and waits briefly for it.
 """
 
 from __future__ import annotations
