@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import torch
@@ -104,14 +103,13 @@ def test_pad_to_multiple_reflects_bottom_right() -> None:
 # ---------------------------------------------------------------- pretrained weights
 
 
-def test_pretrained_offline_raises_quickly(offline_hub) -> None:
+def test_pretrained_offline_raises_without_downloading(offline_hub) -> None:
+    """Offline and not cached: a clear error at once, and no download is attempted (offline_hub fails on one)."""
     assert cached_weights_path(50) is None
-    t0 = time.perf_counter()
     with pytest.raises(RuntimeError, match="ImageNet weights for resnet50 are not available offline"):
         CASENet(depth=50, pretrained=True)
     with pytest.raises(RuntimeError, match="pretrained=False or put the file in the torch hub cache"):
         resnet_backbone(18, (1, 2, 2, 1), pretrained=True)
-    assert time.perf_counter() - t0 < 5.0
 
 
 def test_pretrained_from_hub_cache_sums_rgb_filters(offline_hub) -> None:

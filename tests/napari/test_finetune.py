@@ -1,47 +1,18 @@
 """One-click fine-tune: background run with progress and live plots, result selected and re-predicted, cancel,
-a second run continuing from the first, closing the viewer mid-run, and the GUI event-loop latency meanwhile."""
+a second run continuing from the first, closing the viewer mid-run. (The GUI event-loop lateness meanwhile is
+measured in benchmarks/bench_gui_latency.py, not here.)"""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt
 
 from napari_neuroedge._napari import tracking
 from napari_neuroedge.models.checkpoint import load_checkpoint
-
-
-class LatencyProbe:
-    """A QTimer firing every ``interval_ms``; records how late each tick is (ms)."""
-
-    def __init__(self, interval_ms: int = 10) -> None:
-        self.interval = interval_ms / 1000
-        self.timer = QTimer()
-        self.timer.setTimerType(Qt.PreciseTimer)
-        self.timer.setInterval(interval_ms)
-        self.timer.timeout.connect(self._tick)
-        self.last: float | None = None
-        self.late_ms: list[float] = []
-
-    def _tick(self) -> None:
-        now = time.perf_counter()
-        if self.last is not None:
-            self.late_ms.append(max(0.0, (now - self.last - self.interval) * 1000))
-        self.last = now
-
-    def start(self) -> None:
-        self.last = None
-        self.timer.start()
-
-    def stop(self) -> dict[str, float]:
-        self.timer.stop()
-        arr = np.asarray(self.late_ms) if self.late_ms else np.zeros(1)
-        return {"n": len(self.late_ms), "p50": float(np.percentile(arr, 50)), "p95": float(np.percentile(arr, 95)),
-                "max": float(arr.max())}
 
 
 def _correct_slice(viewer, mem, z: int) -> None:
@@ -69,7 +40,7 @@ def corrected_viewer(panel_viewer, waiter, goto):
     return viewer, panel, mem
 
 
-def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path, notes):
+def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path, notes, monkeypatch):
     viewer, panel, mem = corrected_viewer
     ft = panel.finetune
     # the defaults behind "Advanced" are the core's one-click recipe, the same as `neuroedge finetune`'s
@@ -79,34 +50,27 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     first_model = panel.predict.session.selected_model
     ft.save_edit.setText(str(tmp_path / "models"))
     _small(ft, 12)
-    seen: list[tuple[int, int, str]] = []
-    probe = LatencyProbe(10)
+    seen: list[tuple[int, int, str]] = []  # every training event the panel showed: (done, total, status text)
+    show = ft.jobs.update_event
+
+    def record(event, extra="", **kwargs):
+        show(event, extra, **kwargs)
+        if event.stage == "train" and (not seen or seen[-1][0] != event.done):
+            seen.append((event.done, event.total, ft.jobs.status.text()))
+
+    monkeypatch.setattr(ft.jobs, "update_event", record)
 
     qtbot.mouseClick(ft.run_button, Qt.LeftButton)
     job = ft.job
     assert job is not None and job.worker is not None and not ft.run_button.isEnabled()
-
-    def track():
-        ev = job.last_event
-        if ev is not None and ev.stage == "train":
-            if not seen:
-                probe.start()  # measure while training runs
-            if not seen or seen[-1][0] != ev.done:
-                seen.append((ev.done, ev.total, ft.jobs.status.text()))
-        return not job.running
-
-    qtbot.waitUntil(track, timeout=120_000)
-    stats = probe.stop()
-    waiter(job)
-    print(f"\nGUI event-loop lateness during fine-tuning (10 ms timer, {stats['n']} ticks): "
-          f"p50 {stats['p50']:.1f} ms, p95 {stats['p95']:.1f} ms, max {stats['max']:.1f} ms")
+    waiter(job, timeout=120)
     assert job.state == "done", job.error
-    assert stats["n"] > 20
-    assert stats["p95"] < 200, stats  # target < 100 ms; looser bound here because the CI machine is shared
-    # progress: steps counted up to the total, with an ETA while running
-    assert seen[-1][:2] == (12, 12) and len(seen) >= 3
-    assert any("ETA" in text for _, _, text in seen[:-1])
-    assert ft.jobs.bar.value() == 12 and ft.jobs.bar.maximum() == 12
+    # progress: every step counted; the bar's range stays fixed (a time-limited run's total is an estimate, so the
+    # bar shows the fraction and the text the count); no ETA before a second step measured one, then an ETA
+    assert [done for done, _, _ in seen] == list(range(1, 13))
+    assert seen[0][2].startswith("train: 1 steps") and "ETA" not in seen[0][2]
+    assert any("ETA" in text for _, _, text in seen[1:-1])
+    assert ft.jobs.bar.maximum() == ft.jobs.ESTIMATE_RANGE and ft.jobs.bar.value() == ft.jobs.bar.maximum()
     # live plots got every loss and the validation at the end (held-out rows of the corrected slice)
     assert len(ft.loss_plot.series["loss"]) == 12
     assert len(ft.val_plot.series["F1"]) >= 1
@@ -119,6 +83,19 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     new_name = job.extra["model_name"]
     assert panel.predict.session.selected_model == new_name == path.stem
     assert panel.predict.model_combo.currentText() == new_name
+    # the model line says what the run did and which step it kept; the plots mark that step; the message says
+    # the kept model's held-out scores and that the plot's title shows the last validation's
+    kept_step, steps_done = ckpt.step, ckpt.provenance["steps_done"]
+    assert steps_done == 12 and 0 < kept_step <= 12
+    line = panel.predict.model_info.text().splitlines()[0]
+    assert f"fine-tuned 12 steps{'' if kept_step == 12 else f', kept step {kept_step}'} \u00b7" in line, line
+    assert ft.val_plot.kept_step == ft.loss_plot.kept_step == kept_step
+    done = ft.jobs.status.text()
+    kept = job.result.kept_metrics
+    assert (f"the kept model (validated at step {kept_step}): boundary F1 {kept['f1']:.3f}, Rand error "
+            f"{kept['rand_error']:.3f}") in done
+    assert "The plot's title shows the last validation's values, not the kept model's." in done
+    assert str(path) in done
     # the nearest slice the user did NOT correct was re-predicted with the new model; slice 1 keeps its labels
     repredict = job.extra["repredict"]
     waiter(repredict)
@@ -127,7 +104,9 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     assert tracking.ledger_of(mem).model_of(z)["model"] == new_name
     assert tracking.ledger_of(mem).model_of(1)["model"] == first_model
     assert tracking.ledger_of(mem).edited == {1}
-    assert any("Fine-tuned model saved" in m for m in notes("info"))
+    toasts = notes("info")
+    assert f"Fine-tuned model '{new_name}' saved and selected in Predict; re-predicting slice {z}, which you did " \
+           "not correct." in toasts and not any(str(tmp_path) in m for m in toasts)  # short: no path
 
     # a second fine-tune continues from the first
     _small(ft, 2)
@@ -140,19 +119,51 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     assert panel.predict.session.selected_model == Path(job2.result.path).stem
 
 
-def test_cancel_before_validation_keeps_nothing(qtbot, corrected_viewer, waiter, tmp_path, notes):
+def test_cancel_before_validation_keeps_nothing_and_removes_its_run_folder(qtbot, corrected_viewer, waiter, tmp_path,
+                                                                          notes):
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    models = tmp_path / "m"
+    # the user's own things in the models folder: a model, an older run with its log
+    (models / "runs" / "older").mkdir(parents=True)
+    (models / "runs" / "older" / "log.jsonl").write_text("{}\n")
+    (models / "mine.pt").write_bytes(b"a model")
+    ft.save_edit.setText(str(models))
+    _small(ft, 10_000)
+    job = ft.finetune()
+    run_dir = job.extra["run_dir"]
+    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
+                    and job.last_event.done >= 2, timeout=60_000)
+    assert (run_dir / "log.jsonl").exists()
+    qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
+    waiter(job)
+    assert job.state == "cancelled" and job.extra["outcome"].path is None
+    assert sorted(p.name for p in models.glob("*.pt")) == ["mine.pt"]  # nothing unvalidated is called a model
+    assert not run_dir.exists()  # its unvalidated last.pt is gone with it
+    assert (models / "runs" / "older" / "log.jsonl").exists() and (models / "mine.pt").read_bytes() == b"a model"
+    assert notes("info") == ["Fine-tuning cancelled before the first validation; no model was kept."]
+    assert ft.jobs.status.text() == ("Fine-tuning cancelled before the first validation; no model was kept, and its "
+                                     f"run folder {run_dir} was removed.")
+
+
+def test_choosing_another_membrane_layer_clears_the_last_run(qtbot, corrected_viewer, waiter, tmp_path, notes):
     viewer, panel, mem = corrected_viewer
     ft = panel.finetune
     ft.save_edit.setText(str(tmp_path / "m"))
     _small(ft, 10_000)
     job = ft.finetune()
-    qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
-                    and job.last_event.done >= 2, timeout=60_000)
-    qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: len(ft.loss_plot.series.get("loss", [])) >= 2, timeout=60_000)
+    ft.jobs.cancel_button.click()
     waiter(job)
-    assert job.state == "cancelled" and job.extra["outcome"].path is None
-    assert not list((tmp_path / "m").glob("*.pt"))  # nothing unvalidated is called a model
-    assert any("before the first validation; no model was kept" in m for m in notes("info"))
+    notes("info")
+    assert ft.jobs.bar.format() == "cancelled" and "cancelled" in ft.jobs.status.text()
+    viewer.add_labels(np.zeros(mem.data.shape, np.uint8), name="other membranes")
+    ft.membranes_combo.set_layer(mem.name)  # the same layer again: the run stays shown
+    assert "cancelled" in ft.jobs.status.text() and ft.loss_plot.series
+    ft.membranes_combo.set_layer("other membranes")
+    assert ft.membranes_combo.currentText() == "other membranes"
+    assert ft.jobs.status.text() == "" and ft.jobs.bar.format() == "%p%" and ft.jobs.bar.value() == 0
+    assert not ft.loss_plot.series and not ft.val_plot.series
 
 
 def test_cancel_finetune_keeps_last_validated_checkpoint(qtbot, corrected_viewer, waiter, tmp_path, notes):
@@ -165,10 +176,8 @@ def test_cancel_finetune_keeps_last_validated_checkpoint(qtbot, corrected_viewer
     val_every = ft.options().val_every
     qtbot.waitUntil(lambda: job.last_event is not None and job.last_event.stage == "train"
                     and job.last_event.done >= val_every + 1, timeout=120_000)
-    t0 = time.perf_counter()
     qtbot.mouseClick(ft.jobs.cancel_button, Qt.LeftButton)
     waiter(job)
-    assert time.perf_counter() - t0 < 10
     assert job.state == "cancelled"
     kept = Path(job.extra["outcome"].path)
     assert kept.exists() and kept.name.endswith("-cancelled.pt")
@@ -357,3 +366,33 @@ def test_after_finetune_difference_is_against_the_corrected_prediction_and_runs_
     assert load_checkpoint(job.result.path).optimizer is None  # the kept model is untouched and loads
     assert ft.clean_runs(confirmed=True) is None and "Nothing to clean" in ft.clean_label.text()
     assert any("Run folders cleaned" in m for m in notes("info"))
+
+
+def test_the_parent_validated_at_step_0_is_the_reference_and_the_done_message_names_both(panel_viewer):
+    """The core validates the parent before the first step (a validation event at step 0): it is drawn as the
+    reference lines, not as a point of the run; the done message puts the parent's held-out F1 and Rand error
+    beside the kept model's, and says the plot's title is the last validation's."""
+    from napari_neuroedge._napari.widgets.finetune import done_summary
+    from napari_neuroedge.progress import ProgressEvent
+    from napari_neuroedge.training.finetune import FinetuneOutcome
+
+    _, panel = panel_viewer
+    ft = panel.finetune
+    ft._on_event(None, ProgressEvent(0, 40, "train", {"val": {"f1": 0.9, "rand_error": 0.1}}, unit="steps"))
+    assert ft.val_plot.references == {"parent F1": 0.9, "parent Rand err": 0.1} and not ft.val_plot.series
+    assert "parent's held-out F1 0.900, Rand error 0.100" in ft.jobs.status.text()
+    ft._on_event(None, ProgressEvent(20, 40, "train", {"loss": 0.3, "val": {"f1": 0.95, "rand_error": 0.05}},
+                                     unit="steps"))
+    assert ft.val_plot.series == {"F1": [(20.0, 0.95)], "Rand err": [(20.0, 0.05)]}
+    assert ft.val_plot.legend_names() == ["parent F1", "parent Rand err", "F1", "Rand err"]
+    outcome = FinetuneOutcome(steps=1234, kept_metrics={"f1": 0.96, "rand_error": 0.04}, threshold=0.5,
+                              threshold_source="the parent's", notes=["validation is weak."])
+    text = done_summary(outcome, 20, "0:12")
+    assert text == ("1,234 steps in 0:12. Held-out corrected pixels, the kept model (validated at step 20): boundary F1 "
+                    "0.960, Rand error 0.040. The plot's title shows the last validation's values, not the kept "
+                    "model's. Threshold 0.5 (the parent's). Note: validation is weak.")
+    outcome.parent_metrics = {"f1": 0.9, "rand_error": 0.1}  # FinetuneOutcome.parent_metrics (issue 23)
+    assert ("Rand error 0.040; the parent: F1 0.900, Rand error 0.100. The plot's title" in
+            done_summary(outcome, 20, "0:12"))
+    assert done_summary(FinetuneOutcome(steps=3), None, "0:01") == \
+        "3 steps in 0:01. Not validated: no pixels were held out, so the model is the last step's."

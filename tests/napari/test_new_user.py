@@ -43,8 +43,8 @@ def test_only_an_rgb_layer_open_says_rgb_and_how_to_convert(qtbot, make_napari_v
     w = PredictWidget(viewer)
     assert w.image_combo.count() == 0
     assert w.predict() is None
-    errors = notes("error")
-    assert errors == ["'photo' is RGB; NeuroEdge needs grayscale."], errors
+    warnings = notes("warning")  # the same level as a hidden layer: the input, not a fault
+    assert warnings == ["'photo' is RGB; NeuroEdge needs grayscale."], warnings
     assert "Split RGB" in w.jobs.status.text()
     assert [ly.name for ly in viewer.layers] == ["photo"]
 
@@ -59,7 +59,7 @@ def test_selected_rgb_layer_is_not_swapped_for_a_hidden_grayscale_one(qtbot, mak
     viewer.layers.selection.active = viewer.layers["photo"]
     assert w.image_combo.currentText() == "em"  # the only grayscale layer, but hidden
     assert w.predict() is None  # before: predicted the hidden 'em' without a word
-    assert notes("error") == ["'photo' is RGB; NeuroEdge needs grayscale."]
+    assert notes("warning") == ["'photo' is RGB; NeuroEdge needs grayscale."]
     assert [ly.name for ly in viewer.layers] == ["em", "photo"]
     viewer.layers["photo"].visible = False
     viewer.layers.selection.active = viewer.layers["em"]
@@ -141,8 +141,8 @@ def test_progress_names_its_units_shows_what_loads_and_marks_a_cancel(panel_view
     texts = []
     orig = p.jobs.update_event
 
-    def record(event, extra=""):
-        orig(event, extra)
+    def record(event, extra="", **kwargs):
+        orig(event, extra, **kwargs)
         texts.append(p.jobs.status.text())
 
     p.jobs.update_event = record
@@ -163,6 +163,29 @@ def test_progress_names_its_units_shows_what_loads_and_marks_a_cancel(panel_view
     notes("info")
 
 
+def test_progress_counts_with_separators_a_steady_bar_and_no_eta_before_it_is_measured(qtbot, monkeypatch):
+    from napari_neuroedge._napari.widgets import common
+    from napari_neuroedge.progress import ProgressEvent
+
+    clock = [100.0]
+    monkeypatch.setattr(common.time, "perf_counter", lambda: clock[0])
+    panel = common.JobPanel()
+    qtbot.addWidget(panel)
+    panel.update_event(ProgressEvent(786_432, 3_145_728, "predict", unit="px"))
+    assert panel.status.text() == "predict: 786,432/3,145,728 px"  # the first event: no ETA (it would read 0:00)
+    clock[0] += 10
+    panel.update_event(ProgressEvent(1_572_864, 3_145_728, "predict", unit="px"))
+    assert panel.status.text() == "predict: 1,572,864/3,145,728 px - ETA 0:20"  # a quarter in 10 s, half left
+    # a time-limited training's total is an estimate that moves (86 -> 142): the bar's range does not
+    ranges = []
+    for done, total in ((1, 86), (50, 120), (100, 142)):
+        clock[0] += 5
+        panel.update_event(ProgressEvent(done, total, "train", unit="steps"), estimated=True)
+        ranges.append((panel.bar.maximum(), panel.bar.value()))
+    assert ranges == [(1000, 12), (1000, 417), (1000, 704)]
+    assert panel.status.text().startswith("train: 100 steps - ETA ")
+
+
 # ---------------------------------------------------------------------------------------------- 4. labels, layout
 def test_model_line_is_written_for_people(qtbot, make_napari_viewer):
     from napari_neuroedge._napari.widgets.predict import PredictWidget
@@ -175,50 +198,87 @@ def test_model_line_is_written_for_people(qtbot, make_napari_viewer):
     assert "{" not in w.model_info.text()
 
 
-def _text_columns(plot, rows: slice) -> np.ndarray:
-    """Columns of the rendered plot (within ``rows``) holding text-coloured pixels."""
-    img = plot.grab().toImage()
-    w, h = img.width(), img.height()
-    ptr = img.constBits()
-    ptr.setsize(img.sizeInBytes())
-    arr = np.frombuffer(ptr, np.uint8).reshape(h, img.bytesPerLine())[:, : 4 * w].reshape(h, w, 4)[..., :3]
-    bg = np.median(arr.reshape(-1, 3), 0)
-    ink = np.abs(arr.astype(int) - bg).sum(-1) > 150
-    return np.flatnonzero(ink[rows].any(0))
+def test_training_plots_have_axes_auto_range_legend_parent_reference_and_kept_mark(qtbot):
+    """pyqtgraph plots: labelled axes, the y range follows the data (F1 0.98 and Rand 0.05 do not sit on a fixed
+    0-1 frame), a legend, the parent's held-out values as reference lines, the kept step marked, and a title that
+    says its values are the last validation's."""
+    from qtpy.QtWidgets import QApplication
 
+    from napari_neuroedge._napari.widgets.plot import TrainingPlot
 
-def test_loss_plot_title_once_numbers_not_clipped_and_aligned_left(qtbot):
-    from qtpy.QtGui import QFontMetrics
-
-    from napari_neuroedge._napari.widgets.plot import LinePlot
-
-    loss = LinePlot("loss", log_y=True)
-    qtbot.addWidget(loss)
-    loss.resize(320, 120)
-    for i, v in enumerate((0.35, 0.2, 0.0954)):
-        loss.add_point("loss", i * 10, v)
-    assert loss._legend() == "loss 0.0954"  # was "loss   loss 0.0954"
-    val = LinePlot("validation", y_range=(0.0, 1.0))
-    val.add_point("F1", 5, 0.91)
-    val.add_point("Rand err", 5, 0.08)
-    assert val._legend() == "validation: F1 0.91, Rand err 0.08"
-    wide = LinePlot("loss", log_y=True)
-    qtbot.addWidget(wide)
-    wide.resize(320, 120)
-    wide.add_point("loss", 0, 0.000123456)
-    wide.add_point("loss", 1, 123456.0)
-    fm = QFontMetrics(wide.font())
-    labels = wide.y_labels()
-    assert labels == ["1.23e+05", "0.000123"]
-    assert wide.left_margin() >= max(fm.horizontalAdvance(t) for t in labels) + 4
-    for plot in (loss, wide):
+    val = TrainingPlot("held-out, last validation", y_label="score")
+    loss = TrainingPlot("training loss, last step", y_label="loss", log_y=True)
+    for plot in (val, loss):
+        qtbot.addWidget(plot)
+        plot.resize(360, 200)
         plot.show()
         qtbot.waitExposed(plot)
-        top = fm.height() + 2
-        body = _text_columns(plot, slice(top + 2, plot.height() - top - 2))
-        assert body.size and body.min() >= 1, body[:5]  # y numbers start inside the widget: nothing cut
-        title = _text_columns(plot, slice(0, top))
-        assert title.size and title.min() <= 3, title[:5]  # the title starts at the left edge, like the form
+    val.set_reference("parent F1", 0.95)
+    val.set_reference("parent Rand err", 0.08)
+    for step, f1, rand in ((10, 0.96, 0.06), (20, 0.98, 0.05)):
+        val.add_point("F1", step, f1)
+        val.add_point("Rand err", step, rand)
+    val.mark_kept(10, "kept (step 10)")
+    for i, v in enumerate((0.35, 0.2, 0.0954)):
+        loss.add_point("loss", i + 1, v)
+    loss.add_point("loss", 4, 0.0)  # not drawable on a log axis: skipped, not an error
+    QApplication.processEvents()
+    assert val.plot.getAxis("bottom").labelText == "step" and val.plot.getAxis("left").labelText == "score"
+    assert val.legend_names() == ["parent F1", "parent Rand err", "F1", "Rand err"]
+    assert val.references == {"parent F1": 0.95, "parent Rand err": 0.08} and val.kept_step == 10
+    assert val.title_text() == "held-out, last validation (step 20): F1 0.98, Rand err 0.05"
+    lo, hi = val.y_view()
+    assert lo < 0.05 and hi > 0.98 and (lo, hi) != (0.0, 1.0)  # auto range, with room around the data
+    assert loss.series["loss"] == [(1.0, 0.35), (2.0, 0.2), (3.0, 0.0954)]
+    lo, hi = loss.y_view()
+    assert lo <= 0.0954 and hi >= 0.35 and hi / lo < 20  # a log axis fitted to the loss, not to 1e-8
+    assert loss.title_text() == "training loss, last step (step 3): loss 0.0954"
+    val.clear()
+    assert not val.series and not val.references and val.kept_step is None and val.legend_names() == []
+    assert not val.grab().isNull()
+
+
+def test_dock_opens_at_a_sensible_width_and_cancel_stays_whole_at_its_narrowest(qtbot, make_napari_viewer):
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QImage
+    from superqt import QCollapsible
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1600, 1000)
+    dock, panel = viewer.window.add_plugin_dock_widget("napari-neuroedge", "NeuroEdge")
+    # it opens at the content's width (a little more), not a third of the window
+    qtbot.waitUntil(lambda: panel.isVisible() and panel.minimumWidth() <= panel.width() <= 1600 // 4,
+                    timeout=10_000)
+    assert panel.minimumWidth() <= 1600 // 4 - panel.ROOM
+    viewer.window._qt_window.resizeDocks([dock], [panel.minimumWidth()], Qt.Orientation.Horizontal)
+    qtbot.waitUntil(lambda: panel.width() == panel.minimumWidth(), timeout=10_000)
+    # at its narrowest every tab's controls fit (no horizontal scrolling) and "Cancel" is whole
+    for i in range(panel.tabs.count()):
+        panel.tabs.setCurrentIndex(i)
+        area = panel.tabs.widget(i)
+        qtbot.waitUntil(lambda: area.isVisible() and area.widget().width() > 0, timeout=5000)
+        assert area.horizontalScrollBar().maximum() == 0, (panel.tabs.tabText(i), area.widget().minimumSizeHint())
+    cancel = panel.finetune.jobs.cancel_button
+    assert cancel.isVisible() and cancel.width() >= cancel.sizeHint().width(), (cancel.width(), cancel.sizeHint())
+    # the collapsed "Advanced" header points at its text (right), the open one down at its content
+    advanced = panel.finetune.advanced
+    assert not advanced.isExpanded()
+
+    def pointing(icon) -> str:
+        """Which way a drawn triangle points: the side its ink thins out towards."""
+        img = icon.pixmap(32, 32).toImage().convertToFormat(QImage.Format.Format_ARGB32)
+        ptr = img.constBits()
+        ptr.setsize(img.sizeInBytes())
+        ink = np.frombuffer(ptr, np.uint8).reshape(img.height(), img.bytesPerLine() // 4, 4)[:, :img.width(), 3] > 0
+        ys, xs = np.nonzero(ink)
+        dx = xs.mean() - (xs.min() + xs.max()) / 2  # the centroid lies towards the triangle's base
+        dy = ys.mean() - (ys.min() + ys.max()) / 2
+        if abs(dx) > abs(dy):
+            return "right" if dx < 0 else "left"
+        return "down" if dy < 0 else "up"
+
+    assert pointing(advanced.collapsedIcon()) == "right" and pointing(advanced.expandedIcon()) == "down"
+    assert pointing(QCollapsible("x").collapsedIcon()) == "up"  # superqt's default, which the issue saw
 
 
 def test_docking_predict_beside_the_panel_keeps_the_panel_usable(qtbot, make_napari_viewer):
@@ -226,8 +286,8 @@ def test_docking_predict_beside_the_panel_keeps_the_panel_usable(qtbot, make_nap
     viewer.window.resize(1920, 1080)
     _, panel = viewer.window.add_plugin_dock_widget("napari-neuroedge", "NeuroEdge")
     _, predict = viewer.window.add_plugin_dock_widget("napari-neuroedge", "Predict")
-    qtbot.wait(300)
-    print("heights", panel.height(), predict.height(), panel.sizeHint(), predict.sizeHint(), predict.minimumSizeHint())
+    # the docks are laid out once the window has processed its resize: wait for that, not for a fixed time
+    qtbot.waitUntil(lambda: panel.height() >= 350 and predict.height() >= 200, timeout=10_000)
     assert panel.height() >= 350, panel.height()  # was ~100 px: the standalone form claimed its full height
     assert predict.height() >= 200, predict.height()
     assert panel.predict.scroll is False and predict.scroll is True
@@ -261,9 +321,25 @@ def test_export_records_the_layer_pixel_size_and_says_when_its_unit_is_unknown(
     if unit == "unknown":
         assert item["pixel_size"] == [float(s) for s in image.scale[-2:]]
         assert "Pixel size unknown" in before and "without a unit" in before
-        assert "unknown" in panel.export.info.text() and "NeuroEdge reader" in panel.export.info.text()
+        assert "unknown" in panel.export.info.text() and "Open with Plugin > NeuroEdge" in panel.export.info.text()
         assert notes("warning") == ["Pixel size unknown; exported as 'unknown'."]
     else:
         assert item["pixel_size"] == pytest.approx([4.0, 4.0])
         assert "Pixel size 4 x 4 nm." in before
     notes("info")
+
+
+def test_a_file_without_pixel_size_says_so_not_that_another_reader_opened_it(make_napari_viewer, synth_stack,
+                                                                             tmp_path):
+    from napari_neuroedge._napari.widgets.export import UNKNOWN_UNIT, pixel_size_of, unknown_pixel_size
+
+    path = tmp_path / "plain.tif"
+    tifffile.imwrite(path, synth_stack.image)  # no resolution, no OME metadata
+    viewer = make_napari_viewer()
+    [image] = viewer.open(str(path), plugin="napari-neuroedge")
+    size, unit = pixel_size_of(image)
+    assert unit == UNKNOWN_UNIT
+    text = unknown_pixel_size(image, size)
+    assert text.startswith("Pixel size unknown: the file plain.tif does not state one. To record it, set the "
+                           "layer's scale in nm")
+    assert "another reader" not in text and "PhysicalSizeX" in text

@@ -104,6 +104,28 @@ def test_current_slice_only_and_in_place(qtbot, panel_viewer, waiter, goto):
     np.testing.assert_array_equal(np.asarray(boundary.data)[1], data[1])  # untouched slice stays
 
 
+def test_membranes_stay_selected_when_instances_are_added(qtbot, panel_viewer, waiter):
+    """A second run that adds the instances (and uncertainty) layers leaves the membranes layer selected, so the
+    next brush stroke paints membranes, not instance ids."""
+    viewer, panel = panel_viewer
+    p = panel.predict
+    waiter(p.predict(scope="current slice"))
+    membranes = viewer.layers["em membranes"]
+    assert viewer.layers.selection.active is membranes
+    viewer.layers.selection.active = viewer.layers["em"]  # the user looked at the image meanwhile
+    p.instances_check.setChecked(True)
+    p.tta_combo.setCurrentText("6 (rotations + flips)")
+    p.uncertainty_check.setChecked(True)
+    waiter(p.predict(scope="current slice"))
+    assert "em instances" in viewer.layers and "em uncertainty" in viewer.layers
+    assert viewer.layers.selection.active is membranes
+    assert viewer.layers.selection == {membranes}
+    waiter(p.predict(scope="current slice"))  # nothing added: the user's own selection is left alone
+    viewer.layers.selection.active = viewer.layers["em"]
+    waiter(p.predict(scope="current slice"))
+    assert viewer.layers.selection.active is viewer.layers["em"]
+
+
 def test_predict_2d_image_and_defaults(qtbot, make_napari_viewer, waiter, tiny_checkpoint):
     from napari_neuroedge._napari.widgets.predict import PredictWidget
     from napari_neuroedge.io.sample import synthetic_em
@@ -148,12 +170,13 @@ def test_rgb_layer_is_refused_with_a_notification(qtbot, make_napari_viewer, not
     w = PredictWidget(viewer)
     assert w.image_combo.findText("colour") == -1  # RGB layers are not offered
     assert w._check_image(viewer.layers["colour"]) is None
-    errors = notes("error")
-    assert len(errors) == 1 and "RGB" in errors[0] and "grayscale" in errors[0]
+    # a layer Predict cannot use is a warning, whatever the reason (RGB, hidden, 4D): the user's input, no fault
+    warnings = notes("warning")
+    assert len(warnings) == 1 and "RGB" in warnings[0] and "grayscale" in warnings[0]
     w.image_combo.set_layer("4d")
     assert w.predict() is None
-    errors = notes("error")
-    assert errors == ["'4d' cannot be predicted."] and "4D" in w.jobs.status.text()
+    warnings = notes("warning")
+    assert warnings == ["'4d' cannot be predicted."] and "4D" in w.jobs.status.text()
     assert len(viewer.layers) == 2
 
 

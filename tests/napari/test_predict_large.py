@@ -8,7 +8,6 @@ path does not grow with the number of slices and stays below the size of the vol
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -408,9 +407,7 @@ def test_cancelled_lazy_prediction_leaves_nothing(make_napari_viewer, lazy_env, 
     p = panel.predict
     job = start_cancellable_prediction(p)
     p.jobs.cancel_button.click()
-    t0 = time.perf_counter()
     waiter(job)
-    assert time.perf_counter() - t0 < 20
     assert job.state == "cancelled"
     assert "big boundary" not in viewer.layers and "big membranes" not in viewer.layers
     assert _store_arrays(lazy_env) == []  # the staged arrays were deleted in the worker

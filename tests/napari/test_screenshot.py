@@ -59,3 +59,54 @@ def test_screenshot_with_panel(qtbot, make_napari_viewer, waiter, isbi_dir, tmp_
     imsave(tmp, rgb, check_contrast=False)
     os.replace(tmp, out_dir / "screenshot.png")
     assert (out_dir / "screenshot.png").stat().st_size > 10_000
+
+
+def test_screenshot_of_the_finetune_plots(qtbot, make_napari_viewer, waiter, isbi_dir, tmp_path):
+    """The Fine-tune tab after a short run of the default model on one ISBI slice whose membranes were corrected
+    to the ground truth: the loss and held-out curves (pyqtgraph), the kept step marked, the done message.
+    Written to docs/finetune.png with ``NEUROEDGE_WRITE_SCREENSHOT=1``."""
+    from dataclasses import replace
+
+    import tifffile
+
+    from napari_neuroedge._napari.widgets import NeuroEdgePanel
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window.resize(1400, 980)
+    [image] = viewer.open(str(isbi_dir / "train-volume.tif"), plugin="napari-neuroedge")
+    panel = NeuroEdgePanel(viewer)
+    viewer.window.add_dock_widget(panel, name="NeuroEdge", area="right")
+    viewer.dims.set_point(0, image.data_to_world([0, 0, 0])[0])
+    waiter(panel.predict.predict(scope="current slice"), timeout=300)
+    mem = viewer.layers[f"{image.name} membranes"]
+    truth = (tifffile.imread(isbi_dir / "train-labels.tif", key=0) == 0).astype(np.uint8)  # 0 = membrane there
+    panel.correct.set_corrected(mem, 0, True)  # keeps the prediction as the one corrected
+    mem.data[0] = truth
+    mem.refresh()
+    ft = panel.finetune
+    ft.save_edit.setText(str(tmp_path / "models"))
+    ft.steps_spin.setValue(40)
+    ft.time_spin.setValue(900)  # the steps end it, not the clock of a busy machine
+    ft.crop_spin.setValue(160)
+    ft.batch_spin.setValue(2)
+    options = ft.options
+    ft.options = lambda: replace(options(), val_every=10)  # a few validations in a short run
+    panel.tabs.setCurrentIndex(3)
+    job = waiter(ft.finetune(confirmed=True), timeout=600)
+    assert job.state == "done", job.error
+    waiter(job.extra["repredict"], timeout=300)
+    assert len(ft.loss_plot.series["loss"]) == 40 and len(ft.val_plot.series["F1"]) == 4
+    assert ft.val_plot.kept_step in (10, 20, 30, 40)
+    ft.advanced.collapse(animate=False)
+    area = panel.tabs.widget(3)
+    area.verticalScrollBar().setValue(area.verticalScrollBar().maximum())  # the message and both plots
+    assert area.horizontalScrollBar().maximum() == 0  # nothing wider than the dock
+    qtbot.wait(300)  # (a picture, not an assertion: let the plots repaint)
+    shot = panel.grab().toImage()
+    assert shot.width() > 300 and shot.height() > 300
+    out_dir = DOCS if os.environ.get(ENV_WRITE, "").strip() in ("1", "true", "yes") else tmp_path
+    out_dir.mkdir(exist_ok=True)
+    tmp = out_dir / ".finetune.part.png"
+    assert shot.save(str(tmp))
+    os.replace(tmp, out_dir / "finetune.png")
+    assert (out_dir / "finetune.png").stat().st_size > 10_000

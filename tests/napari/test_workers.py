@@ -112,3 +112,32 @@ def test_jobs_are_napari_tasks_and_a_window_cancel_is_cooperative(qtbot, make_na
     assert job.state == "cancelled" and ("cancelled",) in calls
     assert log["closed_in"] == log["thread"] != threading.get_ident()
     assert len([c for c in calls if c[0] == "event"]) < 1000
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_generator_done_handler_lands_a_step_per_event_loop_turn(qtbot, background):
+    """A done handler that is a generator is advanced one step per turn of the event loop (all at once when
+    synchronous): the job is 'landing' and keeps its resource meanwhile; 'finally' runs after the last step."""
+    from qtpy.QtCore import QTimer
+
+    runner = JobRunner(background=background)
+    calls, log, turns, states = [], {}, [], []
+
+    def land(job, result):
+        for i in range(3):
+            calls.append(("land", i))
+            states.append((job.state, job.running, runner.conflict({"r"}) is job, len(turns)))
+            # a zero timer queued now runs before the next step only if the runner gave the loop a turn
+            QTimer.singleShot(0, lambda i=i: turns.append(i))
+            yield
+        calls.append(("landed", result))
+
+    handlers = _record(calls)
+    handlers["on_done"] = land
+    job = runner.start("count", {"r"}, counting_job(2, log), **handlers)
+    qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
+    assert calls == [("event", 1), ("event", 2), ("land", 0), ("land", 1), ("land", 2), ("landed", "finished"),
+                     ("finally",)]
+    # each step saw the timers of the steps before it run (the loop turned in between); synchronously none did
+    assert job.state == "done"
+    assert states == [("landing", True, True, n) for n in ((0, 1, 2) if background else (0, 0, 0))]

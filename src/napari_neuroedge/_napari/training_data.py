@@ -79,7 +79,7 @@ def _compose(what: str, rows: list[dict[str, Any]], scratch: set[Any], warnings:
     if len(rows) > MAX_LINES:
         lines.append(f"  ... and {len(rows) - MAX_LINES} more slice(s)")
     lines += notes
-    lines += [f"Warning: {w}." for w in warnings]
+    lines += [f"Warning: {w}" + ("" if w.endswith(("?", ".", "!")) else ".") for w in warnings]
     return "\n".join(lines)
 
 

@@ -6,8 +6,11 @@ made by napari's public ``napari.qt.threading.create_worker`` (which also lists 
 the window asks first and then cancels it) or, with ``background=False``, synchronously in the caller's thread
 (tests, scripts). Cancel sets a flag checked between yields; the core generator is then closed *in the worker
 thread*, so its clean-up (temp files, the fine-tuner's last checkpoint) runs before the job reports back.
-Handlers always run in the GUI thread. Jobs holding a resource (e.g. ``"layer:stack"``) block other jobs
-asking for it, with a message; closing the viewer cancels every job and waits briefly for it.
+Handlers always run in the GUI thread. An ``on_done`` handler that is a generator function *lands* its results in
+steps: the runner advances it one step per turn of the Qt event loop (the job is ``landing`` meanwhile, still
+holding its resources), so writing large results into layers never freezes the window at once. Jobs holding a
+resource (e.g. ``"layer:stack"``) block other jobs asking for it, with a message; closing the viewer cancels every
+job and waits briefly for it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ _ids = itertools.count(1)
 
 @dataclass(eq=False)
 class Job:
-    """One running (or finished) job; ``state`` is pending | running | done | cancelled | failed."""
+    """One running (or finished) job; ``state`` is pending | running | landing | done | cancelled | failed
+    (landing: the worker finished and the done handler is writing its results, a step per event-loop turn)."""
 
     name: str
     resources: frozenset[str]
@@ -65,10 +69,12 @@ class Job:
     extra: dict[str, Any] = field(default_factory=dict)  # job-specific data the worker shares with handlers
     worker: Any = None
     pbar: Any = None
+    background: bool = True  # run by a worker thread (else in the caller's thread, results landed at once)
+    finish_pending: bool = False  # the worker finished while the results were still landing
 
     @property
     def running(self) -> bool:
-        return self.state in ("pending", "running")
+        return self.state in ("pending", "running", "landing")
 
     def cancel(self) -> None:
         """Ask the job to stop at its next yield."""
@@ -152,7 +158,8 @@ class JobRunner:
         if owner is not None and hasattr(owner, "destroyed"):
             # the widget that started the job is closed (e.g. with the viewer): stop the job
             owner.destroyed.connect(functools.partial(_cancel_ref, weakref.ref(job)))
-        if background if background is not None else self.background:
+        job.background = bool(background if background is not None else self.background)
+        if job.background:
             self._start_worker(job, make, handlers)
         else:
             self._run_sync(job, make, handlers)
@@ -191,17 +198,54 @@ class JobRunner:
             self._on_finished(job, handlers)
 
     # ------------------------------------------------------------------ callbacks (GUI thread)
-    def _call(self, job: Job, handler: Handler, *args: Any) -> None:
+    def _call(self, job: Job, handler: Handler, *args: Any) -> Any:
         if handler is None or job.detached:
-            return
+            return None
         owner = getattr(handler, "__self__", None)
         if owner is not None and hasattr(owner, "objectName") and not alive(owner):
-            return  # the widget that started the job was closed
+            return None  # the widget that started the job was closed
         try:
-            handler(job, *args)
+            return handler(job, *args)
         except Exception as exc:  # a handler bug must not take napari down
-            log.error("handler of %s failed:\n%s", job.name, traceback.format_exc())
-            report(f"{job.name}: internal error (see the log).", f"{type(exc).__name__}: {reason(exc)}", exc=exc)
+            self._handler_failed(job, exc)
+            return None
+
+    def _handler_failed(self, job: Job, exc: BaseException) -> None:
+        log.error("handler of %s failed:\n%s", job.name, traceback.format_exc())
+        report(f"{job.name}: internal error (see the log).", f"{type(exc).__name__}: {reason(exc)}", exc=exc)
+
+    def _land(self, job: Job, steps: Generator[Any, None, Any], handlers: dict[str, Handler]) -> None:
+        """Advance a done handler's generator one step per event-loop turn (all at once for a synchronous job);
+        the job is done, and its ``finally`` handler runs, after the last step."""
+        if not job.background:
+            try:
+                for _ in steps:
+                    pass
+            except Exception as exc:
+                self._handler_failed(job, exc)
+            return self._landed(job, handlers)
+        from qtpy.QtCore import QTimer
+
+        def step() -> None:
+            try:
+                if job.detached:  # the viewer closed meanwhile: stop writing into it
+                    steps.close()
+                    return self._landed(job, handlers)
+                next(steps)
+            except StopIteration:
+                return self._landed(job, handlers)
+            except Exception as exc:
+                self._handler_failed(job, exc)
+                return self._landed(job, handlers)
+            QTimer.singleShot(0, step)
+
+        QTimer.singleShot(0, step)
+
+    def _landed(self, job: Job, handlers: dict[str, Handler]) -> None:
+        job.state = "done"
+        if job.finish_pending:
+            job.finish_pending = False
+            self._on_finished(job, handlers)
 
     def _set_running(self, job: Job) -> None:
         job.state = "running" if job.state == "pending" else job.state
@@ -221,8 +265,12 @@ class JobRunner:
             job.state = "cancelled"
             self._call(job, handlers["cancelled"])
         else:
-            job.state, job.result = "done", value
-            self._call(job, handlers["done"], value)
+            job.state, job.result = "landing", value
+            steps = self._call(job, handlers["done"], value)
+            if isinstance(steps, Generator):
+                self._land(job, steps, handlers)
+            else:  # (the worker's finished signal may have come during the handler, e.g. in a nested loop)
+                self._landed(job, handlers)
 
     def _on_error(self, job: Job, exc: BaseException, handlers: dict[str, Handler]) -> None:
         job.state, job.error = "failed", exc
@@ -232,6 +280,9 @@ class JobRunner:
             report(f"{job.name} failed: {reason(exc, 60)}.", exc=exc)
 
     def _on_finished(self, job: Job, handlers: dict[str, Handler]) -> None:
+        if job.state == "landing":  # the done handler is still writing: finish after its last step
+            job.finish_pending = True
+            return
         if job.running:  # finished without a return value reaching us (should not happen)
             job.state = "cancelled" if job.cancel_requested.is_set() else "done"
         self._close_progress(job)

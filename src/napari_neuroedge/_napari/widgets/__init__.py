@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from qtpy.QtCore import QSize
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from .correct import CorrectWidget
@@ -37,4 +38,14 @@ class NeuroEdgePanel(QWidget):
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
         lay.addWidget(self.tabs)
-        self.setMinimumWidth(340)
+        # every tab's controls fit from the minimum width on (no horizontal scrolling, "Cancel" whole)
+        need = max(w.minimumSizeHint().width() for w in (self.predict, self.correct, self.export, self.finetune))
+        self.setMinimumWidth(max(self.MIN_WIDTH, need + self.FRAME))
+
+    MIN_WIDTH = 340
+    FRAME = 40  # the panel's margins, the tab and scroll-area frames and a vertical scroll bar
+    ROOM = 16  # what napari opens the dock at: the controls with a little room, not a third of the window
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        """napari sizes a new dock from this: the content's width, not the widest word-wrapped text's."""
+        return QSize(self.minimumWidth() + self.ROOM, super().sizeHint().height())

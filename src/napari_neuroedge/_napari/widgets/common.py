@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from qtpy.QtCore import QSize, QTimer
-from qtpy.QtWidgets import QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (QFrame, QHBoxLayout, QLabel, QProgressBar, QPushButton, QScrollArea, QSizePolicy,
+                            QVBoxLayout, QWidget)
 
 from ...io.atomic import replace_atomically
 from ..session import get_session, unwrap_viewer
@@ -75,12 +76,17 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-def eta_seconds(started: float, done: int, total: int, now: float | None = None) -> float | None:
-    """Remaining seconds by linear extrapolation of ``done`` of ``total`` since ``started`` (None if unknown)."""
+def eta_seconds(started: float, done: int, total: int, now: float | None = None, done0: float = 0.0) -> float | None:
+    """Remaining seconds by linear extrapolation of the progress made since ``started``, when ``done0`` of
+    ``total`` was done (fractions of the total, so an estimated total that moves is fine); None until some
+    progress was measured (a first event, right at the start, would read "0:00")."""
     if done <= 0 or total <= 0:
         return None
+    frac = min(done / total, 1.0)
+    if frac <= done0:
+        return None
     elapsed = (time.perf_counter() if now is None else now) - started
-    return elapsed / done * max(total - done, 0)
+    return elapsed / (frac - done0) * (1.0 - frac)
 
 
 class JobPanel(QWidget):
@@ -96,6 +102,10 @@ class JobPanel(QWidget):
         self.bar.setTextVisible(True)
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        # the bar gives way, never the button: "Cancel" stays whole at the dock's narrowest
+        self.cancel_button.setMinimumWidth(self.cancel_button.sizeHint().width())
+        self.cancel_button.setSizePolicy(QSizePolicy.Policy.Minimum, QSizePolicy.Policy.Fixed)
+        self.bar.setMinimumWidth(60)
         self.cancel_button.setToolTip("Stop after the current tile batch / training step; nothing is lost")
         lay.addWidget(self.bar, 1)
         lay.addWidget(self.cancel_button)
@@ -103,7 +113,7 @@ class JobPanel(QWidget):
         self.status.setWordWrap(True)
         self.job: Job | None = None
         self._stage_started = time.perf_counter()
-        self._stage = ""
+        self._stage, self._stage_frac0 = "", 0.0
         self.cancel_button.clicked.connect(self.cancel)
 
     def attach(self, job: Job | None) -> None:
@@ -113,7 +123,7 @@ class JobPanel(QWidget):
         self.bar.setRange(0, 0 if running else 1)  # busy indicator until the first event
         self.bar.setValue(0)
         self.bar.setFormat("%p%")
-        self._stage, self._stage_started = "", time.perf_counter()
+        self._stage, self._stage_started, self._stage_frac0 = "", time.perf_counter(), 0.0
         if running:
             self.status.setText(f"{job.name}: starting...")
 
@@ -123,22 +133,46 @@ class JobPanel(QWidget):
             self.status.setText(f"{self.job.name}: cancelling after the current step...")
             self.cancel_button.setEnabled(False)
 
-    def update_event(self, event: Any, extra: str = "") -> None:
+    #: the bar's range when the total is an estimate (a time-limited training run): per mille of the work
+    ESTIMATE_RANGE = 1000
+
+    def update_event(self, event: Any, extra: str = "", estimated: bool = False) -> None:
+        """Show a progress event: the bar, "stage: done/total unit - ETA m:ss - extra".
+
+        ``estimated``: the event's total is an estimate that moves as the run goes (a time-limited training's
+        steps): the bar then shows the fraction done on a fixed range and the text the count without a total.
+        The ETA is measured from the stage's first event, so the first one shows none."""
         stage = getattr(event, "stage", "") or ""
-        if stage != self._stage:
-            self._stage, self._stage_started = stage, time.perf_counter()
         done, total = int(event.done), int(event.total)
-        if total > 0:
+        frac = min(done / total, 1.0) if total > 0 else 0.0
+        if stage != self._stage:
+            self._stage, self._stage_started, self._stage_frac0 = stage, time.perf_counter(), frac
+        unit = getattr(event, "unit", "") or ""
+        if total > 0 and estimated:
+            self.bar.setRange(0, self.ESTIMATE_RANGE)
+            self.bar.setValue(int(round(frac * self.ESTIMATE_RANGE)))
+            text = f"{stage}: {done:,}{' ' + unit if unit else ''}"
+        elif total > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(min(done, total))
-        eta = eta_seconds(self._stage_started, done, total)
-        unit = getattr(event, "unit", "") or ""
-        text = f"{stage}: {done}/{total}{' ' + unit if unit else ''}" if total else stage
+            text = f"{stage}: {done:,}/{total:,}{' ' + unit if unit else ''}"
+        else:
+            text = stage
+        eta = eta_seconds(self._stage_started, done, total, done0=self._stage_frac0)
         if eta is not None and done < total:
             text += f" - ETA {format_seconds(eta)}"
         if extra:
             text += f" - {extra}"
         self.status.setText(text)
+
+    def clear(self) -> None:
+        """Forget the last job's bar and message (another layer or data was chosen)."""
+        if self.job is not None:
+            return
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.bar.setFormat("%p%")
+        self.status.setText("")
 
     def finish(self, message: str, state: str = "done") -> None:
         """End the job display: ``state`` done fills the bar; cancelled / failed empty it and say so on it."""

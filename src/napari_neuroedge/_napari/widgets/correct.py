@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QWidget)
 
 from .. import tracking
@@ -72,8 +72,11 @@ def bind_toggle_key(viewer: Any, layer: Any) -> None:
         notify(f"could not bind the '{TOGGLE_KEY}' key: {exc}", "warning")
 
 
-def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
-    """Predicted, not-yet-corrected slice with the highest mean TTA variance, or None."""
+def next_uncertain_slice(viewer: Any, membranes: Any, after: int | None = None) -> int | None:
+    """Predicted, not-yet-corrected slice with the highest mean TTA variance, or None.
+
+    ``after``: the slice on screen; when it is one of the candidates the next one down the ranking is returned
+    (after the last, the first again), so asking again moves on instead of staying put."""
     image = tracking.image_of(viewer, membranes)
     unc = tracking.companion(viewer, image.name, "uncertainty") if image is not None else None
     led = tracking.ledger_of(membranes)
@@ -83,7 +86,10 @@ def next_uncertain_slice(viewer: Any, membranes: Any) -> int | None:
     if not candidates:
         return None
     scores = {z: float(np.mean(tracking.slice_of(unc.data, z))) for z in candidates}
-    return max(candidates, key=lambda z: (scores[z], -z))
+    ranking = sorted(candidates, key=lambda z: (-scores[z], z))
+    if after in ranking:
+        return ranking[(ranking.index(after) + 1) % len(ranking)]
+    return ranking[0]
 
 
 class CorrectWidget(NeuroEdgeWidget):
@@ -94,19 +100,22 @@ class CorrectWidget(NeuroEdgeWidget):
         from napari.layers import Labels
 
         self.membranes_combo = LayerCombo(self.viewer, (Labels,), tracking.is_membrane_layer)
+        self._scratch_fractions: dict[tuple[int, int], float] = {}  # (layer id, slice): membrane when marked
+        self._shown: Any = None
         self.brush_buttons: dict[int, QPushButton] = {}
-        brushes = QHBoxLayout()
-        for size in BRUSH_PRESETS:
+        brushes = QGridLayout()  # three to a row: the dock stays narrow (napari's buttons are wide)
+        for i, size in enumerate(BRUSH_PRESETS):
             button = QPushButton(f"{size} px")
             button.setToolTip(f"paint membrane with a {size} px brush")
             button.clicked.connect(lambda _=False, s=size: self.set_brush(s))
             self.brush_buttons[size] = button
-            brushes.addWidget(button)
+            brushes.addWidget(button, i // 3, i % 3)
         self.erase_button = QPushButton("erase")
         self.erase_button.clicked.connect(self.set_erase)
-        brushes.addWidget(self.erase_button)
+        brushes.addWidget(self.erase_button, len(BRUSH_PRESETS) // 3, len(BRUSH_PRESETS) % 3)
         self.toggle_button = QPushButton(f"toggle prediction overlay  [{TOGGLE_KEY.upper()}]")
-        self.diff_check = QCheckBox("show difference to prediction (green added, magenta removed)")
+        self.diff_check = QCheckBox("show difference to prediction")
+        self.diff_check.setToolTip("'<image> difference': green = membrane you added, magenta = membrane you removed")
         self.slice_list = QListWidget()
         self.slice_list.setToolTip("slices you edited; ticked = corrected (exported / used for fine-tuning). "
                                    "Double-click to go there.")
@@ -120,7 +129,7 @@ class CorrectWidget(NeuroEdgeWidget):
 
         form = QFormLayout()
         form.addRow("membranes", self.membranes_combo)
-        form.addRow("brush", brushes)
+
         grid = QGridLayout()
         grid.addWidget(self.mark_button, 0, 0)
         grid.addWidget(self.unmark_button, 0, 1)
@@ -128,6 +137,8 @@ class CorrectWidget(NeuroEdgeWidget):
         grid.addWidget(self.ignore_button, 1, 1)
         lay = self.body_layout()
         lay.addLayout(form)
+        lay.addWidget(QLabel("brush:"))
+        lay.addLayout(brushes)
         lay.addWidget(self.toggle_button)
         lay.addWidget(self.diff_check)
         lay.addWidget(QLabel("edited slices (tick = corrected):"))
@@ -162,16 +173,15 @@ class CorrectWidget(NeuroEdgeWidget):
             _KEY_BOUND.add(layer)
 
     def refresh(self) -> None:
-        """Re-list the edited slices of the chosen membrane layer."""
+        """Re-list the edited slices of the chosen membrane layer (the widgets are touched only when what they
+        show changed: a brush stroke calls this at every dab)."""
         layer = self.membranes(quiet=True)
-        self.slice_list.blockSignals(True)
-        self.slice_list.clear()
         if layer is None:
-            self.summary.setText("Run Predict to get a membrane layer to correct.")
-            self.slice_list.blockSignals(False)
+            self._show([], "Run Predict to get a membrane layer to correct.")
             return
         self._hook(layer)
         led = tracking.ledger_of(layer)
+        rows = []
         for z in sorted(led.edited | led.corrected):
             tags = []
             if z in led.edited:
@@ -180,22 +190,33 @@ class CorrectWidget(NeuroEdgeWidget):
                 tags.append("never predicted")
             if z in led.exported:
                 tags.append("exported")
-            item = QListWidgetItem(f"slice {z}  ({', '.join(tags) or 'reviewed'})")
-            item.setData(Qt.UserRole, z)
-            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if z in led.corrected else Qt.Unchecked)
-            self.slice_list.addItem(item)
-        self.slice_list.blockSignals(False)
+            rows.append((z, f"slice {z}  ({', '.join(tags) or 'reviewed'})", z in led.corrected))
         text = f"{len(led.corrected)} slice(s) marked corrected, {len(led.edited)} edited."
         waiting = led.left_out()
         if waiting:
             text += (f"\nSlice {', '.join(map(str, waiting))}: painted but never predicted, so NOT training data. "
                      "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
                      "or predict it first and correct the prediction.")
-        marked = sorted(led.corrected & led.scratch)
-        if marked:
-            text += (f"\nSlice {', '.join(map(str, marked))}: marked corrected without a prediction, so all its "
-                     "labels count as ground truth (unpainted = not membrane, except under ignore paint).")
+        for z in sorted(led.corrected & led.scratch):  # said once here, not again by the mark
+            key = (id(layer), z)  # read when marked, not at every dab of a stroke
+            if key not in self._scratch_fractions:
+                self._scratch_fractions[key] = float(np.mean(tracking.slice_of(layer.data, z) > 0))
+            text += "\n" + scratch_meaning(z, self._scratch_fractions[key])
+        self._show(rows, text)
+
+    def _show(self, rows: list[tuple[int, str, bool]], text: str) -> None:
+        if (rows, text) == self._shown:
+            return
+        self._shown = (rows, text)
+        self.slice_list.blockSignals(True)
+        self.slice_list.clear()
+        for z, label, checked in rows:
+            item = QListWidgetItem(label)
+            item.setData(Qt.UserRole, z)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if checked else Qt.Unchecked)
+            self.slice_list.addItem(item)
+        self.slice_list.blockSignals(False)
         self.summary.setText(text)
 
     def _on_corrections_changed(self, name: str) -> None:
@@ -268,11 +289,11 @@ class CorrectWidget(NeuroEdgeWidget):
         """Mark slice ``z`` corrected (training data) or not. Marking keeps its current prediction as the one
         corrected; on a never-predicted slice the notification and the summary say what marking means."""
         tracking.mark_corrected(self.viewer, layer, z, corrected)
+        if not corrected:
+            self._scratch_fractions.pop((id(layer), z), None)
         self.session.corrections_changed.emit(layer.name)
+        # refresh() (on corrections_changed) put what marking a never-predicted slice means below
         if corrected and z in tracking.ledger_of(layer).scratch:
-            fraction = float(np.mean(tracking.slice_of(layer.data, z) > 0))
-            message = scratch_meaning(z, fraction)
-            self.summary.setText(self.summary.text() + "\n" + message)
             notify(f"Slice {z} marked corrected: its labels are now ground truth everywhere.", "info")
 
     def _on_diff_toggled(self, on: bool) -> None:
@@ -293,7 +314,7 @@ class CorrectWidget(NeuroEdgeWidget):
         layer = self.membranes()
         if layer is None:
             return None
-        z = next_uncertain_slice(self.viewer, layer)
+        z = next_uncertain_slice(self.viewer, layer, after=tracking.current_slice(self.viewer, layer))
         if z is None:
             image = tracking.image_of(self.viewer, layer)
             unc = tracking.companion(self.viewer, image.name, "uncertainty") if image is not None else None

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QWidget
 
 from .. import tracking
-from .._qt_utils import LayerCombo, notify, reason, report
+from .._qt_utils import LayerCombo, notify, reason, report, short_name
 from ..training_data import slice_arrays, viewer_summary
 from .common import NeuroEdgeWidget, SecondClick, debounced
 
@@ -56,6 +57,20 @@ def pixel_size_of(image: Any) -> tuple[list[float], str]:
     if voxel and all(float(v) == float(v) and float(v) > 0 for v in list(voxel)[-2:]):
         return [float(v) for v in list(voxel)[-2:]], "nm"
     return scale, UNKNOWN_UNIT
+
+
+def unknown_pixel_size(image: Any, size: Sequence[float]) -> str:
+    """Why the pixel size of ``image`` is unknown and how to set it: a stack the NeuroEdge reader opened whose
+    file states none, or one opened by another reader (scale without units)."""
+    meta = image.metadata if isinstance(image.metadata, dict) else {}
+    how = ("set the layer's scale in nm (napari's console: viewer.layers['{name}'].scale = (z, y, x) and "
+           ".units = 'nm'), or write the pixel size into the file (OME-TIFF PhysicalSizeX/Y, or the TIFF "
+           "resolution tags) and open it again").format(name=image.name)
+    if "voxel_size" in meta:  # the NeuroEdge reader opened it: the file has no pixel size
+        source = short_name(meta.get("source") or image.name, 40)
+        return f"Pixel size unknown: the file {source} does not state one. To record it, {how}."
+    return (f"Pixel size unknown: '{image.name}' has scale {size[0]:g} x {size[1]:g} without a unit (opened by "
+            f"another reader). To record it, open the file with File > Open with Plugin > NeuroEdge, or {how}.")
 
 
 def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
@@ -139,8 +154,7 @@ class ExportWidget(NeuroEdgeWidget):
         if image is not None:
             size, unit = pixel_size_of(image)
             if unit == UNKNOWN_UNIT:
-                text += (f"\nPixel size unknown: '{image.name}' has scale {size[0]:g} x {size[1]:g} without a unit "
-                         "(opened without the NeuroEdge reader?); it is exported as unknown.")
+                text += "\n" + unknown_pixel_size(image, size) + " It is exported as unknown."
             else:
                 text += f"\nPixel size {size[0]:g} x {size[1]:g} {unit}."
         try:
@@ -180,7 +194,9 @@ class ExportWidget(NeuroEdgeWidget):
             fresh = [it for it in items
                      if led.needs_export(it.meta["slice"], str(target.resolve()), _digest(it.label, it.mask))]
             if not fresh:
-                notify(f"All {len(items)} corrected slice(s) were already exported to {target} unchanged.", "info")
+                notify(f"All {len(items)} corrected slice(s) were already exported to '{short_name(target)}' "
+                       "unchanged.", "info")
+                self.info.setText(f"All {len(items)} corrected slice(s) were already exported to {target} unchanged.")
                 return []
             from ...io.export import export_slices
 
@@ -195,13 +211,12 @@ class ExportWidget(NeuroEdgeWidget):
         self.session.exported.emit(str(target))
         self.session.corrections_changed.emit(layer.name)
         self._relist.stop()  # the message below stays until the corrections change again
-        notify(f"Exported {len(entries)} slice(s) to {target}.", "info")
-        text = f"Exported {len(entries)} slice(s) to {target}: {', '.join(e['name'] for e in entries)}"
+        notify(f"Exported {len(entries)} slice(s) to '{short_name(target)}' (details under Export).", "info")
+        text = f"Exported {len(entries)} slice(s) to {target}: {', '.join(e['name'] for e in entries)}."
         if any(it.meta["pixel_size_unit"] == UNKNOWN_UNIT for it in fresh):
             image = tracking.image_of(self.viewer, layer)
-            text += (f". The pixel size of '{image.name if image is not None else layer.name}' is unknown and was "
-                     "recorded as such: open the stack with the NeuroEdge reader (File > Open with Plugin > NeuroEdge) "
-                     "or give the layer a scale with units to record it.")
+            if image is not None:
+                text += " " + unknown_pixel_size(image, pixel_size_of(image)[0]) + " It was recorded as unknown."
             notify("Pixel size unknown; exported as 'unknown'.", "warning")
         self.info.setText(text)
         return entries

@@ -26,14 +26,15 @@ from qtpy.QtWidgets import (QAbstractSpinBox, QComboBox, QFileDialog, QFormLayou
 
 from .. import tracking
 from ..actions import gui_threads
-from .._qt_utils import LayerCombo, notify, reason, report
+from .._qt_utils import LayerCombo, log, notify, reason, report
 from ..workers import Job
 from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary
 from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds, persisted_form
-from .plot import LinePlot
+from .plot import TrainingPlot
 from ...config import FinetuneOptions
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")
+ADVANCED_ARROWS = ("\u25b6", "\u25bc")  # collapsed, expanded
 
 
 def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> list[dict[str, Any]]:
@@ -77,6 +78,42 @@ def finetune_job(job: Job, session: Any, model_name: str, raw: list[dict[str, An
                                      outcome=outcome))
 
 
+def done_summary(outcome: Any, kept_step: int | None, elapsed: str) -> str:
+    """The end of a finished run in words: steps and time, then the kept model's held-out F1 and Rand error
+    beside the parent's (``outcome.parent_metrics`` where the core measured it), and which values the plot shows."""
+    steps = f"{outcome.steps:,} steps in {elapsed}"
+    kept = outcome.kept_metrics or outcome.best_metrics
+    if not kept:
+        return f"{steps}. Not validated: no pixels were held out, so the model is the last step's."
+    where = f" (validated at step {kept_step:,})" if kept_step is not None else ""
+    text = (f"{steps}. Held-out corrected pixels, the kept model{where}: boundary F1 {kept['f1']:.3f}, Rand error "
+            f"{kept['rand_error']:.3f}")
+    parent = getattr(outcome, "parent_metrics", None)
+    if parent:
+        text += f"; the parent: F1 {parent['f1']:.3f}, Rand error {parent['rand_error']:.3f}"
+    text += (". The plot's title shows the last validation's values, not the kept model's."
+             if kept_step is not None else ".")
+    if outcome.threshold is not None:
+        text += f" Threshold {outcome.threshold:g} ({outcome.threshold_source})."
+    text += "".join(f" Note: {n.rstrip('.')}." for n in outcome.notes)
+    return text
+
+
+def remove_run_folder(run_dir: Path) -> bool:
+    """Delete the run folder of a run that kept nothing (its last.pt was never validated); the models folder
+    and other runs are not touched. Returns False if it could not be removed."""
+    import shutil
+
+    if not run_dir.exists():
+        return True
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as exc:
+        log.warning("could not remove the run folder %s: %s", run_dir, exc)
+        return False
+    return True
+
+
 class FinetuneWidget(JobWidget):
     """Fine-tune button, advanced settings, progress with ETA, live loss / validation plots."""
 
@@ -103,8 +140,8 @@ class FinetuneWidget(JobWidget):
         self.clean_label = QLabel("")
         self.clean_label.setWordWrap(True)
         self.jobs = JobPanel()
-        self.loss_plot = LinePlot("loss", log_y=True)
-        self.val_plot = LinePlot("validation", y_range=(0.0, 1.0))
+        self.loss_plot = TrainingPlot("training loss", y_label="loss", log_y=True)
+        self.val_plot = TrainingPlot("held-out, last validation", y_label="score")
 
         d = FinetuneOptions()  # the one-click recipe: the same defaults as `neuroedge finetune`
         # magicgui widgets whose values outlive the session (common.persisted_form); "save models in" follows
@@ -126,9 +163,10 @@ class FinetuneWidget(JobWidget):
             FloatSpinBox(name="corrected_weight", label="corrected-pixel weight", min=1.0, max=50.0,
                          value=d.corrected_weight, tooltip="loss weight of the pixels you changed relative to the "
                          "others"),
-            FloatSpinBox(name="parent_weight", label="keep of the parent", min=0.0, max=1.0, step=0.1,
-                         value=d.parent_weight, tooltip="the kept model's weights are this much the parent's and "
-                         "the rest the fine-tuned ones (0: fine-tuned alone); half-way keeps neurons apart"),
+            FloatSpinBox(name="parent_weight", label="share of the parent", min=0.0, max=1.0, step=0.1,
+                         value=d.parent_weight, tooltip="the saved model blends the weights: this share from the "
+                         "parent model, the rest from the fine-tuned one (0: the fine-tuned weights alone); "
+                         "half-way keeps neurons apart"),
             LineEdit(name="save_dir", label="save models in", value=str(self.session.models_dir)),
         ], transient=("save_dir",))
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
@@ -139,7 +177,8 @@ class FinetuneWidget(JobWidget):
         self.parent_weight_spin = f.parent_weight.native
         self.replay_edit.setPlaceholderText("original training-set folder (optional)")
         self.lr_spin.setStepType(QAbstractSpinBox.StepType.AdaptiveDecimalStepType)  # arrows: +-10 %, typed: 1e-6
-        self.advanced = QCollapsible("Advanced")
+        # collapsed: the arrow points at the header's text (as napari's own sections); open: down at the content
+        self.advanced = QCollapsible("Advanced", collapsedIcon=ADVANCED_ARROWS[0], expandedIcon=ADVANCED_ARROWS[1])
         self.advanced.addWidget(self.form.native)
 
         browse = QPushButton("...")
@@ -177,7 +216,12 @@ class FinetuneWidget(JobWidget):
         for signal in (self.session.corrections_changed, self.membranes_combo.currentIndexChanged,
                        self.folder_edit.textChanged, self.holdout_spin.valueChanged):
             signal.connect(self._data_changed)
+        for signal in (self.membranes_combo.currentIndexChanged, self.source_combo.currentIndexChanged,
+                       self.folder_edit.textChanged):
+            signal.connect(self._forget_other_run)
         self.job: Job | None = None
+        self._run_source: Any = None  # what the run shown (bar, message, plots) trained on
+        self._time_limited = False
         self.last_result: dict[str, Any] | None = None
         self._image_name: str | None = None
         self._folder_summary: tuple[Any, Summary] | None = None
@@ -207,6 +251,21 @@ class FinetuneWidget(JobWidget):
     def _data_changed(self, *_: Any) -> None:
         self.confirmation.reset()
         self._summary_timer.start()
+
+    def _source_key(self) -> Any:
+        """What a click would train on: the chosen membrane layer, or the chosen folder."""
+        if self.source_combo.currentText() == SOURCES[1]:
+            return SOURCES[1], self.folder_edit.text().strip()
+        return SOURCES[0], self.membranes_combo.currentText()
+
+    def _forget_other_run(self, *_: Any) -> None:
+        """Another layer or folder chosen: the last run's bar, message and curves were about other data."""
+        if self.job is None and self._run_source is not None and self._source_key() != self._run_source:
+            self._run_source = None
+            self.last_result = None
+            self.jobs.clear()
+            self.loss_plot.clear()
+            self.val_plot.clear()
 
     def summary(self) -> Summary | None:
         """What a click would train on (None: no data chosen yet); see :mod:`..training_data`."""
@@ -314,12 +373,17 @@ class FinetuneWidget(JobWidget):
         run_dir = unique_path(models_dir / "runs" / dest.stem)
         options = self.options()
         self._image_name = image_name
+        self._run_source = self._source_key()
+        self._time_limited = options.time_limit_s > 0
         self.loss_plot.clear()
         self.val_plot.clear()
-        return self.start_job(
+        job = self.start_job(
             f"Fine-tune {model}", {"finetune"},
             lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, options, run_dir, dest),
             total=options.steps)
+        if job is not None:
+            job.extra["run_dir"] = run_dir
+        return job
 
     def models_dir(self) -> Path:
         """Where fine-tuned models go (Advanced > 'save models in'); their run folders are in its ``runs/``."""
@@ -367,15 +431,31 @@ class FinetuneWidget(JobWidget):
             extra = f"loss {info['loss']:.4f}"
         if "val" in info:
             val = info["val"]
-            self.val_plot.add_point("F1", event.done, float(val.get("f1", float("nan"))), "#81c784")
-            self.val_plot.add_point("Rand err", event.done, float(val.get("rand_error", float("nan"))), "#e57373")
-            extra += f", val F1 {val.get('f1', float('nan')):.3f}"
-        self.jobs.update_event(event, extra)
+            f1, rand = float(val.get("f1", float("nan"))), float(val.get("rand_error", float("nan")))
+            if event.done == 0:  # the parent, validated before the first step: the reference to beat
+                self.val_plot.set_reference("parent F1", f1, "#81c784")
+                self.val_plot.set_reference("parent Rand err", rand, "#e57373")
+                extra = f"parent's held-out F1 {f1:.3f}, Rand error {rand:.3f}"
+            else:
+                self.val_plot.add_point("F1", event.done, f1, "#81c784")
+                self.val_plot.add_point("Rand err", event.done, rand, "#e57373")
+                extra += f", held-out F1 {f1:.3f}"
+        self.jobs.update_event(event, extra, estimated=self._time_limited and event.stage == "train")
+
+    def _mark_kept(self, name: str) -> int | None:
+        """Mark the kept checkpoint's step on the curves; returns it (None if it cannot be read)."""
+        try:
+            step = int(self.session.checkpoint(name).step)
+        except Exception:
+            return None
+        for plot in (self.loss_plot, self.val_plot):
+            plot.mark_kept(step, f"kept (step {step:,})")
+        return step
 
     def _on_done(self, job: Job, outcome: Any) -> None:
         self.last_result = outcome
         name = self.session.add_model(str(outcome.path), select=True)
-        msg = f"Fine-tuned model saved as {outcome.path} and selected in Predict"
+        msg = f"Fine-tuned model '{name}' saved and selected in Predict"
         job.extra["model_name"] = name
         state = self.session.state
         repredict = None
@@ -388,12 +468,8 @@ class FinetuneWidget(JobWidget):
                 msg += f"; re-predicting slice {z}, which you did not correct" if z is not None else \
                     "; re-predicting the current slice"
         elapsed = format_seconds(time.perf_counter() - job.started_at)
-        val = outcome.kept_metrics or outcome.best_metrics
-        quality = (f" The kept model on held-out corrected pixels: boundary F1 {val['f1']:.3f}, Rand error "
-                   f"{val['rand_error']:.3f}." if val else " Not validated: no pixels were held out.")
-        notes = "".join(f" Note: {n}." for n in outcome.notes)
-        self.jobs.finish(f"{msg} ({outcome.steps} steps in {elapsed}).{quality} Threshold {outcome.threshold:g} "
-                         f"({outcome.threshold_source}).{notes}")
+        kept = self._mark_kept(name)
+        self.jobs.finish(f"{msg}. {done_summary(outcome, kept, elapsed)} Saved as {outcome.path}.")
         notify(msg + ".", "info")
 
     def _uncorrected_slice(self) -> int | None:
@@ -417,12 +493,19 @@ class FinetuneWidget(JobWidget):
         outcome = job.extra.get("outcome")
         if outcome is not None and outcome.path is not None:
             name = self.session.add_model(str(outcome.path), select=False)
-            msg = (f"Fine-tuning cancelled; the last validated checkpoint is kept as {outcome.path} ('{name}' in "
-                   "Predict's list).")
+            self._mark_kept(name)
+            toast = f"Fine-tuning cancelled; the last validated checkpoint is kept as '{name}' in Predict's list."
+            msg = f"{toast} Saved as {outcome.path}."
         else:
-            msg = "Fine-tuning cancelled before the first validation; no model was kept."
+            toast = msg = "Fine-tuning cancelled before the first validation; no model was kept"
+            run_dir = job.extra.get("run_dir")
+            if run_dir is not None and remove_run_folder(Path(run_dir)):
+                msg += f", and its run folder {run_dir} was removed"
+            elif run_dir is not None:
+                msg += f"; its run folder {run_dir} could not be removed (see the log)"
+            toast, msg = toast + ".", msg + "."
         self.jobs.finish(msg, "cancelled")
-        notify(msg, "info")
+        notify(toast, "info")
 
     def _on_error(self, job: Job, exc: BaseException) -> None:
         self.jobs.finish("", "failed")

@@ -1,127 +1,145 @@
-"""A tiny Qt-native line plot (QPainter), for the live loss / validation curves of the fine-tune widget.
+"""Live training curves of the Fine-tune widget, drawn with pyqtgraph (a maintained Qt plotting library).
 
-No plotting library: drawing ~hundreds of points with QPainter costs well under a millisecond, so the GUI thread
-stays free while training runs.
+:class:`TrainingPlot` is one pyqtgraph ``PlotWidget``: labelled axes, auto range, a legend, curves fed point by
+point while the run goes (``add_point``), dashed horizontal reference lines (the parent model's held-out values,
+``set_reference``) and a vertical marker at the kept checkpoint's step (``mark_kept``). Appending a point re-sets
+the curve's data (a few hundred points: well under a millisecond), so the GUI thread stays free while training.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from qtpy.QtCore import QPointF, QRectF, Qt
-from qtpy.QtGui import QColor, QFontMetrics, QPainter, QPainterPath, QPen
-from qtpy.QtWidgets import QSizePolicy, QWidget
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 
-class LinePlot(QWidget):
-    """Curves ``name -> [(x, y), ...]`` sharing one x axis; y range from the data (or fixed via ``y_range``)."""
+def _pg() -> Any:
+    import pyqtgraph as pg
 
-    def __init__(self, title: str = "", y_range: tuple[float, float] | None = None, parent: QWidget | None = None,
-                 log_y: bool = False) -> None:
+    return pg
+
+
+class TrainingPlot(QWidget):
+    """Curves ``name -> [(step, value), ...]`` over training steps, with a title that names what it shows."""
+
+    def __init__(self, title: str = "", y_label: str = "", log_y: bool = False, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.title = title
-        self.y_range = y_range
-        self.log_y = log_y
+        pg = _pg()
+        self.title, self.log_y = title, log_y
         self.series: dict[str, list[tuple[float, float]]] = {}
-        self.colors: dict[str, QColor] = {}
-        self.setMinimumHeight(90)
+        self.references: dict[str, float] = {}
+        self.kept_step: float | None = None
+        self.widget = pg.PlotWidget(background=None)
+        self.widget.setMinimumWidth(120)  # the dock decides the width; a long title wraps (see _retitle)
+        self.plot = self.widget.getPlotItem()
+        self.plot.setLabel("bottom", "step")
+        if y_label:
+            self.plot.setLabel("left", y_label)
+        for side in ("bottom", "left"):  # plain numbers, no "(x0.001)" rescaling of the axis
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
+        self.plot.setLogMode(x=False, y=log_y)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setMenuEnabled(False)
+        self.widget.setMouseEnabled(x=False, y=False)  # a live view: it follows the data (auto range)
+        self.legend = self.plot.addLegend(offset=(-4, 4), labelTextSize="8pt")
+        self.plot.enableAutoRange()
+        self._curves: dict[str, Any] = {}
+        self._lines: dict[str, Any] = {}
+        self._kept_line: Any = None
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.widget)
+        self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Preferred)
 
+    def sizeHint(self) -> Any:  # noqa: N802 (Qt API)
+        from qtpy.QtCore import QSize
+
+        return QSize(300, 210)
+        self._retitle()
+
+    # ------------------------------------------------------------------ data
     def clear(self) -> None:
+        """Forget every curve, reference line and mark (a new run, or another layer chosen)."""
+        for item in [*self._curves.values(), *self._lines.values()] + ([self._kept_line] if self._kept_line else []):
+            self.plot.removeItem(item)
+        self.legend.clear()
         self.series.clear()
-        self.update()
+        self.references.clear()
+        self._curves.clear()
+        self._lines.clear()
+        self._kept_line, self.kept_step = None, None
+        self.plot.enableAutoRange()
+        self._retitle()
 
     def add_point(self, name: str, x: float, y: float, color: str = "#4fc3f7") -> None:
-        """Append (x, y) to curve ``name`` and repaint; non-finite values are skipped."""
-        if not (math.isfinite(x) and math.isfinite(y)):
+        """Append (x, y) to curve ``name``; non-finite values (and non-positive ones on a log axis) are skipped."""
+        if not (math.isfinite(x) and math.isfinite(y)) or (self.log_y and y <= 0):
             return
-        self.series.setdefault(name, []).append((float(x), float(y)))
-        self.colors.setdefault(name, QColor(color))
-        self.update()
+        pts = self.series.setdefault(name, [])
+        pts.append((float(x), float(y)))
+        curve = self._curves.get(name)
+        if curve is None:
+            pg = _pg()
+            curve = self._curves[name] = self.plot.plot([], [], name=name, pen=pg.mkPen(color, width=1.6),
+                                                        symbol="o", symbolSize=4, symbolBrush=color,
+                                                        symbolPen=None)
+        curve.setSymbol("o" if len(pts) < 40 else None)  # dots while sparse (validations), a line once dense
+        curve.setData([p[0] for p in pts], [p[1] for p in pts])
+        self._retitle()
 
-    def _ty(self, y: float) -> float:
-        return math.log10(max(y, 1e-8)) if self.log_y else y
-
-    def _ranges(self) -> tuple[float, float, float, float] | None:
-        """(x0, x1, y0, y1) of the data (y in plot units, i.e. log10 with ``log_y``), or None without points."""
-        points = [pt for pts in self.series.values() for pt in pts]
-        if not points:
-            return None
-        xs = [x for x, _ in points]
-        x0, x1 = min(xs), max(xs)
-        if self.y_range is not None:
-            y0, y1 = self._ty(self.y_range[0]), self._ty(self.y_range[1])
-        else:
-            ys = [self._ty(y) for _, y in points]
-            y0, y1 = min(ys), max(ys)
-        if x1 - x0 < 1e-12:
-            x0, x1 = x0 - 1, x1 + 1
-        if y1 - y0 < 1e-12:
-            y0, y1 = y0 - 0.5, y1 + 0.5
-        return x0, x1, y0, y1
-
-    def y_labels(self) -> list[str]:
-        """The y-axis labels drawn (top, bottom)."""
-        ranges = self._ranges()
-        if ranges is None:
-            return []
-        fmt = (lambda v: f"{10 ** v:.3g}") if self.log_y else (lambda v: f"{v:.3g}")
-        return [fmt(ranges[3]), fmt(ranges[2])]
-
-    def left_margin(self) -> int:
-        """Room for the widest y label (plus a gap), so the numbers are never cut at the left edge."""
-        fm = QFontMetrics(self.font())
-        widest = max((fm.horizontalAdvance(t) for t in self.y_labels() or ["0.0"]), default=0)
-        return widest + 6
-
-    def paintEvent(self, event: object) -> None:  # noqa: N802 (Qt API)
-        p = QPainter(self)
-        p.setRenderHint(QPainter.Antialiasing, True)
-        fg = self.palette().windowText().color()
-        w, h = self.width(), self.height()
-        fm = QFontMetrics(self.font())
-        left, right, top, bottom = self.left_margin(), 8, fm.height() + 2, fm.height() + 2
-        plot = QRectF(left, top, max(w - left - right, 10), max(h - top - bottom, 10))
-        p.setPen(QPen(fg, 1))
-        # the title starts at the widget's left edge, in line with the labels of the form above
-        p.drawText(QRectF(0, 0, w, top), Qt.AlignLeft | Qt.AlignVCenter, self._legend())
-        p.setPen(QPen(QColor(fg.red(), fg.green(), fg.blue(), 90), 1))
-        p.drawRect(plot)
-        ranges = self._ranges()
-        if ranges is None:
-            p.end()
+    def set_reference(self, name: str, y: float, color: str = "#9e9e9e") -> None:
+        """A dashed horizontal line at ``y``, listed in the legend as ``name`` (e.g. the parent's held-out F1)."""
+        if not math.isfinite(y):
             return
-        x0, x1, y0, y1 = ranges
+        pg = _pg()
+        from qtpy.QtCore import Qt
 
-        def to_px(x: float, y: float) -> QPointF:
-            return QPointF(plot.left() + (x - x0) / (x1 - x0) * plot.width(),
-                           plot.bottom() - (self._ty(y) - y0) / (y1 - y0) * plot.height())
+        old = self._lines.pop(name, None)
+        if old is not None:
+            self.plot.removeItem(old)
+            self.legend.removeItem(name)
+        self.references[name] = float(y)
+        pen = pg.mkPen(color, width=1.2, style=Qt.PenStyle.DashLine)
+        line = self._lines[name] = pg.InfiniteLine(pos=math.log10(y) if self.log_y else y, angle=0, pen=pen)
+        self.plot.addItem(line)
+        self.legend.addItem(pg.PlotDataItem([], [], pen=pen), name)
 
-        for name, pts in self.series.items():
-            pen = QPen(self.colors[name], 1.6)
-            p.setPen(pen)
-            if len(pts) == 1:
-                p.drawEllipse(to_px(*pts[0]), 2.5, 2.5)
-                continue
-            path = QPainterPath(to_px(*pts[0]))
-            for pt in pts[1:]:
-                path.lineTo(to_px(*pt))
-            p.drawPath(path)
-        p.setPen(QPen(fg, 1))
-        hi, lo = self.y_labels()
-        fh = fm.height()
-        p.drawText(QRectF(0, plot.top() - fh / 2, left - 4, fh), Qt.AlignRight | Qt.AlignVCenter, hi)
-        p.drawText(QRectF(0, plot.bottom() - fh / 2, left - 4, fh), Qt.AlignRight | Qt.AlignVCenter, lo)
-        p.drawText(QRectF(left, plot.bottom(), plot.width(), bottom), Qt.AlignLeft | Qt.AlignVCenter, f"{x0:g}")
-        p.drawText(QRectF(left, plot.bottom(), plot.width(), bottom), Qt.AlignRight | Qt.AlignVCenter, f"{x1:g}")
-        p.end()
+    def mark_kept(self, step: float, label: str = "kept") -> None:
+        """A vertical line at the step whose checkpoint was kept, labelled in the plot."""
+        pg = _pg()
+        from qtpy.QtCore import Qt
 
-    def _legend(self) -> str:
-        """The title and each curve's latest value: "loss 0.0954", "validation: F1 0.91, Rand err 0.08"."""
-        values = [(name, pts[-1][1]) for name, pts in self.series.items() if pts]
-        if len(values) == 1 and values[0][0] == self.title:  # one curve named like the plot: say it once
-            return f"{self.title} {values[0][1]:.3g}"
-        text = ", ".join(f"{name} {v:.3g}" for name, v in values)
-        if self.title:
-            return f"{self.title}: {text}" if text else self.title
-        return text
+        if self._kept_line is not None:
+            self.plot.removeItem(self._kept_line)
+        self.kept_step = float(step)
+        self._kept_line = pg.InfiniteLine(pos=float(step), angle=90, label=label,
+                                          pen=pg.mkPen("#ffd54f", width=1.4, style=Qt.PenStyle.DotLine),
+                                          labelOpts={"position": 0.5, "color": "#ffd54f", "rotateAxis": (1, 0),
+                                                     "anchors": [(0.5, 1), (0.5, 1)]})
+        self.plot.addItem(self._kept_line)
+        self._retitle()
+
+    # ------------------------------------------------------------------ reading back (tests, titles)
+    def legend_names(self) -> list[str]:
+        return [label.text for _, label in self.legend.items]
+
+    def y_view(self) -> tuple[float, float]:
+        """The visible y range in data units (after auto range)."""
+        lo, hi = self.plot.viewRange()[1]
+        return (10 ** lo, 10 ** hi) if self.log_y else (lo, hi)
+
+    def title_text(self) -> str:
+        """The title: what the plot shows and the latest values, e.g. "held-out, last validation (step 40):
+        F1 0.912, Rand err 0.081"."""
+        values = [(name, pts[-1]) for name, pts in self.series.items() if pts]
+        if not values:
+            return self.title
+        step = max(p[0] for _, p in values)
+        text = ", ".join(f"{name} {p[1]:.3g}" for name, p in values)
+        return f"{self.title} (step {step:g}): {text}"
+
+    def _retitle(self) -> None:
+        title, _, values = self.title_text().partition(": ")  # two lines: the dock is narrow
+        self.plot.setTitle(f"{title}:<br>{values}" if values else title, size="9pt")

@@ -22,7 +22,6 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ...config import SEED_THRESHOLD
-from ...inference.sinks import copy_slices
 from ...io.workstore import discard, wants_lazy
 from .. import lazy_outputs, tracking
 from ..actions import PredictResult, predict_job, update_difference
@@ -41,14 +40,21 @@ def _is_input_image(layer: Any) -> bool:
 
 
 def describe_model(ckpt: Any) -> str:
-    """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"."""
+    """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"; a
+    fine-tuned one says how many steps its run did and which it kept: "fine-tuned 142 steps, kept step 50"."""
     from ...config import arch_display_name
 
     arch = arch_display_name(ckpt.arch)
     kwargs = ckpt.arch_kwargs if isinstance(ckpt.arch_kwargs, dict) else {}
     parts = [arch + "".join(f", {str(k).replace('_', ' ')} {v}" for k, v in kwargs.items())]
-    if ckpt.step:
-        parts.append(f"trained {int(ckpt.step):,} steps")
+    prov = ckpt.provenance if isinstance(ckpt.provenance, dict) else {}
+    step, done = int(ckpt.step or 0), prov.get("steps_done")
+    if done is not None:  # a finished fine-tune: the checkpoint's step is the kept (validated) one
+        parts.append(f"fine-tuned {int(done):,} steps" + (f", kept step {step:,}" if step != int(done) else ""))
+    elif prov.get("cancelled"):
+        parts.append(f"fine-tune cancelled, kept step {step:,}")
+    elif step:
+        parts.append(f"trained {step:,} steps")
     parts.append(f"threshold {ckpt.threshold:g}")
     return " \u00b7 ".join(parts)
 
@@ -113,7 +119,8 @@ class PredictWidget(JobWidget):
                          value=SEED_THRESHOLD, tooltip="neuron instances grow from pixels whose boundary "
                          "probability is below this; lower it if cells merge through faint membranes"),
             CheckBox(name="uncertainty", text="TTA uncertainty (Image)"),
-            CheckBox(name="overwrite", text="replace my corrections (edited or corrected slices)"),
+            CheckBox(name="overwrite", text="replace my corrections",
+                     tooltip="predict over the slices you edited or marked corrected too (their labels are lost)"),
         ], transient=("threshold", "seed_threshold", "overwrite"))
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
         self.tile_spin, self.context_spin, self.tta_combo = f.tile.native, f.context.native, f.tta.native
@@ -268,7 +275,7 @@ class PredictWidget(JobWidget):
 
     def _rgb_refusal(self, layer: Any) -> None:
         report(f"'{short_name(layer.name, 16)}' is RGB; NeuroEdge needs grayscale.", _rgb_advice(),
-               status=self.jobs.status)
+               level="warning", status=self.jobs.status)
 
     def _check_image(self, layer: Any) -> Any:
         """The layer's array if it can be predicted, else None (after a notification saying why).
@@ -305,7 +312,7 @@ class PredictWidget(JobWidget):
         try:
             check_em_array(data, f"layer '{layer.name}'")
         except InputError as exc:
-            report(f"'{short_name(layer.name, 18)}' cannot be predicted.", f"{reason(exc)}.",
+            report(f"'{short_name(layer.name, 18)}' cannot be predicted.", f"{reason(exc)}.", level="warning",
                    status=self.jobs.status, exc=exc)
             return None
         return data
@@ -356,8 +363,9 @@ class PredictWidget(JobWidget):
             report("Prediction failed; layers unchanged.", f"Cause: {reason(exc)} (details in the log).",
                    status=self.jobs.status, exc=exc)
 
-    def _on_done(self, job: Job, result: PredictResult) -> None:
-        kept = self.apply_result(result)
+    def _on_done(self, job: Job, result: PredictResult) -> Any:
+        """Land the results in the layers a slice (or a band of a large slice) per event-loop turn."""
+        kept = yield from self.apply_steps(result)
         where = "the image" if result.is_2d else (f"slice {result.slices[0]}" if len(result.slices) == 1
                                                     else f"{len(result.slices)} slices")
         msg = f"Predicted {where} of '{result.image}' with {result.model.get('model', '?')}."
@@ -408,8 +416,12 @@ class PredictWidget(JobWidget):
         if store.owns(data) and not any(lay.data is data for lay in self.viewer.layers):
             store.discard(data)
 
+    #: rows copied per event-loop turn into a disk-backed layer (8192 px wide float32: 32 MB, ~0.1 s)
+    BAND_ROWS = 1024
+
     @staticmethod
-    def _write(layer: Any, result: PredictResult, arr: np.ndarray, skip: set[int] = frozenset()) -> None:
+    def _write(layer: Any, result: PredictResult, arr: np.ndarray, skip: set[int] = frozenset()) -> Any:
+        """Write ``arr`` into the layer's slices, yielding after each slice (a generator)."""
         if result.is_2d:
             if 0 not in skip:
                 layer.data[...] = arr[0]
@@ -417,7 +429,21 @@ class PredictWidget(JobWidget):
             for i, z in enumerate(result.slices):
                 if z not in skip:
                     layer.data[z] = arr[i]
+                    yield
         layer.refresh()
+
+    @classmethod
+    def _copy_banded(cls, src: Any, dst: Any, pairs: list[tuple[Any, Any]]) -> Any:
+        """``dst[d] = src[s]`` for each (s, d) pair (None: the whole 2D array), a band of rows per step."""
+        for s_idx, d_idx in pairs:
+            rows = int(src.shape[-2])
+            for y0 in range(0, rows, cls.BAND_ROWS):
+                y1 = min(rows, y0 + cls.BAND_ROWS)
+                if s_idx is None:
+                    dst[y0:y1] = src[y0:y1]
+                else:
+                    dst[d_idx, y0:y1] = src[s_idx, y0:y1]
+                yield
 
     @staticmethod
     def _whole(result: PredictResult) -> bool:
@@ -425,12 +451,14 @@ class PredictWidget(JobWidget):
         return result.is_2d or list(result.slices) == list(range(int(result.shape[0])))
 
     def _put(self, image: Any, role: str, kind: str, result: PredictResult, arr: Any,
-             skip: set[int] = frozenset(), **kwargs: Any) -> tuple[Any, bool]:
-        """Write ``arr`` (the ``role`` output of ``result``) into its layer, keeping slices in ``skip``."""
+             skip: set[int] = frozenset(), **kwargs: Any) -> Any:
+        """Write ``arr`` (the ``role`` output of ``result``) into its layer, keeping slices in ``skip``; a
+        generator (a step per slice or band) returning (layer, created)."""
         dtype = np.dtype(arr.dtype)
         if not result.lazy:
             layer, created = self._output_layer(image, role, kind, dtype, **kwargs)
-            self._write(layer, result, arr, skip)
+            yield
+            yield from self._write(layer, result, arr, skip)
             return layer, created
         store = lazy_outputs.store_for(self.session)
 
@@ -439,20 +467,21 @@ class PredictWidget(JobWidget):
 
         if self._whole(result):  # the staged array becomes the layer's data (no copy)
             layer, created = self._output_layer(image, role, kind, dtype, make=make, initial=arr, **kwargs)
+            yield
             old = layer.data
             if old is not arr:
                 if result.is_2d:
                     keep = [(None, None)] if 0 in skip else []
                 else:
                     keep = [(z, z) for z in sorted(skip)]
-                copy_slices(old, arr, keep)  # the user's corrected slices stay
+                yield from self._copy_banded(old, arr, keep)  # the user's corrected slices stay
                 layer.data = arr
                 self._release(old)
             layer.refresh()
             return layer, created
         layer, created = self._output_layer(image, role, kind, dtype, make=make, **kwargs)
-        pairs = [(i, z) for i, z in enumerate(result.slices) if z not in skip]
-        copy_slices(arr, layer.data, pairs)
+        yield
+        yield from self._copy_banded(arr, layer.data, [(i, z) for i, z in enumerate(result.slices) if z not in skip])
         store.discard(arr)
         layer.refresh()
         return layer, created
@@ -462,7 +491,18 @@ class PredictWidget(JobWidget):
             discard(lazy_outputs.store_for(self.session), result.arrays())
 
     def apply_result(self, result: PredictResult) -> list[int]:
-        """Write a prediction into the output layers; returns edited slices whose labels were kept."""
+        """Write a prediction into the output layers at once; returns edited slices whose labels were kept."""
+        steps = self.apply_steps(result)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as stop:
+                return stop.value
+
+    def apply_steps(self, result: PredictResult) -> Any:
+        """Write a prediction into the output layers, a generator yielding after each layer created and each slice
+        (or band of rows of a disk-backed slice) written, so the event loop runs in between; returns the edited
+        slices whose labels were kept."""
         if result.image not in self.viewer.layers:
             notify(f"The image layer '{result.image}' was removed; its prediction was discarded.", "warning")
             self._discard(result)
@@ -473,13 +513,15 @@ class PredictWidget(JobWidget):
                    "warning")
             self._discard(result)
             return []
-        boundary, _ = self._put(image, "boundary", "image", result, result.prob, colormap="magma",
-                                contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
+        boundary, added = yield from self._put(image, "boundary", "image", result, result.prob, colormap="magma",
+                                               contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
         if result.variance is not None:
-            unc, _ = self._put(image, "uncertainty", "image", result, result.variance, colormap="viridis",
-                               contrast_limits=(0.0, 0.1), blending="additive", visible=False)
+            unc, created = yield from self._put(image, "uncertainty", "image", result, result.variance,
+                                                colormap="viridis", contrast_limits=(0.0, 0.1), blending="additive",
+                                                visible=False)
+            added |= created
         if result.instances is not None:
-            self._put(image, "instances", "labels", result, result.instances, opacity=0.35)
+            added |= (yield from self._put(image, "instances", "labels", result, result.instances, opacity=0.35))[1]
         name = tracking.layer_name(image.name, "membranes")
         existing = self.viewer.layers[name] if name in self.viewer.layers else None
         reused = (existing is not None and type(existing).__name__ == "Labels"
@@ -487,8 +529,8 @@ class PredictWidget(JobWidget):
         keep: set[int] = set()
         if reused and not self.overwrite_check.isChecked():  # the user's labels: edited or marked corrected
             keep = tracking.ledger_of(existing).kept_on_repredict(result.slices)
-        membranes, created = self._put(image, "membranes", "labels", result, result.membranes, keep,
-                                       colormap=tracking.membrane_colormap(), opacity=0.7)
+        membranes, created = yield from self._put(image, "membranes", "labels", result, result.membranes, keep,
+                                                  colormap=tracking.membrane_colormap(), opacity=0.7)
         if self.overwrite_check.isChecked():
             tracking.forget_slices(membranes, result.slices)
         # a kept slice keeps the provenance of the prediction it corrects
@@ -499,6 +541,7 @@ class PredictWidget(JobWidget):
         if created:
             membranes.brush_size = 2
             membranes.selected_label = 1
+        if created or added:  # napari selects a layer it adds: the next brush stroke must paint membranes
             self.viewer.layers.selection.active = membranes
         diff = tracking.companion(self.viewer, image.name, "difference")
         if diff is not None:
