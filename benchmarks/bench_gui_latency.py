@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         viewer.add_image(stack.image, name="ft")
         ftm = viewer.add_labels(stack.membrane.copy(), name="ft membranes")
         tracking.info(ftm).update(role="membranes", image="ft")
-        tracking.info(ftm)["corrected"].add(0)
+        tracking.ledger_of(ftm).mark_corrected(0)
         ft = panel.finetune
         ft.membranes_combo.refresh()
         ft.membranes_combo.set_layer("ft membranes")

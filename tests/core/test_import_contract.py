@@ -168,3 +168,41 @@ def test_only_napari_imports_a_gui_toolkit() -> None:
     bad = sorted({(m, n) for m, by_kind in IMPORTS.items() if not m.startswith(f"{ROOT}._napari")
                   for kind in by_kind.values() for n in kind if n.split(".")[0] in GUI})
     assert bad == []
+
+
+#: the GUI's state and rules: they, what they import and the packages above them never import a GUI toolkit, so
+#: their tests run without Qt
+QT_FREE = ("_napari.ledger", "_napari.state", "_napari.text")
+#: what the widgets do with layers, without widgets: importing them loads no GUI toolkit (a function that makes a
+#: napari colormap or a notification imports napari when it is called)
+IMPORTABLE_WITHOUT_QT = ("_napari.tracking", "_napari.training_data", "_napari.actions")
+WIDGETS = f"{ROOT}._napari.widgets"
+
+
+def _gui_reached(name: str, kinds: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(module, GUI import) pairs that importing ``name`` (and so its packages) reaches through ``kinds``."""
+    graph = _graph(kinds)
+    module = f"{ROOT}.{name}"
+    start = {module} | {".".join(module.split(".")[:k]) for k in range(1, module.count(".") + 1)}
+    reach = start | {t for m in start for t in nx.descendants(graph, m)}
+    return sorted({(m, n) for m in reach for kind in kinds for n in IMPORTS[m][kind] if n.split(".")[0] in GUI})
+
+
+@pytest.mark.parametrize("name", QT_FREE)
+def test_the_gui_state_imports_no_gui_toolkit(name: str) -> None:
+    assert _gui_reached(name, ("module", "function")) == []
+
+
+@pytest.mark.parametrize("name", IMPORTABLE_WITHOUT_QT)
+def test_the_gui_actions_import_without_a_gui_toolkit(name: str) -> None:
+    assert _gui_reached(name, ("module",)) == []
+
+
+def test_widgets_do_not_import_each_other() -> None:
+    """A widget module imports the state, the actions and the shared helpers (``widgets.common``, ``widgets.plot``),
+    never another widget."""
+    shared = {f"{WIDGETS}.common", f"{WIDGETS}.plot", WIDGETS}
+    edges = _graph(("module", "function")).edges
+    cross = sorted((m, t) for m, t in edges if m.startswith(f"{WIDGETS}.") and t.startswith(f"{WIDGETS}.")
+                   and t not in shared and m != t)
+    assert cross == []

@@ -47,29 +47,29 @@ def test_paint_is_tracked_and_listed(qtbot, predicted, goto):
     mem.paint((2, y, x), 1)  # what a brush stroke does
     changed = np.argwhere(np.asarray(mem.data) != before)
     assert len(changed) > 0 and set(changed[:, 0]) == {2}
-    meta = tracking.info(mem)
-    assert meta["edited"] == {2} and meta["corrected"] == {2}
+    meta = tracking.ledger_of(mem)
+    assert meta.edited == {2} and meta.corrected == {2}
     assert c.slice_list.count() == 1
     item = c.slice_list.item(0)
     assert item.data(Qt.UserRole) == 2 and item.checkState() == Qt.Checked and "edited" in item.text()
     # the user unticks it: not corrected any more, still edited
     item.setCheckState(Qt.Unchecked)
-    assert meta["corrected"] == set() and meta["edited"] == {2}
+    assert meta.corrected == set() and meta.edited == {2}
     # erase on slice 0 is tracked too; undo works as in napari
     mem.mode = "erase"
     y0, x0 = np.argwhere(np.asarray(mem.data[0]) == 1)[0]
     mem.paint((0, int(y0), int(x0)), 0)
-    assert meta["edited"] == {0, 2}
+    assert meta.edited == {0, 2}
     assert mem.data[0, y0, x0] == 0
     mem.undo()
     assert mem.data[0, y0, x0] == 1
     # mark / unmark the slice on screen
     goto(viewer, viewer.layers["em"], 1)
     qtbot.mouseClick(c.mark_button, Qt.LeftButton)
-    assert meta["corrected"] == {0, 1}
+    assert meta.corrected == {0, 1}
     assert [c.slice_list.item(i).data(Qt.UserRole) for i in range(c.slice_list.count())] == [0, 1, 2]
     qtbot.mouseClick(c.unmark_button, Qt.LeftButton)
-    assert meta["corrected"] == {0}
+    assert meta.corrected == {0}
     assert [c.slice_list.item(i).data(Qt.UserRole) for i in range(c.slice_list.count())] == [0, 2]
     # double click goes to the slice
     c._on_item_double_clicked(c.slice_list.item(1))
@@ -137,9 +137,10 @@ def test_next_most_uncertain_slice(qtbot, predicted, goto):
     # clicking again without correcting moves on down the ranking (it stayed on slice 0), then starts over
     assert [panel.correct.go_next_uncertain() for _ in range(3)] == [2, 1, 0]
     assert tracking.current_slice(viewer, mem) == 0
-    tracking.info(mem)["corrected"].add(0)
+    tracking.ledger_of(mem).mark_corrected(0)
     assert panel.correct.go_next_uncertain() == 2
-    tracking.info(mem)["corrected"].update({1, 2})
+    tracking.ledger_of(mem).mark_corrected(1)
+    tracking.ledger_of(mem).mark_corrected(2)
     assert next_uncertain_slice(viewer, mem) is None
     assert panel.correct.go_next_uncertain() is None
 
@@ -166,7 +167,7 @@ def test_repredict_keeps_corrections(qtbot, predicted, waiter, goto):
     panel.predict.overwrite_check.setChecked(True)
     waiter(panel.predict.predict())
     assert mem.data[1, y, x] == 0  # replaced on request
-    assert tracking.info(mem)["edited"] == set()
+    assert tracking.ledger_of(mem).edited == set()
 
 
 def test_ignore_layer(qtbot, predicted):
@@ -185,7 +186,7 @@ def one_predicted(panel_viewer, waiter, goto):
     goto(viewer, viewer.layers["em"], 0)
     waiter(panel.predict.predict(scope="current slice"))
     mem = viewer.layers["em membranes"]
-    assert tracking.info(mem)["predicted"] == {0} and not np.asarray(mem.data[2]).any()
+    assert tracking.ledger_of(mem).predicted == {0} and not np.asarray(mem.data[2]).any()
     return viewer, panel, mem
 
 
@@ -193,8 +194,8 @@ def test_stroke_on_unpredicted_slice_is_not_training_data(qtbot, one_predicted, 
     viewer, panel, mem = one_predicted
     goto(viewer, viewer.layers["em"], 2)
     mem.paint((2, 40, 50), 1)  # one stroke on a slice the model never saw: the rest of it is still 0
-    meta = tracking.info(mem)
-    assert meta["edited"] == {2} and meta["corrected"] == set() and meta["scratch"] == {2}
+    meta = tracking.ledger_of(mem)
+    assert meta.edited == {2} and meta.corrected == set() and meta.scratch == {2}
     assert any("Slice 2 was never predicted" in m for m in notes("warning"))
     item = panel.correct.slice_list.item(0)
     assert item.checkState() == Qt.Unchecked and "never predicted" in item.text()
@@ -216,8 +217,8 @@ def test_mark_unpredicted_slice_corrected_states_its_meaning(qtbot, one_predicte
     mem.paint((2, 40, 50), 1)
     notes()
     assert panel.correct.mark_current(True) == 2
-    meta = tracking.info(mem)
-    assert meta["corrected"] == {2} and 2 in meta["scratch"]
+    meta = tracking.ledger_of(mem)
+    assert meta.corrected == {2} and 2 in meta.scratch
     fraction = float(np.mean(np.asarray(mem.data[2]) > 0))
     assert 0 < fraction < 0.01
     text = panel.correct.summary.text()
@@ -270,9 +271,9 @@ def test_difference_view_keeps_the_prediction_that_was_corrected(qtbot, predicte
     expected = tracking.difference_map(label, before)
     np.testing.assert_array_equal(np.asarray(viewer.layers["em difference"].data[1]), expected)
     assert (expected == 1).sum() >= 1 and expected[y, x] == 1
-    meta = tracking.info(mem)
-    assert meta["slice_threshold"][1] == 0.5 and meta["slice_threshold"][0] == pytest.approx(0.4)
-    assert meta["slice_model"][1]["model"] != meta["slice_model"][0]["model"] == "other"
+    meta = tracking.ledger_of(mem)
+    assert meta.threshold_of(1) == 0.5 and meta.threshold_of(0) == pytest.approx(0.4)
+    assert meta.model_of(1)["model"] != meta.model_of(0)["model"] == "other"
     entries = panel.export.export(str(tmp_path / "set"))
     pred = [e for e in entries if e["slice"] == 1][0]["prediction"]
     import tifffile

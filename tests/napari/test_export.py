@@ -33,8 +33,8 @@ def corrected(panel_viewer, waiter, synth_stack):
 
 def test_export_round_trip(qtbot, corrected, tmp_path, synth_stack, notes):
     viewer, panel, mem = corrected
-    meta = tracking.info(mem)
-    assert meta["corrected"] == {0, 2}
+    meta = tracking.ledger_of(mem)
+    assert meta.corrected == {0, 2}
     e = panel.export
     qtbot.waitUntil(lambda: "2 slice(s) marked corrected: 0, 2" in e.info.text(), timeout=2000)
     folder = tmp_path / "trainset"
@@ -73,7 +73,7 @@ def test_export_round_trip(qtbot, corrected, tmp_path, synth_stack, notes):
     np.testing.assert_array_equal(loaded[2].mask, mask)
     assert loaded[0].corrected.sum() > 0  # the painted pixels are marked as changed
     assert any("Exported 2 slice(s)" in m for m in notes("info"))
-    assert tracking.info(mem)["exported"] == {0, 2}
+    assert tracking.ledger_of(mem).exported == {0, 2}
     assert panel.finetune.folder_edit.text() == str(folder)  # fine-tune picks up the export
 
 
@@ -122,7 +122,7 @@ def test_export_refuses_mismatched_shapes(qtbot, make_napari_viewer, tmp_path, n
     labels = viewer.add_labels(np.zeros((2, 30, 30), np.uint8), name="em membranes")  # user-made, wrong size
     w = ExportWidget(viewer)
     assert w.membranes_combo.currentText() == "em membranes"
-    tracking.info(labels)["corrected"].add(1)
+    tracking.ledger_of(labels).mark_corrected(1)
     assert w.export(str(tmp_path / "set")) == []
     errors = notes("error")
     assert errors == ["Export failed; nothing was overwritten."]

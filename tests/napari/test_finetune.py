@@ -36,7 +36,7 @@ def corrected_viewer(panel_viewer, waiter, goto):
     waiter(panel.predict.predict())  # current slice (1)
     mem = viewer.layers["em membranes"]
     _correct_slice(viewer, mem, 1)
-    assert tracking.info(mem)["corrected"] == {1}
+    assert tracking.ledger_of(mem).corrected == {1}
     return viewer, panel, mem
 
 
@@ -101,9 +101,9 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     waiter(repredict)
     z = job.extra["repredicted_slice"]
     assert z in (0, 2) and tracking.current_slice(viewer, viewer.layers["em"]) == z
-    assert tracking.info(mem)["slice_model"][z]["model"] == new_name
-    assert tracking.info(mem)["slice_model"][1]["model"] == first_model
-    assert tracking.info(mem)["edited"] == {1}
+    assert tracking.ledger_of(mem).model_of(z)["model"] == new_name
+    assert tracking.ledger_of(mem).model_of(1)["model"] == first_model
+    assert tracking.ledger_of(mem).edited == {1}
     toasts = notes("info")
     assert f"Fine-tuned model '{new_name}' saved and selected in Predict; re-predicting slice {z}, which you did " \
            "not correct." in toasts and not any(str(tmp_path) in m for m in toasts)  # short: no path

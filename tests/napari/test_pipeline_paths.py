@@ -26,7 +26,7 @@ class _Session:
 
 
 def test_cli_and_widget_job_give_identical_arrays(tmp_path, synth_stack, tiny_checkpoint):
-    from napari_neuroedge._napari.widgets.predict import gui_threads, predict_job
+    from napari_neuroedge._napari.actions import gui_threads, predict_job
     from napari_neuroedge.cli import main
     from napari_neuroedge.io.workstore import OutputStore
 

@@ -69,11 +69,11 @@ def test_predict_all_slices_fills_layers(qtbot, panel_viewer, synth_stack, waite
     assert any(not np.array_equal(instances_from_probability(prob[z], 0.2), instances_from_probability(prob[z]))
                for z in range(3))  # so the check above sees the widget's setting, not the default
     assert float(unc.data.max()) > 0 and float(unc.data.min()) >= 0
-    assert tracking.info(membranes)["predicted"] == {0, 1, 2}
+    assert tracking.ledger_of(membranes).predicted == {0, 1, 2}
     # outputs are not offered as inputs; the membrane layer is offered for correcting
     assert [p.image_combo.itemText(i) for i in range(p.image_combo.count())] == ["em"]
     assert panel.correct.membranes_combo.currentText() == "em membranes"
-    assert tracking.info(membranes)["slice_model"][1]["model"] == tiny_name(panel)
+    assert tracking.ledger_of(membranes).model_of(1)["model"] == tiny_name(panel)
 
 
 def tiny_name(panel) -> str:
@@ -182,7 +182,7 @@ def test_rgb_layer_is_refused_with_a_notification(qtbot, make_napari_viewer, not
 
 def test_corrupt_checkpoint_shows_error_and_keeps_selection(qtbot, make_napari_viewer, tmp_path, notes,
                                                             monkeypatch):
-    from napari_neuroedge._napari.session import LOAD_CHECKPOINT
+    from napari_neuroedge._napari.state import LOAD_CHECKPOINT
     from napari_neuroedge._napari.widgets.predict import PredictWidget
 
     bad = tmp_path / "broken.pt"
@@ -306,7 +306,7 @@ def test_unusable_saved_values_fall_back_to_the_defaults(make_napari_viewer, tmp
     settings.mkdir()
     (settings / "predict.json").write_text('{"device": "tpu:7", "tile": 99999, "context": 16}')
     w = PredictWidget(make_napari_viewer())
-    assert w.device_combo.currentText() == "auto" and w.session.device == "auto"
+    assert w.device_combo.currentText() == "auto" and w.session.state.device == "auto"
     assert w.tile_spin.value() == 0 and w.context_spin.value() == 16
     (settings / "predict.json").write_text("{not json")
     assert PredictWidget(make_napari_viewer()).context_spin.value() == 0

@@ -191,7 +191,7 @@ class _StubSession:
 def test_peak_memory_does_not_scale_with_the_volume(tmp_path):
     """(2, 2048, 2048) zarr through the widget's job: peak memory is the same for 1 and 2 slices and below the
     outputs' size (float32 + uint8 volumes = 40 MiB; the in-memory path needs ~48 MiB here)."""
-    from napari_neuroedge._napari.widgets.predict import predict_job
+    from napari_neuroedge._napari.actions import predict_job
     from napari_neuroedge.progress import drive
 
     shape = (2, 2048, 2048)
@@ -245,7 +245,7 @@ def test_slice_folder_is_read_once_per_slice(tmp_path, monkeypatch):
     import tifffile
 
     from napari_neuroedge.io import stacks as io
-    from napari_neuroedge._napari.widgets.predict import predict_job
+    from napari_neuroedge._napari.actions import predict_job
     from napari_neuroedge.progress import drive
 
     stack = (np.arange(3 * 40 * 48) % 251).astype(np.uint8).reshape(3, 40, 48)
@@ -325,7 +325,7 @@ def test_lazy_inputs_predict_into_zarr_layers(qtbot, make_napari_viewer, lazy_en
         ids = np.unique(np.asarray(inst.data[z]))
         plane = image.shape[-2] * image.shape[-1]  # ids unique across the stack: z * H * W + cell
         assert ids.min() >= z * plane + 1 and ids.max() < (z + 1) * plane and len(ids) > 3
-    assert tracking.info(mem)["predicted"] == {0, 1, 2}
+    assert tracking.ledger_of(mem).predicted == {0, 1, 2}
     assert len(_store_arrays(lazy_env)) == 4  # staged arrays became the layers; replaced ones were deleted
 
 
@@ -355,8 +355,8 @@ def test_lazy_membranes_paint_tracked_kept_and_cleaned_up(qtbot, make_napari_vie
     assert len(changed) == 9 and set(changed[:, 0]) == {2}  # a 3 px brush: 3 x 3 pixels, all on slice 2
     assert int(first[2, y, x]) == 1
     painted = np.asarray(first[2]).copy()
-    meta = tracking.info(mem)
-    assert meta["edited"] == {2} and meta["corrected"] == {2}
+    meta = tracking.ledger_of(mem)
+    assert meta.edited == {2} and meta.corrected == {2}
     assert c.slice_list.count() == 1
 
     # predicting all slices again keeps the corrected slice; the new zarr array replaces the old one on disk
@@ -375,7 +375,7 @@ def test_lazy_membranes_paint_tracked_kept_and_cleaned_up(qtbot, make_napari_vie
     y0, x0 = (int(v) for v in np.argwhere(np.asarray(mem.data[0]) == 1)[0])
     mem.mode = "erase"
     mem.paint((0, y0, x0), 0)
-    assert int(mem.data[0, y0, x0]) == 0 and meta["edited"] == {0, 2}
+    assert int(mem.data[0, y0, x0]) == 0 and meta.edited == {0, 2}
     assert c.slice_list.count() == 2
 
     # closing the viewer removes the temporary folder

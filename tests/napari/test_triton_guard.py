@@ -46,7 +46,7 @@ SCRIPT = textwrap.dedent(
     assert job.state == "done", job.error
     print("predicted", flush=True)
     mem = viewer.layers["em membranes"]
-    tracking.info(mem)["corrected"].add(0)
+    tracking.ledger_of(mem).mark_corrected(0)
     panel.finetune.steps_spin.setValue(2)
     panel.finetune.crop_spin.setValue(64)
     panel.finetune.batch_spin.setValue(1)

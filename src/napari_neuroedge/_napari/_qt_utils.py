@@ -10,6 +10,8 @@ from typing import Any
 
 from qtpy.QtWidgets import QComboBox, QWidget
 
+from .text import short_name
+
 log = logging.getLogger("napari_neuroedge")
 
 # (level, message) of every notification this plugin raised, newest last (tests and bug reports read it)
@@ -27,12 +29,6 @@ def notify(message: str, level: str = "info", _log: bool = True) -> None:
         {"info": show_info, "warning": show_warning}.get(level, show_error)(message)
     except Exception:  # a notification must never be what crashes the viewer
         log.exception("could not show notification")
-
-
-def short_name(path: Any, limit: int = 24) -> str:
-    """A file or layer name short enough for a one-line notification (the middle elided)."""
-    name = str(path).replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or str(path)
-    return name if len(name) <= limit else name[: limit // 2 - 1] + "\u2026" + name[-(limit // 2):]
 
 
 def reason(exc: BaseException, limit: int = 160) -> str:

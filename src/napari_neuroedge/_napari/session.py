@@ -1,8 +1,11 @@
-"""Per-viewer plugin state shared by the widgets: the model list and selection, jobs, export/model folders.
+"""Per-viewer plugin session: the Qt side of the widgets' shared state (jobs, the checkpoint cache, closing with
+the window, Qt signals).
 
-One :class:`Session` exists per napari viewer (:func:`get_session`); it references the viewer only weakly.
-Per-layer state (which slices were edited / marked corrected / predicted, by which model) lives in the layers'
-own ``metadata["neuroedge"]`` (see :mod:`.tracking`), so it follows the layer.
+One :class:`Session` exists per napari viewer (:func:`get_session`); it references the viewer only weakly. The
+model list, the selected model, the image chosen for prediction and the device are its Qt-free
+:class:`~.state.SessionState` (``session.state``), whose model events it forwards as Qt signals. Per-layer state
+(which slices were edited / marked corrected / predicted, by which model) is each membrane layer's
+:class:`~.ledger.Ledger` in its ``metadata["neuroedge"]`` (see :mod:`.tracking`), so it follows the layer.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from qtpy.QtCore import QObject, Signal
 
 from ..inference.predictor_cache import PredictorCache
 from ._qt_utils import log, notify
+from .state import SessionState
 from .workers import JobRunner
 
 ENV_MODELS_DIR = "NEUROEDGE_MODELS_DIR"
 ENV_SYNC = "NEUROEDGE_SYNC_JOBS"
-LOAD_CHECKPOINT = "load checkpoint..."
 CACHE_SIZE = 3  # checkpoints kept in memory
 
 
@@ -36,8 +39,8 @@ def default_models_dir() -> Path:
 class Session(QObject):
     """Shared state of the NeuroEdge widgets of one viewer."""
 
-    models_changed = Signal()
-    model_selected = Signal(str)  # display name
+    models_changed = Signal()  # forwarded from ``state``
+    model_selected = Signal(str)  # display name (forwarded from ``state``)
     corrections_changed = Signal(str)  # membrane layer name: its training data changed
     slices_painted = Signal(str, object)  # membrane layer name, the slices whose labels the user changed (list)
     exported = Signal(str)  # training-set folder
@@ -47,12 +50,11 @@ class Session(QObject):
         self._viewer_ref = weakref.ref(viewer)
         background = os.environ.get(ENV_SYNC, "").strip() not in ("1", "true", "yes")
         self.jobs = JobRunner(viewer, background=background)
-        self.models: dict[str, str] = {}  # display name -> bundled name or checkpoint path
-        self.selected_model = ""
+        self.state = SessionState()
+        self.state.models_changed.connect(self._forward_models_changed)
+        self.state.model_selected.connect(self._forward_model_selected)
         self.models_dir = default_models_dir()
         self.last_export: Path | None = None
-        self.device = "auto"
-        self.predict_widget_ref: Any = lambda: None
         self._cache: dict[tuple[str, float], Any] = {}
         self._cache_lock = threading.Lock()
         self.predictors = PredictorCache()  # prepared predictors, so a repeated Predict does not rebuild its model
@@ -64,43 +66,38 @@ class Session(QObject):
     def viewer(self) -> Any:
         return self._viewer_ref()
 
-    # ------------------------------------------------------------------ models
+    # ------------------------------------------------------------------ models (kept in ``state``)
+    def _forward_models_changed(self) -> None:
+        self.models_changed.emit()
+
+    def _forward_model_selected(self, name: str) -> None:
+        self.model_selected.emit(name)
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Display name -> bundled name or checkpoint path (``state.models``)."""
+        return self.state.models
+
+    @property
+    def selected_model(self) -> str:
+        return self.state.selected_model
+
     def _refresh_bundled(self) -> None:
         try:
             from ..models.registry import bundled_models
 
-            for name in bundled_models():
-                self.models.setdefault(name, name)
+            names = list(bundled_models())
         except Exception as exc:  # a broken install must not stop the widgets from opening
             notify(f"could not list the bundled models: {exc}", "warning")
-        if not self.selected_model and self.models:
-            self.selected_model = "default" if "default" in self.models else next(iter(self.models))
+            names = []
+        self.state.add_bundled(names)
 
     def add_model(self, path: str | Path, select: bool = True, name: str | None = None) -> str:
         """Add a checkpoint file to the model list (validated by the caller); returns its display name."""
-        path = str(Path(path).expanduser().resolve())
-        for display, source in self.models.items():
-            if source == path:
-                name = display
-                break
-        else:
-            stem = Path(path).stem
-            base = name or (f"{Path(path).parent.name}/{stem}" if stem in ("last", "best") else stem)
-            name, k = base, 2
-            while name in self.models or name == LOAD_CHECKPOINT:
-                name, k = f"{base} ({k})", k + 1
-            self.models[name] = path
-        self.models_changed.emit()
-        if select:
-            self.select_model(name)
-        return name
+        return self.state.add_model(path, select, name)
 
     def select_model(self, name: str) -> None:
-        if name not in self.models:
-            raise KeyError(f"no model called {name!r}")
-        if name != self.selected_model:
-            self.selected_model = name
-            self.model_selected.emit(name)
+        self.state.select_model(name)
 
     def checkpoint(self, name: str | None = None) -> Any:
         """The :class:`~napari_neuroedge.models.checkpoint.Checkpoint` of a listed model (cached; thread-safe)."""

@@ -5,14 +5,11 @@ Layer names: for an image layer ``<image>`` the plugin owns ``<image> boundary``
 ``<image> uncertainty`` (Image, TTA variance), ``<image> difference`` (Labels: 1 = membrane the user added,
 2 = membrane the user removed) and reads ``<image> ignore`` (Labels: painted = not labelled).
 
-The membrane layer's ``metadata["neuroedge"]`` holds: ``image`` (image layer name), ``edited`` (slices painted
-by the user), ``corrected`` (slices that are training data: edited after a prediction, or marked by the user),
-``predicted`` (slices with a prediction), ``scratch`` (slices first painted while never predicted: their labels
-are not a corrected prediction, so they are training data only once marked corrected), ``slice_model`` (slice ->
-model provenance of the prediction shown / corrected), ``slice_threshold`` (slice -> that prediction's membrane
-threshold), ``threshold`` (the last prediction's), ``reference`` (slice -> the prediction the user corrected,
-kept when they first edited or marked the slice, so a later prediction does not change what "corrected" means).
-Slices are ints (0 for a 2D image).
+Every plugin layer's ``metadata["neuroedge"]`` holds its ``role`` and ``image`` (the image layer's name); a
+membrane layer's also holds its ``ledger``: the :class:`~.ledger.Ledger` of what was done to each slice (predicted,
+by which model and threshold, edited, corrected, never predicted, the reference prediction, exported) and the
+rules that follow from it (:func:`~.ledger.ledger_of`). Only the membrane layer keeps that record: the boundary
+and uncertainty layers hold the pixels of the predictions it lists. Slices are ints (0 for a 2D image).
 
 :func:`track_viewer` connects the paint events (and undo / redo) of every membrane and ignore layer of a viewer:
 the bookkeeping above, the session's ``corrections_changed`` / ``slices_painted`` signals, and the per-slice
@@ -26,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-KEY = "neuroedge"
+from .ledger import KEY, ledger_of
+
 SUFFIXES = {"boundary": " boundary", "membranes": " membranes", "instances": " instances",
             "uncertainty": " uncertainty", "difference": " difference", "ignore": " ignore"}
 MEMBRANE_COLOR = (0.0, 1.0, 1.0, 1.0)  # cyan
@@ -37,13 +35,9 @@ def layer_name(image_name: str, role: str) -> str:
 
 
 def info(layer: Any) -> dict[str, Any]:
-    """The plugin's bookkeeping dict in ``layer.metadata`` (created with defaults on first use)."""
+    """The plugin's dict in ``layer.metadata`` (``role``, ``image``; created on first use). A membrane layer's
+    per-slice record is its :func:`~.ledger.ledger_of`."""
     meta = layer.metadata.setdefault(KEY, {})
-    for name in ("edited", "corrected", "predicted", "exported", "scratch"):
-        meta.setdefault(name, set())
-    for name in ("slice_model", "slice_threshold", "reference"):
-        meta.setdefault(name, {})
-    meta.setdefault("threshold", 0.5)
     meta.setdefault("role", "")
     return meta
 
@@ -137,69 +131,60 @@ def slices_from_paint(event: Any, ndim: int) -> set[int]:
 
 def predicted_membranes(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
     """uint8 (y, x): the membranes Predict drew on slice ``z`` (boundary >= that prediction's threshold), or
-    None if the slice was never predicted."""
+    None if the slice was never predicted (or its boundary layer is gone)."""
     image = image_of(viewer, membranes)
     boundary = companion(viewer, image.name, "boundary") if image is not None else None
-    if boundary is None or z not in info(boundary)["predicted"]:
+    led = ledger_of(membranes)
+    if boundary is None or z not in led.predicted:
         return None
-    meta = info(membranes)
-    thr = float(meta["slice_threshold"].get(z, meta["threshold"]))
-    return (slice_of(boundary.data, z) >= thr).astype(np.uint8)
+    return (slice_of(boundary.data, z) >= led.threshold_of(z)).astype(np.uint8)
 
 
-def remember_reference(viewer: Any, membranes: Any, slices: Any) -> None:
-    """Keep the current prediction of ``slices`` as the one the user corrects (only where none is kept yet)."""
-    refs = info(membranes)["reference"]
-    for z in slices:
-        if z not in refs:
-            pred = predicted_membranes(viewer, membranes, z)
-            if pred is not None:
-                refs[z] = (pred.shape, np.packbits(pred.ravel() > 0))
+def _current(viewer: Any, membranes: Any) -> Any:
+    """The ledger's ``current``: slice -> the prediction shown now (None without a viewer)."""
+    return None if viewer is None else (lambda z: predicted_membranes(viewer, membranes, z))
 
 
 def reference_prediction(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
-    """uint8 (y, x): the prediction the user corrected on slice ``z`` (kept when they first edited or marked
-    it; else the current prediction), or None if there is none: never predicted, or its labels were drawn
-    before any prediction (a scratch slice)."""
-    meta = info(membranes)
-    if z in meta["scratch"]:
-        return None
-    kept = meta["reference"].get(z)
-    if kept is None:
-        return predicted_membranes(viewer, membranes, z)
-    shape, bits = kept
-    return np.unpackbits(bits, count=int(np.prod(shape))).reshape(shape)
+    """uint8 (y, x): the prediction the user corrected on slice ``z`` (:meth:`~.ledger.Ledger.reference_of`:
+    kept when they first edited or marked it; else the current prediction), or None if there is none: never
+    predicted, or its labels were drawn before any prediction (a scratch slice)."""
+    return ledger_of(membranes).reference_of(z, _current(viewer, membranes))
 
 
 def forget_slices(membranes: Any, slices: Any) -> None:
     """Predict replaced the user's labels of ``slices``: they are neither edited, corrected nor scratch."""
-    meta = info(membranes)
     zs = set(slices)
-    for name in ("edited", "corrected", "scratch"):
-        meta[name] -= zs
-    for z in zs:
-        meta["reference"].pop(z, None)
+    ledger_of(membranes).forget(zs)
     drop_rows(membranes, zs)
 
 
 def take_as_corrected(viewer: Any, membranes: Any, slices: Any, scratch_too: bool) -> set[int]:
-    """Make ``slices`` training data: keep their current prediction as the one corrected and mark them corrected.
-    A slice never predicted is scratch (its labels are not a corrected prediction) and is marked corrected only
-    with ``scratch_too`` (the user said its labels are ground truth everywhere). Returns the scratch slices."""
-    meta = info(membranes)
-    zs = set(slices)
-    if viewer is not None:
-        remember_reference(viewer, membranes, zs)
-    scratch = zs - meta["predicted"]
-    meta["scratch"] |= scratch
-    meta["corrected"] |= zs if scratch_too else zs - scratch
-    return scratch
+    """Make ``slices`` training data (:meth:`~.ledger.Ledger.take_as_corrected`, the prediction shown now kept as
+    the reference); returns the never-predicted (scratch) ones."""
+    return ledger_of(membranes).take_as_corrected(slices, scratch_too, _current(viewer, membranes))
+
+
+def mark_corrected(viewer: Any, membranes: Any, z: int, on: bool) -> None:
+    """The user marked slice ``z`` corrected or not (:meth:`~.ledger.Ledger.mark_corrected`)."""
+    ledger_of(membranes).mark_corrected(z, on, _current(viewer, membranes))
+
+
+def record_paint(viewer: Any, membranes: Any, slices: set[int]) -> set[int]:
+    """The user painted ``slices`` of a membrane layer (:meth:`~.ledger.Ledger.record_stroke`); returns those that
+    were never predicted (not corrected: the user is warned)."""
+    return ledger_of(membranes).record_stroke(slices, _current(viewer, membranes))
 
 
 def has_role(layer: Any, role: str) -> bool:
     """Whether ``layer`` is the plugin's ``role`` layer: by its metadata, or by its name suffix when it has none."""
     own = info_role(layer)
     return own == role or (own == "" and str(layer.name).endswith(SUFFIXES[role]))
+
+
+def is_membrane_layer(layer: Any) -> bool:
+    """Whether ``layer`` is a membrane layer (the widgets' membrane choosers list these)."""
+    return has_role(layer, "membranes")
 
 
 # ---------------------------------------------------------------- per-slice rows, and what drops them
@@ -262,18 +247,15 @@ def attach_tracking(layer: Any, session: Any) -> None:
             return
         drop_rows(membranes, zs)
         if lay is membranes:
-            m = info(lay)
             if zs is not None:
-                new = zs - m["edited"]
-                m["edited"] |= zs
-                scratch = take_as_corrected(viewer, lay, new, scratch_too=False)
+                scratch = record_paint(viewer, lay, zs)
                 if scratch:
                     from ._qt_utils import notify
 
                     notify(f"Slice {', '.join(map(str, sorted(scratch)))} was never predicted: not marked "
                            "corrected (see Correct).", "warning")
             if sess is not None:
-                sess.slices_painted.emit(lay.name, sorted(m["edited"] if zs is None else zs))
+                sess.slices_painted.emit(lay.name, sorted(ledger_of(lay).edited if zs is None else zs))
         if sess is not None:
             sess.corrections_changed.emit(membranes.name)
 

@@ -112,18 +112,18 @@ def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = 
     """
     from ..training.finetune import rows_warnings
 
-    meta = tracking.info(membranes)
-    out = Summary(slices=sorted(meta["corrected"]))
+    led = tracking.ledger_of(membranes)
+    out = Summary(slices=led.training_slices())
     out.rows = [slice_row(viewer, membranes, z, (arrays or {}).get(z)) for z in out.slices]
     out.warnings = rows_warnings(out.rows)
-    left_out = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
+    left_out = led.left_out()
     if left_out:
         out.notes.append(f"Not included: slice {', '.join(map(str, left_out))}, painted but never predicted (mark "
                          "it corrected in Correct if its labels are ground truth everywhere).")
     pixels = sum(r["pixels"] for r in out.rows)
     what = (f"{len(out.slices)} corrected slice(s), {pixels:,} labelled pixels:" if out.slices
             else "nothing: no slice is marked corrected.")
-    out.text = _compose(what, out.rows, meta["scratch"], out.warnings, out.notes)
+    out.text = _compose(what, out.rows, led.scratch, out.warnings, out.notes)
     return out
 
 

@@ -19,22 +19,18 @@ from typing import Any
 
 import numpy as np
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QHBoxLayout, QLabel, QListWidget, QListWidgetItem,
+from qtpy.QtWidgets import (QCheckBox, QFormLayout, QGridLayout, QLabel, QListWidget, QListWidgetItem,
                             QPushButton, QWidget)
 
 from .. import tracking
+from ..actions import update_difference
 from .._qt_utils import LayerCombo, notify
 from .common import NeuroEdgeWidget
 
 BRUSH_PRESETS = (1, 2, 3, 5)
 TOGGLE_KEY = "o"
-DIFF_COLORS = {1: (0.2, 1.0, 0.2, 1.0), 2: (1.0, 0.2, 1.0, 1.0)}  # added: green, removed: magenta
 IGNORE_COLOR = (0.6, 0.6, 0.6, 1.0)
 _KEY_BOUND: weakref.WeakSet[Any] = weakref.WeakSet()  # membrane layers with the toggle key bound
-
-
-def _is_membrane_layer(layer: Any) -> bool:
-    return tracking.has_role(layer, "membranes")
 
 
 def prediction_of(viewer: Any, membranes: Any, z: int) -> np.ndarray | None:
@@ -49,39 +45,6 @@ def scratch_meaning(z: int, membrane_fraction: float) -> str:
     return (f"Slice {z} was never predicted, so marking it corrected declares ALL its labels ground truth: every "
             f"pixel not painted as membrane is trained as 'not membrane' ({membrane_fraction:.1%} of the slice is "
             "membrane now). Paint ignore regions over the parts you have not labelled.")
-
-
-def update_difference(viewer: Any, membranes: Any, slices: Any = None, create: bool = True) -> Any:
-    """Fill ``<image> difference`` (1 = added, 2 = removed by the user) for ``slices`` (default: predicted ones)."""
-    image = tracking.image_of(viewer, membranes)
-    if image is None:
-        return None
-    diff = tracking.companion(viewer, image.name, "difference")
-    if diff is None or tuple(diff.data.shape) != tuple(membranes.data.shape):
-        if not create:
-            return None
-        if diff is not None:
-            viewer.layers.remove(diff)
-        diff = viewer.add_labels(tracking.blank(tuple(membranes.data.shape), np.uint8),
-                                 name=tracking.layer_name(image.name, "difference"), scale=membranes.scale,
-                                 translate=membranes.translate, opacity=0.9,
-                                 colormap=tracking.membrane_colormap(DIFF_COLORS),
-                                 metadata={tracking.KEY: {"role": "difference", "image": image.name}})
-        meta = tracking.info(diff)
-        meta["role"], meta["image"] = "difference", image.name
-        viewer.layers.selection.active = membranes
-    meta = tracking.info(membranes)
-    zs = sorted(meta["predicted"]) if slices is None else sorted(slices)
-    for z in zs:
-        pred = prediction_of(viewer, membranes, z)
-        label = tracking.slice_of(membranes.data, z)
-        d = tracking.difference_map(label, pred) if pred is not None else np.zeros(label.shape, np.uint8)
-        if membranes.ndim == 2:
-            diff.data[...] = d
-        else:
-            diff.data[z] = d
-    diff.refresh()
-    return diff
 
 
 def toggle_prediction(viewer: Any, membranes: Any) -> bool | None:
@@ -116,9 +79,10 @@ def next_uncertain_slice(viewer: Any, membranes: Any, after: int | None = None) 
     (after the last, the first again), so asking again moves on instead of staying put."""
     image = tracking.image_of(viewer, membranes)
     unc = tracking.companion(viewer, image.name, "uncertainty") if image is not None else None
-    if unc is None or not tracking.info(unc)["predicted"]:
+    led = tracking.ledger_of(membranes)
+    if unc is None or not led.uncertain:
         return None
-    candidates = sorted(tracking.info(unc)["predicted"] - tracking.info(membranes)["corrected"])
+    candidates = sorted(led.uncertain - led.corrected)
     if not candidates:
         return None
     scores = {z: float(np.mean(tracking.slice_of(unc.data, z))) for z in candidates}
@@ -135,7 +99,7 @@ class CorrectWidget(NeuroEdgeWidget):
         super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
 
-        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), tracking.is_membrane_layer)
         self._scratch_fractions: dict[tuple[int, int], float] = {}  # (layer id, slice): membrane when marked
         self._shown: Any = None
         self.brush_buttons: dict[int, QPushButton] = {}
@@ -216,24 +180,24 @@ class CorrectWidget(NeuroEdgeWidget):
             self._show([], "Run Predict to get a membrane layer to correct.")
             return
         self._hook(layer)
-        meta = tracking.info(layer)
+        led = tracking.ledger_of(layer)
         rows = []
-        for z in sorted(meta["edited"] | meta["corrected"]):
+        for z in sorted(led.edited | led.corrected):
             tags = []
-            if z in meta["edited"]:
+            if z in led.edited:
                 tags.append("edited")
-            if z in meta["scratch"]:
+            if z in led.scratch:
                 tags.append("never predicted")
-            if z in meta["exported"]:
+            if z in led.exported:
                 tags.append("exported")
-            rows.append((z, f"slice {z}  ({', '.join(tags) or 'reviewed'})", z in meta["corrected"]))
-        text = f"{len(meta['corrected'])} slice(s) marked corrected, {len(meta['edited'])} edited."
-        waiting = sorted((meta["edited"] & meta["scratch"]) - meta["corrected"])
+            rows.append((z, f"slice {z}  ({', '.join(tags) or 'reviewed'})", z in led.corrected))
+        text = f"{len(led.corrected)} slice(s) marked corrected, {len(led.edited)} edited."
+        waiting = led.left_out()
         if waiting:
             text += (f"\nSlice {', '.join(map(str, waiting))}: painted but never predicted, so NOT training data. "
                      "Tick it (or 'mark current slice corrected') only if its labels are ground truth everywhere; "
                      "or predict it first and correct the prediction.")
-        for z in sorted(meta["corrected"] & meta["scratch"]):  # said once here, not again by the mark
+        for z in sorted(led.corrected & led.scratch):  # said once here, not again by the mark
             key = (id(layer), z)  # read when marked, not at every dab of a stroke
             if key not in self._scratch_fractions:
                 self._scratch_fractions[key] = float(np.mean(tracking.slice_of(layer.data, z) > 0))
@@ -324,14 +288,12 @@ class CorrectWidget(NeuroEdgeWidget):
     def set_corrected(self, layer: Any, z: int, corrected: bool) -> None:
         """Mark slice ``z`` corrected (training data) or not. Marking keeps its current prediction as the one
         corrected; on a never-predicted slice the notification and the summary say what marking means."""
-        meta = tracking.info(layer)
-        if corrected:
-            tracking.take_as_corrected(self.viewer, layer, [z], scratch_too=True)
-        else:
-            meta["corrected"].discard(z)
+        tracking.mark_corrected(self.viewer, layer, z, corrected)
+        if not corrected:
             self._scratch_fractions.pop((id(layer), z), None)
         self.session.corrections_changed.emit(layer.name)
-        if corrected and z in meta["scratch"]:  # refresh() (on corrections_changed) put what it means below
+        # refresh() (on corrections_changed) put what marking a never-predicted slice means below
+        if corrected and z in tracking.ledger_of(layer).scratch:
             notify(f"Slice {z} marked corrected: its labels are now ground truth everywhere.", "info")
 
     def _on_diff_toggled(self, on: bool) -> None:

@@ -24,7 +24,6 @@ from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report, short_name
 from ..training_data import slice_arrays, viewer_summary
 from .common import NeuroEdgeWidget, SecondClick, debounced
-from .correct import _is_membrane_layer
 
 
 def _digest(*arrays: np.ndarray | None) -> str:
@@ -85,7 +84,7 @@ def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
     if tuple(data.shape) != tuple(membranes.data.shape):
         raise ValueError(f"image '{image.name}' {tuple(data.shape)} and '{membranes.name}' "
                          f"{tuple(membranes.data.shape)}: shapes differ")
-    meta = tracking.info(membranes)
+    led = tracking.ledger_of(membranes)
     pixel_size, unit = pixel_size_of(image)
     items = []
     for z in slices:
@@ -93,8 +92,8 @@ def build_items(viewer: Any, membranes: Any, slices: list[int]) -> list[Any]:
         arrays = slice_arrays(viewer, membranes, z)
         item_meta: dict[str, Any] = {"source": source_of(image), "slice": int(z), "image_layer": image.name,
                                      "pixel_size": pixel_size, "pixel_size_unit": unit,
-                                     "threshold": float(meta["threshold"]), "edited": z in meta["edited"]}
-        item_meta.update(meta["slice_model"].get(z, {"model": None, "model_version": None}))
+                                     "threshold": float(led.threshold), "edited": led.record(z).edited}
+        item_meta.update(led.model_of(z) or {"model": None, "model_version": None})
         items.append(ExportItem(img, arrays.label, arrays.mask, arrays.prediction, item_meta))
     return items
 
@@ -106,7 +105,7 @@ class ExportWidget(NeuroEdgeWidget):
         super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Labels
 
-        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), tracking.is_membrane_layer)
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("training-set folder (created if needed)")
         self.browse_button = QPushButton("...")
@@ -149,7 +148,7 @@ class ExportWidget(NeuroEdgeWidget):
         if layer is None:
             self.info.setText("Nothing to export yet: predict, correct, and mark slices corrected.")
             return
-        corrected = sorted(tracking.info(layer)["corrected"])
+        corrected = tracking.ledger_of(layer).training_slices()
         text = f"{len(corrected)} slice(s) marked corrected: {', '.join(map(str, corrected)) or '-'}"
         image = tracking.image_of(self.viewer, layer)
         if image is not None:
@@ -178,8 +177,8 @@ class ExportWidget(NeuroEdgeWidget):
             notify("Choose a training-set folder to export to.", "warning")
             return []
         target = Path(folder).expanduser()
-        meta = tracking.info(layer)
-        slices = sorted(meta["corrected"])
+        led = tracking.ledger_of(layer)
+        slices = led.training_slices()
         if not slices:
             notify("No slice is marked corrected: correct slices (they are ticked automatically when edited) or "
                    "use 'mark current slice corrected' in Correct.", "warning")
@@ -192,9 +191,8 @@ class ExportWidget(NeuroEdgeWidget):
                        "warning")
                 self.info.setText("Not exported yet. Will export " + summary.text)
                 return []
-            done = meta.setdefault("export_digests", {})
             fresh = [it for it in items
-                     if done.get((str(target.resolve()), it.meta["slice"])) != _digest(it.label, it.mask)]
+                     if led.needs_export(it.meta["slice"], str(target.resolve()), _digest(it.label, it.mask))]
             if not fresh:
                 notify(f"All {len(items)} corrected slice(s) were already exported to '{short_name(target)}' "
                        "unchanged.", "info")
@@ -208,8 +206,7 @@ class ExportWidget(NeuroEdgeWidget):
                    status=self.info, exc=exc)
             return []
         for it in fresh:
-            done[(str(target.resolve()), it.meta["slice"])] = _digest(it.label, it.mask)
-            meta["exported"].add(it.meta["slice"])
+            led.mark_exported(it.meta["slice"], str(target.resolve()), _digest(it.label, it.mask))
         self.session.last_export = target
         self.session.exported.emit(str(target))
         self.session.corrections_changed.emit(layer.name)

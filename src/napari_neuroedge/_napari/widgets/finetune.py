@@ -25,13 +25,12 @@ from qtpy.QtWidgets import (QAbstractSpinBox, QComboBox, QFileDialog, QFormLayou
                             QPushButton, QWidget)
 
 from .. import tracking
+from ..actions import gui_threads
 from .._qt_utils import LayerCombo, log, notify, reason, report
 from ..workers import Job
 from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary
 from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds, persisted_form
-from .correct import _is_membrane_layer
 from .plot import TrainingPlot
-from .predict import gui_threads
 from ...config import FinetuneOptions
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")
@@ -46,7 +45,7 @@ def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] |
     if image is None:
         raise ValueError(f"cannot find the image layer of '{membranes.name}'")
     out = []
-    for z in sorted(tracking.info(membranes)["corrected"]):
+    for z in tracking.ledger_of(membranes).training_slices():
         a = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
         out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": a.label,
                     "mask": a.mask, "corrected": a.corrected, "meta": {"source": image.name, "slice": int(z)}})
@@ -125,7 +124,7 @@ class FinetuneWidget(JobWidget):
 
         self.source_combo = QComboBox()
         self.source_combo.addItems(list(SOURCES))
-        self.membranes_combo = LayerCombo(self.viewer, (Labels,), _is_membrane_layer)
+        self.membranes_combo = LayerCombo(self.viewer, (Labels,), tracking.is_membrane_layer)
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("exported training-set folder")
         self.model_label = QLabel("")
@@ -305,7 +304,7 @@ class FinetuneWidget(JobWidget):
                        crop=self.crop_spin.value(), lr=float(self.lr_spin.value()), batch=self.batch_spin.value(),
                        holdout=float(self.holdout_spin.value()), replay_fraction=float(self.replay_spin.value()),
                        corrected_weight=float(self.corrected_weight_spin.value()),
-                       parent_weight=float(self.parent_weight_spin.value()), device=self.session.device,
+                       parent_weight=float(self.parent_weight_spin.value()), device=self.session.state.device,
                        threads=gui_threads())
 
     def finetune(self, confirmed: bool = False) -> Job | None:
@@ -330,16 +329,14 @@ class FinetuneWidget(JobWidget):
             except Exception as exc:
                 report("Cannot read the training-set folder.", f"{reason(exc)}.", status=self.jobs.status, exc=exc)
                 return None
-            pw = self.session.predict_widget_ref()
-            layer = pw.current_image() if pw is not None else None
-            image_name = layer.name if layer is not None else None
+            image_name = self.session.state.image or None  # the image chosen in Predict
         else:
             membranes = self.membranes_combo.layer()
             if membranes is None:
                 notify("No membrane layer: predict, correct some slices, then fine-tune.", "warning")
                 return None
             try:
-                arrays = {z: slice_arrays(self.viewer, membranes, z) for z in tracking.info(membranes)["corrected"]}
+                arrays = {z: slice_arrays(self.viewer, membranes, z) for z in tracking.ledger_of(membranes).corrected}
                 raw = viewer_training_slices(self.viewer, membranes, arrays)
                 summary = viewer_summary(self.viewer, membranes, arrays)
             except ValueError as exc:
@@ -460,11 +457,11 @@ class FinetuneWidget(JobWidget):
         name = self.session.add_model(str(outcome.path), select=True)
         msg = f"Fine-tuned model '{name}' saved and selected in Predict"
         job.extra["model_name"] = name
-        pw = self.session.predict_widget_ref()
+        state = self.session.state
         repredict = None
-        if pw is not None and self._image_name and self._image_name in self.viewer.layers:
+        if state.can_predict() and self._image_name and self._image_name in self.viewer.layers:
             z = self._uncorrected_slice()
-            repredict = pw.predict(scope="current slice", image_name=self._image_name)
+            repredict = state.request_prediction(self._image_name, "current slice").job  # Predict answers
             job.extra["repredict"] = repredict
             job.extra["repredicted_slice"] = z
             if repredict is not None:
@@ -482,7 +479,7 @@ class FinetuneWidget(JobWidget):
         if image.data.ndim != 3:
             return None
         membranes = tracking.companion(self.viewer, image.name, "membranes")
-        corrected = set(tracking.info(membranes)["corrected"]) if membranes is not None else set()
+        corrected = tracking.ledger_of(membranes).corrected if membranes is not None else frozenset()
         z = tracking.current_slice(self.viewer, image)
         free = [k for k in range(int(image.data.shape[0])) if k not in corrected]
         if not free:

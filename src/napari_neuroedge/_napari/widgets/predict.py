@@ -1,10 +1,10 @@
 """Predict widget: boundary probability, membrane labels, instances and TTA uncertainty for an image layer.
 
 Builds a core :class:`~napari_neuroedge.inference.pipeline.PredictionRequest` from the form and runs the core
-pipeline in a background worker (:func:`predict_job`, the same code path as ``neuroedge predict``). Output layers
-are named after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on re-runs, and
-keep the image's scale and translate. Slices the user has edited keep their membrane labels unless "replace my
-corrections" is ticked (only the probability is refreshed there).
+pipeline in a background worker (:func:`..actions.predict_job`, the same code path as ``neuroedge predict``).
+Output layers are named after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on
+re-runs, and keep the image's scale and translate. Slices the user has edited keep their membrane labels unless
+"replace my corrections" is ticked (only the probability is refreshed there).
 
 Large or lazy images (memory-mapped TIFF, zarr, dask, or more than ``$NEUROEDGE_LAZY_VOXELS`` voxels) are read
 band by band and predicted into OME-Zarr working arrays on disk (see :mod:`napari_neuroedge.io.workstore`), shown as
@@ -13,9 +13,6 @@ zarr-backed layers; the membrane layer stays paintable. Nothing of the volume's 
 
 from __future__ import annotations
 
-import os
-import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,46 +22,17 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
 from ...config import SEED_THRESHOLD
-from ...inference.sinks import readable
-from ...io.workstore import OutputStore, discard, wants_lazy
+from ...io.workstore import discard, wants_lazy
 from .. import lazy_outputs, tracking
+from ..actions import PredictResult, predict_job, update_difference
 from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
-from ..session import LOAD_CHECKPOINT
+from ..state import LOAD_CHECKPOINT
 from ..package_export import add_export_button, ask_package_path
 from ..workers import Job
 from .common import JobPanel, JobWidget, persisted_form
 
 TTA_CHOICES = {"off": 1, "6 (rotations + flips)": 6, "8 (full dihedral)": 8}
 SCOPES = ("current slice", "all slices")
-
-
-@dataclass
-class PredictResult:
-    """What a prediction job hands back to the GUI thread; arrays are (k, y, x) for the k predicted slices.
-
-    With ``lazy`` they are staged OME-Zarr arrays of the session's :class:`~napari_neuroedge.io.workstore.OutputStore`
-    ((y, x) for a 2D image) that the GUI thread adopts as layer data or copies into it, then deletes.
-    """
-
-    image: str
-    slices: list[int]
-    is_2d: bool
-    shape: tuple[int, ...]
-    prob: np.ndarray
-    membranes: np.ndarray
-    variance: np.ndarray | None = None
-    instances: np.ndarray | None = None
-    threshold: float = 0.5
-    model: dict[str, Any] = field(default_factory=dict)
-    lazy: bool = False
-
-    def arrays(self) -> list[Any]:
-        return [a for a in (self.prob, self.membranes, self.variance, self.instances) if a is not None]
-
-
-def gui_threads() -> int:
-    """Torch threads for background jobs: all cores but one, which stays with the GUI thread."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def _is_input_image(layer: Any) -> bool:
@@ -116,64 +84,6 @@ def _rgb_advice() -> str:
             "(or open the stack as grayscale).")
 
 
-def _model_file(session: Any, model_name: str) -> str:
-    """ "default.pt, 7.9 MB": the file a model is loaded from, for the progress line."""
-    source = (getattr(session, "models", None) or {}).get(model_name, model_name)
-    try:
-        from ...models.registry import resolve_checkpoint
-
-        path = resolve_checkpoint(source)
-        return f"{short_name(path.name, 32)}, {path.stat().st_size / 1e6:.1f} MB"
-    except Exception:  # the load itself reports a missing or broken file
-        return short_name(str(source), 32)
-
-
-def predict_job(data: Any, slices: list[int], is_2d: bool, image_name: str, session: Any, model_name: str,
-                device_name: str, tile: int, context: int, tta: int, uncertainty: bool, threshold: float,
-                instances: bool, store: OutputStore | None = None, seed_threshold: float = SEED_THRESHOLD,
-                voxel_size: tuple[float, ...] | None = None):
-    """Generator (runs in the worker): the widget's settings as a core :class:`PredictionRequest`, run by the
-    core pipeline; returns a :class:`PredictResult`.
-
-    ``data`` is read lazily, band by band. Without ``store`` the outputs are numpy arrays of the predicted
-    slices; with one they are staged OME-Zarr arrays in it (scale ``voxel_size`` in nm, if known) and memory
-    stays bounded by tile and chunk size.
-    """
-    from ...config import TileConfig, TTAConfig
-    from ...inference.pipeline import OutputPlan, PredictionRequest, iter_run
-    from ...inference.postprocess import instance_dtype
-    from ...progress import ProgressEvent
-    from ...inference.staged import iter_staged
-
-    yield ProgressEvent(0, 0, f"loading PyTorch and model '{model_name}' ({_model_file(session, model_name)})")
-    from ...inference.device import resolve_device
-
-    ckpt = session.checkpoint(model_name)
-    meta = session.model_meta(model_name)
-    device = resolve_device(device_name)
-    variance = uncertainty and tta > 1
-    request = PredictionRequest(model=ckpt, tile=TileConfig(tile=tile, context=context,
-                                                            batch=4 if device.type == "cuda" else 1),
-                                tta=TTAConfig(n=tta), device=str(device), threshold=threshold,
-                                seed_threshold=seed_threshold, slices=None if is_2d else list(slices),
-                                threads=gui_threads(), cache=getattr(session, "predictors", None))
-    data = readable(data)  # a folder of slices: read each file once, not once per tile
-    done = [0] if is_2d else list(slices)
-    if store is not None:
-        staged, _ = yield from iter_staged(data, request, store, variance=variance, instances=instances,
-                                           voxel_size=voxel_size)
-        return PredictResult(image_name, done, is_2d, tuple(data.shape), staged.probability, staged.membranes,
-                             staged.variance, staged.instances, threshold, meta, lazy=True)
-    k, h, w = len(done), int(data.shape[-2]), int(data.shape[-1])
-    prob = np.zeros((k, h, w), np.float32)
-    membranes = np.zeros((k, h, w), np.uint8)
-    var = np.zeros((k, h, w), np.float32) if variance else None
-    inst = np.zeros((k, h, w), instance_dtype(tuple(data.shape))) if instances else None
-    plan = OutputPlan(*(None if a is None else (a[0] if is_2d else a) for a in (prob, membranes, var, inst)))
-    yield from iter_run(data, request, plan)
-    return PredictResult(image_name, done, is_2d, tuple(data.shape), prob, membranes, var, inst, threshold, meta)
-
-
 class PredictWidget(JobWidget):
     """Image + model + settings -> boundary / membranes / instances / uncertainty layers."""
 
@@ -181,8 +91,10 @@ class PredictWidget(JobWidget):
         super().__init__(napari_viewer, parent, scroll)
         from napari.layers import Image
 
-        self.session.predict_widget_ref = weakref.ref(self)
         self.image_combo = LayerCombo(self.viewer, (Image,), _is_input_image)
+        self.image_combo.currentIndexChanged.connect(self._publish_image)
+        self._publish_image()
+        self.session.state.predict_requested.connect(self._on_predict_requested)  # e.g. Fine-tune's re-predict
         self.model_combo = QComboBox()
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
@@ -265,7 +177,14 @@ class PredictWidget(JobWidget):
             return ["cpu"]
 
     def _on_device_changed(self, text: str) -> None:
-        self.session.device = text or "auto"
+        self.session.state.set_device(text)
+
+    def _publish_image(self, *_: Any) -> None:
+        self.session.state.select_image(self.image_combo.currentText())
+
+    def _on_predict_requested(self, request: Any) -> None:
+        """Answer a :class:`~..state.PredictionRequest` (another widget asked for a prediction)."""
+        request.job = self.predict(scope=request.scope, image_name=request.image)
 
     def _on_tta_changed(self, *_: Any) -> None:
         on = self.tta() > 1
@@ -600,7 +519,6 @@ class PredictWidget(JobWidget):
             unc, created = yield from self._put(image, "uncertainty", "image", result, result.variance,
                                                 colormap="viridis", contrast_limits=(0.0, 0.1), blending="additive",
                                                 visible=False)
-            tracking.info(unc)["predicted"] |= set(result.slices)
             added |= created
         if result.instances is not None:
             added |= (yield from self._put(image, "instances", "labels", result, result.instances, opacity=0.35))[1]
@@ -610,20 +528,15 @@ class PredictWidget(JobWidget):
                   and tuple(existing.data.shape) == result.shape)  # else a fresh layer holds nothing of the user's
         keep: set[int] = set()
         if reused and not self.overwrite_check.isChecked():  # the user's labels: edited or marked corrected
-            old_meta = tracking.info(existing)
-            keep = (old_meta["edited"] | old_meta["corrected"]) & set(result.slices)
+            keep = tracking.ledger_of(existing).kept_on_repredict(result.slices)
         membranes, created = yield from self._put(image, "membranes", "labels", result, result.membranes, keep,
                                                   colormap=tracking.membrane_colormap(), opacity=0.7)
-        meta = tracking.info(membranes)
         if self.overwrite_check.isChecked():
             tracking.forget_slices(membranes, result.slices)
-        meta["predicted"] |= set(result.slices)
-        meta["threshold"] = result.threshold
+        # a kept slice keeps the provenance of the prediction it corrects
+        tracking.ledger_of(membranes).mark_predicted(result.slices, result.model, result.threshold, keep,
+                                                     uncertainty=result.variance is not None)
         tracking.drop_rows(membranes)  # a prediction is rare: the summary rows are read again once
-        for z in set(result.slices) - keep:  # a kept slice keeps the provenance of the prediction it corrects
-            meta["slice_model"][z] = dict(result.model)
-            meta["slice_threshold"][z] = result.threshold
-        tracking.info(boundary)["predicted"] |= set(result.slices)
         tracking.attach_tracking(membranes, self.session)
         if created:
             membranes.brush_size = 2
@@ -632,8 +545,6 @@ class PredictWidget(JobWidget):
             self.viewer.layers.selection.active = membranes
         diff = tracking.companion(self.viewer, image.name, "difference")
         if diff is not None:
-            from .correct import update_difference
-
             update_difference(self.viewer, membranes, result.slices)
         self.session.corrections_changed.emit(membranes.name)
         return sorted(keep)
