@@ -2,17 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
 
+from napari_neuroedge.config import AugmentConfig, FinetuneOptions, LossConfig, NormConfig, TrainConfig
+from napari_neuroedge.inference.predict import TorchPredictor
 from napari_neuroedge.models.backbones import cached_weights_path, pad_to_multiple, resnet_backbone
 from napari_neuroedge.models.casenet import CASENet
+from napari_neuroedge.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from napari_neuroedge.models.dff import DFF
+from napari_neuroedge.models.registry import build_model
+from napari_neuroedge.progress import drive
+from napari_neuroedge.sample import synthetic_em
+from napari_neuroedge.training.augment import random_crop
+from napari_neuroedge.training.dataset import slices_from_arrays
+from napari_neuroedge.training.finetune import iter_finetune
+from napari_neuroedge.training.large_image import LargeImageCrops
+from napari_neuroedge.training.loop import iter_fit
 
 MODELS = [CASENet, DFF]
 
@@ -279,3 +293,143 @@ def test_resnet50_models_full_size_output() -> None:
         assert feats[4].shape == (1, 2048, 4, 4)
         assert out["fused"].shape == (1, 1, 32, 32)
         assert len(out["sides"]) == 4 and all(s.shape == (1, 1, 32, 32) for s in out["sides"])
+
+
+# ---------------------------------------------------------------- the real training loop, checkpoints, fine-tuning
+
+# the seed's recipe (issue 25): 0.5 soft-F1 + 0.5 focal + edge loss, Adam with a 10x head learning rate
+SEED_RECIPE = LossConfig(f1=0.5, focal=0.5, edge=0.5)
+ARCHS = [("unet", {"base": 8, "depth": 2}), ("casenet", {"depth": 18}), ("dff", {"depth": 18})]
+
+
+@pytest.fixture(scope="module")
+def em_slices() -> list:
+    stack = synthetic_em((2, 64, 64), cell_size=20, seed=2)
+    return slices_from_arrays(stack.image, stack.membrane, NormConfig(), source="synthetic")
+
+
+def _tiny_config(arch: str, kwargs: dict, steps: int) -> TrainConfig:
+    return TrainConfig(model=arch, model_kwargs=kwargs, lr_backbone=1e-3, lr_head=1e-2, batch=2, steps=steps,
+                       val_every=10**6, precision="fp32", device="cpu", threads=1, loss=SEED_RECIPE,
+                       augment=AugmentConfig(crop=48, elastic_p=0.0))
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), ARCHS, ids=[a for a, _ in ARCHS])
+def test_each_architecture_trains_in_the_loop_and_lowers_the_loss(arch, kwargs, em_slices, tmp_path) -> None:
+    result = drive(iter_fit(_tiny_config(arch, kwargs, 30), em_slices, [], tmp_path / "run"))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert result.steps == 30 and len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.85 * np.mean(losses[:5]), losses
+    # the edge detectors log the seed's three terms, the edge loss included
+    assert set(json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["terms"]) >= {
+        "f1", "focal", "edge"}
+
+
+@pytest.mark.parametrize(("arch", "kwargs"), ARCHS[1:], ids=[a for a, _ in ARCHS[1:]])
+def test_checkpoint_round_trips_and_predicts_identically(arch, kwargs, tmp_path) -> None:
+    model = build_model(arch, **kwargs).eval()
+    with torch.no_grad():  # move the batch-norm statistics off their defaults, so the round trip has to carry them
+        model.train()(torch.randn(2, 1, 40, 40))
+    model.eval()
+    ckpt = make_checkpoint(model, arch, kwargs, NormConfig(), context=64)
+    ckpt.threshold, ckpt.seed_threshold = 0.45, 0.25
+    path = save_checkpoint(ckpt, tmp_path / f"{arch}.pt")
+    loaded = load_checkpoint(path)
+    assert (loaded.arch, loaded.arch_kwargs, loaded.context) == (arch, kwargs, 64)
+    assert (loaded.threshold, loaded.seed_threshold) == (0.45, 0.25)
+    again = loaded.build()
+    x = torch.randn(1, 1, 37, 51)
+    with torch.no_grad():
+        assert torch.equal(again(x), model(x))
+    # the predictor (batch norms folded, channels_last) gives the same probabilities as the plain model
+    image = np.random.default_rng(1).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    prob = TorchPredictor(again, "cpu", precision="fp32")(image)
+    with torch.no_grad():
+        ref = torch.sigmoid(model(torch.from_numpy(image))).numpy()
+    np.testing.assert_allclose(prob, ref, atol=1e-4)
+    # fp16-stored weights (how the bundled edge detectors ship) load into the fp32 model and predict the same
+    half = dataclasses.replace(loaded, state_dict={k: v.half() if v.is_floating_point() else v
+                                                   for k, v in loaded.state_dict.items()})
+    with torch.no_grad():
+        np.testing.assert_allclose(torch.sigmoid(half.build()(x)).numpy(), torch.sigmoid(model(x)).numpy(),
+                                   atol=2e-2)
+
+
+@pytest.mark.parametrize("arch", ["casenet", "dff"])
+def test_finetune_service_accepts_an_edge_detector_as_parent(arch, em_slices, tmp_path) -> None:
+    torch.manual_seed(0)
+    parent = make_checkpoint(build_model(arch, depth=18), arch, {"depth": 18}, NormConfig(), context=64)
+    parent.provenance["name"] = f"{arch}-parent"
+    opts = FinetuneOptions(time_limit_s=0, steps=4, batch=2, crop=48, val_every=2, device="cpu", threads=1,
+                           precision="fp32")
+    outcome = drive(iter_finetune(parent, em_slices, tmp_path / "run", tmp_path / "ft.pt", options=opts))
+    assert outcome.steps == 4 and outcome.validated and outcome.path == tmp_path / "ft.pt"
+    child = load_checkpoint(outcome.path)
+    assert child.arch == arch and child.arch_kwargs == {"depth": 18} and child.context == 64
+    assert child.provenance["parent"] == f"{arch}-parent" and child.optimizer is None
+    assert child.build()(torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+# ---------------------------------------------------------------- the seed's big-image training (deliverable 4)
+
+
+class _Lazy:
+    """An array-like of ``shape`` that holds no data: reads return zeros of the window's shape."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape, self.dtype, self.ndim = shape, np.dtype(np.uint8), len(shape)
+
+    def __getitem__(self, key):
+        return np.zeros(np.empty(self.shape, dtype=[])[key].shape, np.uint8)
+
+
+class _Extreme:
+    """A stand-in for np.random.Generator whose ``integers`` always returns its lowest or highest value."""
+
+    def __init__(self, high: bool) -> None:
+        self.high = high
+
+    def integers(self, low: int, high: int | None = None) -> int:
+        lo, hi = (0, low) if high is None else (low, high)
+        return hi - 1 if self.high else lo
+
+
+def test_big_image_training_reaches_every_pixel_and_centres_every_tile_corner() -> None:
+    # a contest-size slice (9958 x 9959), cut as the seed does: 512 px tiles overlapping by 128, then tiles centred
+    # on every interior corner where four grid tiles meet; training draws a 256 px crop inside a window
+    H, W, tile, overlap, crop = 9958, 9959, 512, 128, 256
+    crops = LargeImageCrops(_Lazy((H, W)), _Lazy((H, W)), tile=tile, overlap=overlap)
+    windows = [(y, x, h, w) for _, y, x, h, w in crops.windows]
+    grid_y = list(range(0, H - tile + 1, tile - overlap)) + [H - tile]
+    grid_x = list(range(0, W - tile + 1, tile - overlap)) + [W - tile]
+    n_grid = len(grid_y) * len(grid_x)
+    assert windows[:n_grid] == [(y, x, tile, tile) for y in grid_y for x in grid_x]
+    assert len(windows) == n_grid + (len(grid_y) - 1) * (len(grid_x) - 1)
+    assert all(h == w == tile and 0 <= y <= H - tile and 0 <= x <= W - tile for y, x, h, w in windows)
+
+    # every pixel lies in some window (2D coverage of the whole slice)
+    covered = np.zeros((H, W), bool)
+    for y, x, h, w in windows:
+        covered[y:y + h, x:x + w] = True
+    assert covered.all()
+    del covered
+
+    # every interior grid corner (the middle of the overlap bands where four tiles meet) is the centre of a
+    # window, so it is seen with tile // 2 px of context on every side, never at a window's edge
+    centres = {(y + tile // 2, x + tile // 2) for y, x, *_ in windows}
+    for a, b in zip(grid_y[:-1], grid_y[1:]):
+        for c, d in zip(grid_x[:-1], grid_x[1:]):
+            point = ((a + b + tile) // 2, (c + d + tile) // 2)
+            assert point in centres, point
+
+    # within a window the random crop reaches both extremes, hence every offset in between: so every pixel of
+    # a window (and of the slice) can be the content of a training crop, the four image corners included
+    sample = {"image": np.arange(tile * tile, dtype=np.float32).reshape(tile, tile)}
+    first = random_crop(sample, crop, _Extreme(high=False))["image"]
+    last = random_crop(sample, crop, _Extreme(high=True))["image"]
+    assert first[0, 0] == sample["image"][0, 0] and last[-1, -1] == sample["image"][-1, -1]
+    corner_windows = {(0, 0), (0, W - tile), (H - tile, 0), (H - tile, W - tile)}
+    assert corner_windows <= {(y, x) for y, x, *_ in windows}
+    # the lazy crops read only their window: a corner window comes back at full size with its metadata
+    sl = crops.crop((None, H - tile, W - tile, tile, tile))
+    assert sl.image.shape == (tile, tile) and sl.meta["window"] == [H - tile, W - tile, tile, tile]
