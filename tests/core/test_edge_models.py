@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import time
+import zipfile
 
 import numpy as np
 import pytest
@@ -433,3 +434,35 @@ def test_big_image_training_reaches_every_pixel_and_centres_every_tile_corner() 
     # the lazy crops read only their window: a corner window comes back at full size with its metadata
     sl = crops.crop((None, H - tile, W - tile, tile, tile))
     assert sl.image.shape == (tile, tile) and sl.meta["window"] == [H - tile, W - tile, tile, tile]
+
+
+# ---------------------------------------------------------------- bioimage.io packages
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["casenet", "dff"])
+def test_edge_detector_packages_for_bioimageio_and_imports_back(arch, tmp_path) -> None:
+    pytest.importorskip("bioimageio.core")
+    from bioimageio.spec import load_model_description
+
+    from napari_neuroedge.bioimageio_export import package_model
+    from napari_neuroedge.bioimageio_import import load_package
+
+    model = build_model(arch, depth=18).eval()
+    ckpt = make_checkpoint(model, arch, {"depth": 18}, NormConfig(), context=64,
+                           provenance={"name": f"tiny-{arch}", "data": "../shared/data/isbi2012"})
+    ckpt.threshold = 0.45
+    zip_path = package_model(save_checkpoint(ckpt, tmp_path / f"{arch}.pt"), tmp_path / f"{arch}.zip")
+    descr = load_model_description(str(zip_path), perform_io_checks=True)
+    assert {str(c.doi) for c in descr.cite} >= {"10.48550/arXiv.1705.09759"}
+    assert arch in descr.tags and descr.inputs[0].axes[2].size.step == 8
+    net, meta = load_package(zip_path)
+    assert meta["threshold"] == 0.45 and meta["name"] == f"tiny-{arch}"
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 1, 48, 72), dtype=np.float32))
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extract("weights_torchscript.pt", tmp_path)
+    traced = torch.jit.load(str(tmp_path / "weights_torchscript.pt"), map_location="cpu")
+    with torch.no_grad():  # both weight formats (the TorchScript traced at 32^2) follow any size
+        expected = torch.sigmoid(model(x)).numpy()
+        np.testing.assert_allclose(net(x).numpy(), expected, atol=1e-5)
+        np.testing.assert_allclose(traced(x).numpy(), expected, atol=1e-5)
