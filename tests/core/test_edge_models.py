@@ -466,3 +466,53 @@ def test_edge_detector_packages_for_bioimageio_and_imports_back(arch, tmp_path) 
         expected = torch.sigmoid(model(x)).numpy()
         np.testing.assert_allclose(net(x).numpy(), expected, atol=1e-5)
         np.testing.assert_allclose(traced(x).numpy(), expected, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the bundled edge detectors (issue 25)
+
+# boundary F1 (2 px) / Rand error floors on ISBI 2012 slices 20-24 with 6-way TTA, a little below the figures in
+# each model card (measured on these fp16 files), so CPU-to-CPU rounding cannot fail them but a lost threshold,
+# broken weights or a broken fusion does
+# (cards: CASENet F1 0.9273, Rand error 0.102; DFF F1 0.9353, Rand error 0.065)
+BUNDLED_FLOORS = {"casenet-r18": ("casenet", (0.922, 0.125)), "dff-r18": ("dff", (0.930, 0.080))}
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLED_FLOORS))
+def test_bundled_edge_detector_is_listed_and_a_finetune_parent(name) -> None:
+    from napari_neuroedge.models.registry import WEIGHTS_DIR, bundled_models
+
+    assert name in bundled_models() and (WEIGHTS_DIR / f"{name}.md").is_file()
+    ckpt = load_checkpoint(name)
+    arch, _ = BUNDLED_FLOORS[name]
+    assert ckpt.arch == arch and ckpt.arch_kwargs == {"depth": 18} and ckpt.optimizer is None
+    assert 0 < ckpt.threshold < 1 and ckpt.context > 0
+    assert {v.dtype for v in ckpt.state_dict.values() if v.is_floating_point()} == {torch.float16}  # small files
+    assert ckpt.train_config["loss"]["edge"] > 0  # a fine-tune inherits the seed's loss from it
+    from napari_neuroedge.training.finetune import finetune_config
+
+    cfg = finetune_config(ckpt, FinetuneOptions(), has_replay=False)
+    assert (cfg.model, cfg.model_kwargs, cfg.loss.edge) == (arch, {"depth": 18}, ckpt.train_config["loss"]["edge"])
+
+
+@pytest.mark.isbi
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(BUNDLED_FLOORS))
+def test_bundled_edge_detector_on_isbi_validation_slices(name, isbi_dir) -> None:
+    import tifffile
+
+    from napari_neuroedge.config import TTAConfig
+    from napari_neuroedge.inference.postprocess import instances_from_probability
+    from napari_neuroedge.inference.predict import predict_array
+    from napari_neuroedge.metrics import evaluate
+    from napari_neuroedge.models.checkpoint import load_model
+
+    model, ckpt = load_model(name)
+    vol = tifffile.imread(isbi_dir / "train-volume.tif")[20:25]
+    gt = (tifffile.imread(isbi_dir / "train-labels.tif")[20:25] == 0).astype(np.uint8)
+    prob = predict_array(vol, TorchPredictor(model, "cpu", tta=TTAConfig(n=6)), norm=ckpt.norm)
+    res = evaluate(prob, gt, instances_fn=lambda p: instances_from_probability(p, ckpt.seed_threshold),
+                   threshold=ckpt.threshold)
+    print(name, {k: round(v, 4) for k, v in res.items()})
+    f1_floor, rand_ceiling = BUNDLED_FLOORS[name][1]
+    assert res["boundary_f1"] > f1_floor
+    assert res["rand_error"] < rand_ceiling
