@@ -25,10 +25,16 @@ After training, each model's membrane and seed thresholds are calibrated on its 
    predictor's precision; process CPU time, so other jobs on the machine do not inflate it) and GFLOP per
    megapixel (torch's FLOP counter, multiply-adds x 2).
 
+``dff-18-mim`` (not in the default set) is the DFF whose backbone first spends ``--pretrain-minutes`` of the same
+budget on masked-image modelling of unlabelled EM (ISBI's test volume and VNC stack2; no labels), then the rest
+on the seed's recipe: does a label-free pretraining on EM replace the seed's ImageNet weights at equal total
+budget (issue 25, item 2)?
+
 Ratio lines compare each edge model with the U-Net (issue 25's target: boundary F1 (2 px) on ISBI within 10% of
 the U-Net's, or ahead of it on zero-shot transfer). ``--save DIR`` keeps every trained, calibrated checkpoint.
 
-Usage: ``python benchmarks/bench_edge_models.py [--minutes 8] [--threads 1] [--save DIR] [--quick]``; wall time
+Usage: ``python benchmarks/bench_edge_models.py [--minutes 8] [--threads 1] [--save DIR] [--quick]
+[--models unet,casenet-18,dff-18,dff-18-mim] [--pretrain-minutes 2.5] [--no-reference]``; wall time
 about 3 x minutes / threads of training plus ~5 CPU-minutes of calibration and evaluation. ``--quick`` trains
 each model for 15 CPU-s on 64 px crops of a synthetic stack and evaluates crops of two slices (smoke test).
 """
@@ -54,7 +60,9 @@ MODELS: dict[str, tuple[str, dict[str, Any], float, float, str]] = {
     "unet": ("unet", {}, 1e-3, 1e-3, "f1=0.5,focal=0.5,skeleton_recall=0.25"),
     "casenet-18": ("casenet", {"depth": 18}, 1e-3, 1e-2, SEED_LOSS),
     "dff-18": ("dff", {"depth": 18}, 1e-3, 1e-2, SEED_LOSS),
+    "dff-18-mim": ("dff", {"depth": 18}, 1e-3, 1e-2, SEED_LOSS),  # after --pretrain-minutes of MIM (see below)
 }
+PRETRAINED = {"dff-18-mim"}  # their backbone is first pretrained without labels, inside the same total budget
 REFERENCE = "unet"
 
 
@@ -62,9 +70,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, help="process CPU minutes of training per model (default 8; quick 0.25)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, the same for every model (default 1)")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of %(default)s")
+    p.add_argument("--models", default=",".join(m for m in MODELS if m not in PRETRAINED),
+                   help=f"comma-separated, of {', '.join(MODELS)} (default %(default)s)")
     p.add_argument("--vnc-slices", default="10:15", help="VNC stack1 slices for the zero-shot figures (start:stop)")
     p.add_argument("--save", help="folder to keep each trained, calibrated checkpoint in (MODEL.pt)")
+    p.add_argument("--pretrain-minutes", type=float, default=2.5, help="of the budget of the *-mim models: CPU "
+                   "minutes of masked-image pretraining on unlabelled EM before the labelled training (default 2.5)")
+    p.add_argument("--no-reference", action="store_true", help="do not add the U-Net reference to --models")
     p.add_argument("--quick", action="store_true", help="synthetic data, 15 CPU-s per model (smoke test)")
     args = p.parse_args(argv)
     args.minutes = args.minutes if args.minutes is not None else (0.25 if args.quick else 8.0)
@@ -72,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.models) - set(MODELS)
     if unknown:
         p.error(f"unknown model(s) {sorted(unknown)}; choose from {', '.join(MODELS)}")
-    if REFERENCE not in args.models:
+    if REFERENCE not in args.models and not args.no_reference:
         args.models.insert(0, REFERENCE)
     return args
 
@@ -93,14 +105,83 @@ def train_config(label: str, minutes: float, threads: int, quick: bool) -> Any:
                        augment=AugmentConfig(crop=64 if quick else 256))
 
 
-def train(cfg: Any, train_slices: list[Any], run_dir: Path) -> tuple[Any, dict[str, float]]:
-    """Train per ``cfg``, no validation; (last checkpoint, {steps, cpu_s, wall_s})."""
+def unlabelled_em(quick: bool) -> list[np.ndarray]:
+    """Normalised unlabelled EM slices for pretraining: ISBI 2012's test volume (30 x 512^2) and VNC stack2
+    (20 x 1024^2; the same tissue as the VNC stack1 the zero-shot figures use, as a user's own stack would be)."""
+    import bench_correction_loop as loop
+    import bench_default_model as dm
+    import tifffile
+
+    from napari_neuroedge.config import NormConfig
+    from napari_neuroedge.inference.normalize import normalize_slice
+
+    if quick:
+        from napari_neuroedge.sample import synthetic_em
+
+        raws = list(synthetic_em((4, 96, 96), cell_size=24, seed=9).image)
+    else:
+        raws = [r for f in (dm.ISBI / "test-volume.tif", loop.VNC / "stack2-raw.tif") if f.exists()
+                for r in tifffile.imread(f)]
+    return [normalize_slice(r, NormConfig()) for r in raws]
+
+
+def pretrain_mim(label: str, images: list[np.ndarray], seconds: float, crop: int, batch: int) -> tuple[Any, int]:
+    """Masked-image modelling without labels: on random crops (flips / rotations) of ``images``, half of the
+    16 x 16 patches are set to 0 and the whole network regresses their normalised intensities (MSE on the hidden
+    pixels, fused and side outputs alike), Adam 1e-3, bf16 autocast, for ``seconds`` of process CPU time. Returns
+    (a checkpoint with the pretrained backbone and a freshly initialised head, steps)."""
+    import torch
+
+    from napari_neuroedge.config import NormConfig
+    from napari_neuroedge.inference.precision import autocast, resolve_precision
+    from napari_neuroedge.models.checkpoint import make_checkpoint
+    from napari_neuroedge.models.registry import build_model
+
+    preset, kwargs, *_ = MODELS[label]
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = build_model(preset, **kwargs).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    precision = resolve_precision("auto", "cpu")
+    patch, steps, c0 = 16, 0, cpu_seconds()
+    while cpu_seconds() - c0 < seconds:
+        crops = []
+        for _ in range(batch):
+            img = images[int(rng.integers(len(images)))]
+            y, x = int(rng.integers(img.shape[0] - crop + 1)), int(rng.integers(img.shape[1] - crop + 1))
+            c = np.rot90(img[y:y + crop, x:x + crop], int(rng.integers(4)))
+            crops.append(c[:, ::-1] if rng.random() < 0.5 else c)
+        target = torch.from_numpy(np.ascontiguousarray(np.stack(crops)[:, None], dtype=np.float32))
+        hidden = torch.from_numpy(rng.random((batch, 1, crop // patch, crop // patch)) < 0.5).float()
+        hidden = hidden.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+        with autocast(precision, "cpu"):
+            out = model.forward_train(target * (1 - hidden))
+        outs = [out["fused"], *out["sides"]]
+        loss = sum((((o.float() - target) ** 2) * hidden).sum() / hidden.sum() for o in outs) / len(outs)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        steps += 1
+        if steps == 1 or steps % 50 == 0:
+            print(f"    MIM step {steps}: loss {loss.item():.4f}", flush=True)
+    fresh = build_model(preset, **kwargs)
+    result = fresh.load_state_dict({k: v for k, v in model.state_dict().items() if k.startswith("backbone.")},
+                                   strict=False)
+    assert not any(k.startswith("backbone.") for k in result.missing_keys)
+    return make_checkpoint(fresh, preset, kwargs, NormConfig(), provenance={
+        "name": f"{label}-pretrained", "pretraining": f"masked-image modelling, {steps} steps, {seconds:.0f} CPU-s"}), steps
+
+
+def train(cfg: Any, train_slices: list[Any], run_dir: Path, init: Any = None) -> tuple[Any, dict[str, float]]:
+    """Train per ``cfg`` (from ``init``'s weights if given), no validation; (last checkpoint, {steps, cpu_s,
+    wall_s})."""
     from napari_neuroedge.models.checkpoint import load_checkpoint
     from napari_neuroedge.progress import drive
     from napari_neuroedge.training.loop import iter_fit
 
     c0, t0 = cpu_seconds(), time.perf_counter()
-    result = drive(iter_fit(cfg, train_slices, [], run_dir, provenance={"name": run_dir.name}))
+    result = drive(iter_fit(cfg, train_slices, [], run_dir, init=init, provenance={"name": run_dir.name}))
     info = {"steps": result.steps, "cpu_s": cpu_seconds() - c0, "wall_s": time.perf_counter() - t0}
     return load_checkpoint(result.last), info
 
@@ -199,8 +280,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = train_config(label, args.minutes, args.threads, args.quick)
         print(f"\n[{label}] {cfg.model} {cfg.model_kwargs}, lr {cfg.lr_backbone:g}/{cfg.lr_head:g}, loss "
               f"{MODELS[label][4]}", flush=True)
+        init, pre_steps = None, 0
+        if label in PRETRAINED:
+            pre_s = args.pretrain_minutes * 60 * (0.25 / 8 if args.quick else 1.0)
+            init, pre_steps = pretrain_mim(label, unlabelled_em(args.quick), pre_s, cfg.augment.crop, cfg.batch)
+            cfg = dataclasses.replace(cfg, time_limit_s=cfg.time_limit_s - pre_s)
+            print(f"  pretrained {pre_steps} MIM steps in {pre_s:.0f} CPU-s; labelled training gets the remaining "
+                  f"{cfg.time_limit_s:.0f} CPU-s", flush=True)
         with tempfile.TemporaryDirectory(prefix="neuroedge-edge-") as tmp:
-            ckpt, info = train(cfg, train_slices, Path(tmp) / label)
+            ckpt, info = train(cfg, train_slices, Path(tmp) / label, init)
+        info["pretrain_steps"] = pre_steps
         c0 = cpu_seconds()
         ckpt = calibrate(ckpt, train_slices)
         ckpt.provenance.update({"name": label, "command": "python benchmarks/" + " ".join(
@@ -229,9 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  saved {out}", flush=True)
         torch.set_num_threads(args.threads)  # the loop may have changed it
 
-    ref = results[REFERENCE]["scores"]
+    ref = results[REFERENCE]["scores"] if REFERENCE in results else None
     print("\n[compare] edge model / U-Net (pixel and Rand error: < 1 = edge model better; F1: > 1 = better)")
-    for label in (m for m in args.models if m != REFERENCE):
+    for label in (m for m in args.models if m != REFERENCE and ref is not None):
         for case, m in results[label]["scores"].items():
             r = m["f1_2px"] / ref[case]["f1_2px"] if ref[case]["f1_2px"] else float("nan")
             note = C.target_note(r, ">=", 0.9, "within 10%: ") if case in ("isbi", "synthetic") else \
@@ -243,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     C.print_readme_table(["model", "data", "TTA", "pixel error", "F1 (2 px)", "F1 exact", "Rand error", "VI merge",
                           "steps", "inference CPU-s/Mpx", "GFLOP/Mpx"], rows,
                          f"{data}; each model trained from scratch for {args.minutes * 60:.0f} s of process CPU time "
+                         f"(the -mim models: {args.pretrain_minutes * 60:.0f} s of it pretraining without labels) "
                          f"on {args.threads} thread(s), {precision} (`python benchmarks/bench_edge_models.py "
                          f"--minutes {args.minutes:g} --threads {args.threads}`).")
     print(f"\n(total {clock() / 60:.1f} min wall, {cpu_seconds() / 60:.1f} CPU-min)")
