@@ -27,8 +27,9 @@ one-click recipe would otherwise take from each parent); the benchmark prints th
 
 Instances are the watershed of each model's probability at that model's seed threshold, as ``predict`` does.
 
-Usage: ``python benchmarks/bench_correction_loop.py [--shifts vnc,vnc-hard] [--time-limit 100] [--peer isbi]
-[--peer-pretrain-minutes 45] [--quick]``.
+Usage: ``python benchmarks/bench_correction_loop.py [--parent default] [--shifts vnc,vnc-hard] [--time-limit 100]
+[--peer isbi] [--peer-pretrain-minutes 45] [--quick]``; ``--parent`` fine-tunes another bundled model or checkpoint
+(e.g. ``casenet-r18``, ``dff-r18``: issue 25) in place of the default.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ VNC = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnc"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shifts", default="vnc,vnc-hard")
+    p.add_argument("--parent", default="default", help="the model fine-tuned: a bundled name (default: default, "
+                   "e.g. casenet-r18 or dff-r18) or a checkpoint path")
     p.add_argument("--train-slices", default="0,1", help="the 'corrected' slices (default 0,1)")
     p.add_argument("--eval-slices", default="10,11,12,13,14", help="evaluated slices (default 10-14)")
     p.add_argument("--time-limit", type=float, help="override the one-click time limit (s)")
@@ -216,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
 
     C.set_threads(args.threads)
     C.print_header("bench_correction_loop: one-click fine-tune on a new stack (issue 11)", "cpu", args.quick)
-    parent = load_checkpoint("default")
+    parent = load_checkpoint(args.parent)
+    print(f"  parent: {args.parent} ({parent.arch} {parent.arch_kwargs})")
     opts = FinetuneOptions(threads=args.threads)
     if args.quick:
         opts = dataclasses.replace(opts, time_limit_s=3.0, crop=64, batch=2)

@@ -126,3 +126,12 @@ def test_bench_correction_loop_peer_quick() -> None:
     steps = [int(n) for n in re.findall(r"fine-tune (\d+) steps in", out)]
     assert len(steps) == 2 and min(steps) >= 1
     assert "| synthetic | smp Unet(resnet18) | fine-tuned |" in out and "| synthetic | ours | zero-shot |" in out
+
+
+def test_bench_edge_models_quick(tmp_path) -> None:
+    out, ratios = run_quick("bench_edge_models.py", "--save", str(tmp_path))
+    expected = {f"{m}_over_unet_{k}" for m in ("casenet-18", "dff-18")
+                for k in ("f1_2px_synthetic", "rand_synthetic", "steps")}
+    assert expected <= set(ratios), f"missing {expected - set(ratios)}"
+    assert "| casenet-18 | synthetic | 6 |" in out and "| dff-18 | synthetic | 6 |" in out
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["casenet-18.pt", "dff-18.pt", "unet.pt"]

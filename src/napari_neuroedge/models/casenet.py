@@ -62,8 +62,13 @@ class EdgeNetBase(nn.Module):
         return {"backbone": backbone, "head": head}
 
 
-def _upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(x.shape[-2:]) == size:
+def _upsample(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """Bilinear resize of (N, C, h, w) to ``size``; the identity where the size already matches.
+
+    ``size`` may be a traced ``x.shape[-2:]``: taken without ``int()``, a ``torch.jit.trace`` of the model then
+    follows the input size instead of freezing the example's (the bioimage.io TorchScript weights need that).
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
@@ -88,7 +93,7 @@ class CASENet(EdgeNetBase):
             self.fuse.bias.zero_()
 
     def _forward_padded(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        size = (int(x.shape[-2]), int(x.shape[-1]))
+        size = x.shape[-2:]  # no int(): traceable for any input size
         feats = self.backbone(x)
         # 1x1 conv before upsampling: both are linear, so this equals conv-after-upsample at a fraction of the cost.
         sides = [_upsample(conv(f), size) for conv, f in zip(self.side_convs, feats)]

@@ -55,12 +55,12 @@ class DFF(EdgeNetBase):
             nn.init.normal_(last.weight, std=0.01)
             last.bias.fill_(1.0 / n)
 
-    def fusion_weights(self, top: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def fusion_weights(self, top: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
         """Stage-5 features (N, C5, h, w) -> per-pixel fusion weights (N, 5, *size)."""
         return _upsample(self.weight_learner(top), size)
 
     def _forward_padded(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
-        size = (int(x.shape[-2]), int(x.shape[-1]))
+        size = x.shape[-2:]  # no int(): traceable for any input size
         feats = self.backbone(x)
         sides = [_upsample(norm(f), size) for norm, f in zip(self.side_norms, feats)]
         weights = self.fusion_weights(feats[-1], size)

@@ -68,7 +68,11 @@ def resolve_arch(name: str, kwargs: dict[str, Any] | None = None) -> tuple[str, 
 
 
 def bundled_models() -> dict[str, Path]:
-    """Shipped checkpoints: name -> path (``default`` is the default membrane model)."""
+    """Shipped checkpoints: name -> path, every ``weights/NAME.pt`` (each with its model card ``NAME.md``).
+
+    ``default`` is the default membrane model (a U-Net); ``casenet-r18`` and ``dff-r18`` are the seed's edge
+    detectors on ResNet-18 backbones, trained on ISBI 2012 at the U-Net's CPU budget (issue 25).
+    """
     return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.pt"))}
 
 

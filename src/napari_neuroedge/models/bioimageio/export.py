@@ -1,7 +1,8 @@
 """Export a checkpoint as a bioimage.io model package (model spec 0.5, built with ``bioimageio.spec``).
 
 The package holds: the architecture source (our U-Net plus ``BoundaryUNet``, which returns the sigmoid
-probability), ``pytorch_state_dict`` and TorchScript weights, the per-slice percentile normalisation as
+probability; for CASENet / DFF their ResNet backbone, model and ``BoundaryCASENet`` / ``BoundaryDFF``, needing
+torch and torchvision), ``pytorch_state_dict`` and TorchScript weights, the per-slice percentile normalisation as
 ``scale_range`` preprocessing, a test input (a real EM crop, raw intensities) with our prediction of it as the
 test output, a cover image, authors, citations, the training data's terms and the provenance (parent model,
 training data, commands) under ``config.neuroedge``. TTA and the membrane threshold are outside the spec: the
@@ -62,6 +63,16 @@ DATASETS: dict[str, dict[str, Any]] = {
 }
 UNET_CITE = ("Ronneberger, Fischer, Brox 2015, U-Net: Convolutional Networks for Biomedical Image Segmentation, "
              "MICCAI", "10.1007/978-3-319-24574-4_28")
+_CASENET_CITE = ("Yu, Feng, Liu, Ramalingam 2017, CASENet: Deep Category-Aware Semantic Edge Detection, CVPR",
+                 "10.48550/arXiv.1705.09759")
+_DFF_CITE = ("Hu, Chen, Li, Feng 2019, Dynamic Feature Fusion for Semantic Edge Detection, IJCAI",
+             "10.48550/arXiv.1902.09104")
+#: architecture -> (modules of ``models`` whose source makes architecture.py, in order; its base class; citations)
+_ARCHITECTURES: dict[str, tuple[tuple[str, ...], str, list[tuple[str, str]]]] = {
+    "unet": (("unet",), "UNet", [UNET_CITE]),
+    "casenet": (("backbones", "casenet"), "CASENet", [_CASENET_CITE]),
+    "dff": (("backbones", "casenet", "dff"), "DFF", [_CASENET_CITE, _DFF_CITE]),
+}
 
 
 class PackageError(ValueError):
@@ -90,17 +101,33 @@ def training_datasets(ckpt: Checkpoint) -> tuple[list[str], list[str]]:
     return paths, known
 
 
-def architecture_source() -> str:
-    """Self-contained Python source of the U-Net and :data:`ARCH_CALLABLE` (imports only torch)."""
-    from .. import unet
+def arch_callable(arch: str = "unet") -> str:
+    """The package's model class for ``arch``: ``BoundaryUNet``, ``BoundaryCASENet`` or ``BoundaryDFF``."""
+    return ARCH_CALLABLE if arch == "unet" else f"Boundary{_ARCHITECTURES[arch][1]}"
 
-    return inspect.getsource(unet) + _ARCH_SUFFIX
+
+def architecture_source(arch: str = "unet") -> str:
+    """Self-contained Python source of the ``arch`` model and :func:`arch_callable` (imports only torch; CASENet
+    and DFF also torchvision): the model modules' own source, their imports of each other left out."""
+    import importlib
+    import re
+
+    if arch == "unet":
+        from .. import unet
+
+        return inspect.getsource(unet) + _ARCH_SUFFIX
+    modules, base, _ = _ARCHITECTURES[arch]
+    parts = [inspect.getsource(importlib.import_module(f"..{m}", __package__)) for m in modules]
+    body = re.sub(r"^(from __future__ import annotations|from \.\w+ import [^(\n]*)\n", "", "\n\n".join(parts),
+                  flags=re.M)
+    suffix = _ARCH_SUFFIX.replace("BoundaryUNet(UNet)", f"{arch_callable(arch)}({base})").replace("U-Net", base)
+    return "from __future__ import annotations\n" + body + suffix
 
 
 def _probability_model(ckpt: Checkpoint) -> Any:
     namespace: dict[str, Any] = {"__name__": "neuroedge_bioimageio_arch"}
-    exec(compile(architecture_source(), "<architecture>", "exec"), namespace)  # noqa: S102 - our own source
-    model = namespace[ARCH_CALLABLE](**ckpt.arch_kwargs)
+    exec(compile(architecture_source(ckpt.arch), "<architecture>", "exec"), namespace)  # noqa: S102 - our own
+    model = namespace[arch_callable(ckpt.arch)](**ckpt.arch_kwargs)
     model.load_state_dict(ckpt.state_dict)
     return model.eval()
 
@@ -117,11 +144,12 @@ def _documentation(ckpt: Checkpoint, name: str, paths: list[str], known: list[st
     parents = sorted(set(_walk(ckpt.provenance, "finetuned_from")))
     terms = "\n".join(f"- **{DATASETS[k]['name']}**: {DATASETS[k]['terms']}" for k in known) or \
         "- no known public dataset in the provenance: the terms of the user's own training data apply."
-    return f"""# {name}: napari-neuroedge boundary U-Net
+    base = _ARCHITECTURES[ckpt.arch][1].replace("UNet", "U-Net")
+    return f"""# {name}: napari-neuroedge boundary {base}
 
 Predicts the probability that a pixel of a 2D EM slice (one grey channel) is a neuron membrane.
-Architecture: U-Net {ckpt.arch_kwargs} (`{ARCH_CALLABLE}`, which applies the sigmoid); input sizes are multiples
-of {2 ** int(ckpt.arch_kwargs.get("depth", 4))} px. Preprocessing: each slice is scaled by its own
+Architecture: {base} {ckpt.arch_kwargs} (`{arch_callable(ckpt.arch)}`, which applies the sigmoid); input sizes are
+multiples of {_multiple(ckpt)} px. Preprocessing: each slice is scaled by its own
 {ckpt.norm.low:g}th / {ckpt.norm.high:g}th percentiles (`scale_range`).
 
 ## Not expressible in the model spec
@@ -154,6 +182,11 @@ Fine-tuned from: {", ".join(parents) or "none (trained from scratch)"}.
 """
 
 
+def _multiple(ckpt: Checkpoint) -> int:
+    """Input sizes of the package are multiples of this (U-Net: 2^depth; CASENet / DFF: their output stride 8)."""
+    return 2 ** int(ckpt.arch_kwargs.get("depth", 4)) if ckpt.arch == "unet" else 8
+
+
 def _write_cover(path: Path, raw: np.ndarray, prob: np.ndarray, threshold: float) -> None:
     from ...io.overlay import write_overlay
 
@@ -179,13 +212,14 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
 
     output = Path(output)
     ckpt = load_checkpoint(model)
-    if ckpt.arch != "unet":
-        raise PackageError(f"only U-Net models can be packaged for bioimage.io so far (this one is {ckpt.arch!r})")
+    if ckpt.arch not in _ARCHITECTURES:
+        raise PackageError(f"only U-Net, CASENet and DFF models can be packaged for bioimage.io (this one is "
+                           f"{ckpt.arch!r})")
     if ckpt.norm.mode != "percentile":
         raise PackageError(f"normalisation {ckpt.norm.mode!r} has no exact bioimage.io preprocessing; only "
                            "'percentile' models can be packaged")
     name = name or str(ckpt.provenance.get("name") or Path(str(model)).stem)
-    multiple = 2 ** int(ckpt.arch_kwargs.get("depth", 4))
+    multiple = _multiple(ckpt)
     paths, known = training_datasets(ckpt)
     net = _probability_model(ckpt)
     raw = test_slice()
@@ -196,7 +230,7 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
         tmp = Path(tmp_dir)
         np.save(tmp / "test_input.npy", raw.astype(np.float32)[None, None])
         np.save(tmp / "test_output.npy", prob)
-        (tmp / "architecture.py").write_text(architecture_source())
+        (tmp / "architecture.py").write_text(architecture_source(ckpt.arch))
         torch.save(net.state_dict(), tmp / "weights.pt")
         example = torch.zeros(1, 1, 4 * multiple, 4 * multiple)
         with warnings.catch_warnings():  # tracing is exact here: valid inputs are multiples, so never padded
@@ -205,7 +239,7 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
         _write_cover(tmp / "cover.png", raw, prob[0, 0], ckpt.threshold)
         (tmp / "README.md").write_text(_documentation(ckpt, name, paths, known))
         licenses = [DATASETS[k]["license"] for k in known]
-        cites = [UNET_CITE] + [c for k in known for c in DATASETS[k]["cite"]]
+        cites = _ARCHITECTURES[ckpt.arch][2] + [c for k in known for c in DATASETS[k]["cite"]]
         torch_version = s.Version(torch.__version__.split("+")[0])
         with ValidationContext(root=tmp, perform_io_checks=True):
             descr = s.ModelDescr(
@@ -218,7 +252,7 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
                 documentation=s.FileDescr(source=tmp / "README.md"),
                 covers=[s.FileDescr(source=tmp / "cover.png")],
                 tags=["electron-microscopy", "membrane-segmentation", "boundary-detection", "neurons", "2d",
-                      "unet", "pytorch", "napari-neuroedge"],
+                      ckpt.arch, "pytorch", "napari-neuroedge"],
                 inputs=[s.InputTensorDescr(
                     id=s.TensorId(INPUT_ID),
                     description="EM slice, one grey channel, raw intensities (uint8, uint16 or float)",
@@ -243,7 +277,7 @@ def package_model(model: str | Path, output: str | Path, name: str | None = None
                     pytorch_state_dict=s.PytorchStateDictWeightsDescr(
                         source=tmp / "weights.pt", pytorch_version=torch_version,
                         architecture=s.ArchitectureFromFileDescr(
-                            source=tmp / "architecture.py", callable=s.Identifier(ARCH_CALLABLE),
+                            source=tmp / "architecture.py", callable=s.Identifier(arch_callable(ckpt.arch)),
                             kwargs=dict(ckpt.arch_kwargs))),
                     torchscript=s.TorchscriptWeightsDescr(source=tmp / "weights_torchscript.pt",
                                                           pytorch_version=torch_version,
