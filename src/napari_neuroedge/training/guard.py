@@ -177,6 +177,7 @@ class Comparison:
     rand_gain: float  # parent's Rand error minus the candidate's (higher is better)
     rand_se: float  # standard error of the paired block differences (inf with one block)
     rand_floor: float  # REL_TOL of the parent's error, at least 1e-4
+    parent_rand: float  # the parent's mean Rand error over the blocks
     f1_gain: float
     f1_noise: float
 
@@ -196,7 +197,7 @@ class Comparison:
     @property
     def not_worse(self) -> bool:
         """Not worse beyond the noise, :data:`NOT_WORSE_REL` of the parent's error or 1e-3, in Rand and F1."""
-        slack = max(self.rand_se, self.rand_floor * NOT_WORSE_REL / REL_TOL, 1e-3)
+        slack = max(self.rand_se, NOT_WORSE_REL * self.parent_rand, 1e-3)
         return self.rand_gain >= -slack and self.f1_gain >= -self.f1_noise
 
 
@@ -207,7 +208,7 @@ def compare(parent: Evaluation, cand: Evaluation, region: str) -> Comparison:
     gain, se, n = _paired(pr, cand.blocks["rand" + sfx], lower_better=True)
     base = float(np.nanmean(pr)) if np.isfinite(pr).any() else 0.0
     f1_gain, f1_se, _ = _paired(parent.blocks["f1" + sfx], cand.blocks["f1" + sfx], lower_better=False)
-    return Comparison(region, n, gain, se, max(REL_TOL * base, 1e-4), f1_gain,
+    return Comparison(region, n, gain, se, max(REL_TOL * base, 1e-4), base, f1_gain,
                       max(f1_se if np.isfinite(f1_se) else F1_TOL, F1_TOL))
 
 
