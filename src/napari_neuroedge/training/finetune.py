@@ -13,7 +13,7 @@ same defaults) and run :func:`iter_finetune`:
    same measures: boundary F1 and the Rand error of the instances on all held-out pixels and near the pixels
    the user changed.
 3. **The guard and the finished model** (:func:`finalise`, :mod:`~napari_neuroedge.training.guard`): the kept
-   model is chosen among the parent, the parent with recalibrated thresholds and the validated checkpoints
+   model is chosen among the parent, the parent with recalibrated thresholds and the best validated checkpoint
    interpolated with the parent, on Rand error and F1 together, block by block; a candidate must beat the
    parent's Rand error beyond the noise, or the parent is kept, re-labelled, and the outcome says so in words
    (the best fine-tuned candidate is left in the run folder as ``candidate.pt``). No optimiser state, the
@@ -146,7 +146,7 @@ def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
 
 def _candidates(sources: Sequence[Path], parent: Checkpoint, options: FinetuneOptions
                 ) -> list[tuple[str, float, Checkpoint]]:
-    """(name, parent weight, checkpoint) of every fine-tuned candidate: each validated checkpoint in ``sources``
+    """(name, parent weight, checkpoint) of every fine-tuned candidate: each checkpoint in ``sources``
     interpolated with the parent at each weight of the guard's grid (and the form's ``parent_weight``)."""
     from ..models.averaging import interpolate_towards
     from .guard import PARENT_WEIGHTS
@@ -302,9 +302,7 @@ def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: 
         raise
     outcome.steps, outcome.best_metrics = result.steps, result.best_metrics
     outcome.validated = result.best is not None
-    sources = [p for p in dict.fromkeys([result.best, result.last]) if p is not None]
-    if result.best is not None and load_checkpoint(result.last).step == load_checkpoint(result.best).step:
-        sources = [result.best]
+    sources = [result.best or result.last]
     finalise(sources, dest, parent, val, options, {**prov, "name": dest.stem, "steps_done": result.steps,
                                                    "best_metrics": result.best_metrics,
                                                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, outcome)
