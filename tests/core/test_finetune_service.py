@@ -335,3 +335,13 @@ def test_held_out_scores_report_the_changed_pixels():
     m = score_slice((parent >= 0.5).astype(np.uint8), instances_from_probability(parent), val)
     assert m["changed_px"] == (changed[val.mask > 0] > 0).sum()
     assert m["f1_changed"] < 0.5 < m["f1"] and m["rand_error_changed"] > m["rand_error"]
+
+
+def test_a_callers_validation_slice_counts_in_blocks_too(corrected):
+    from napari_neuroedge.training.holdout import block_size, held_out_blocks
+
+    whole = corrected[0]  # the CLI's --val-data: no held-out mask, the whole slice is validation
+    blocks = held_out_blocks(whole)
+    assert block_size(whole.image.shape) == 32 and len(blocks) == 3 * 4  # 96 x 112 px in 32 px blocks
+    _, (val, _) = split_holdout(corrected, 0.25, fold=0)
+    assert all(val.mask[w].any() for w in held_out_blocks(val)) and len(held_out_blocks(val)) == 3

@@ -105,13 +105,11 @@ def split_holdout(slices: Sequence[LabelledSlice], fraction: float, fold: int | 
 
 
 def held_out_blocks(sl: LabelledSlice) -> list[tuple[slice, slice]]:
-    """The (rows, columns) windows of the held-out blocks of a validation slice that hold labelled pixels; a
-    slice not made by :func:`split_holdout` (the CLI's ``--val-data``) is one block."""
+    """The (rows, columns) windows of the blocks of a validation slice that hold labelled (held-out) pixels; a
+    slice not made by :func:`split_holdout` (the CLI's ``--val-data``) is cut into :func:`block_size` blocks."""
     h, w = sl.image.shape
-    b = sl.meta.get("block")
-    if not b or sl.mask is None:
-        return [(slice(0, h), slice(0, w))]
-    mask = np.asarray(sl.mask) > 0
+    b = int(sl.meta.get("block") or block_size(sl.image.shape))
+    mask = np.ones((h, w), bool) if sl.mask is None else np.asarray(sl.mask) > 0
     out = []
     for y in range(0, h, b):
         for x in range(0, w, b):
