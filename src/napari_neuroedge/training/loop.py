@@ -79,6 +79,12 @@ from ..config import NormConfig  # noqa: E402
 
 _IDENTITY_NORM = NormConfig(mode="meanstd", mean=0.0, std=1.0)
 
+#: Under a time limit, validation takes at most about this share of the clock: after the first validated
+#: checkpoint, a due validation is skipped until training has run (1 - share) / share times the last one's
+#: duration (whole 1024^2 held-out slices take seconds to validate on 2 cores). The final step is always validated.
+VAL_SHARE = 0.2
+_VAL_WAIT = (1 - VAL_SHARE) / VAL_SHARE
+
 
 def ema_weight(decay: float, n_averaged: int) -> float:
     """Weight of the running average at update ``n_averaged`` (>= 1): ``min(decay, (1 + n) / (10 + n))``.
@@ -161,7 +167,8 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     the checkpoints hold the moving average of the weights (what prediction should use); a resumed run
     continues training from those averaged weights. ``run_dir`` receives
     ``last.pt``, ``best.pt``, ``log.jsonl`` and ``config.json`` (and ``step-NNNNNN.pt`` at each validation
-    with ``cfg.keep_validated``). With ``validate_init`` and ``val``, the starting model is validated first
+    with ``cfg.keep_validated``). Under ``cfg.time_limit_s`` validation is throttled to :data:`VAL_SHARE` of the
+    clock. With ``validate_init`` and ``val``, the starting model is validated first
     with the same measures: the first event is step 0 with ``{"step": 0, "val": metrics, "init": True}`` (no
     loss), and :attr:`FitResult.init_metrics` holds them. Validation uses the starting checkpoint's membrane
     and seed thresholds (the defaults from scratch), so every point of the curve is measured alike.
@@ -228,10 +235,13 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
                 frac = max(frac, (clock() - c0) / cfg.time_limit_s)
             return min(frac, 1.0)
 
+        val_cost, val_end = 0.0, time.perf_counter()
         if validate_init and val and resume is None:
             init_metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta, precision=precision,
                                     **thresholds)
-            info0 = {"step": step, "val": init_metrics, "init": True, "elapsed_s": time.perf_counter() - t0}
+            val_end = time.perf_counter()
+            val_cost = val_end - t0
+            info0 = {"step": step, "val": init_metrics, "init": True, "elapsed_s": val_cost}
             history.append(info0)
             log.write(json.dumps(info0) + "\n")
             log.flush()
@@ -265,9 +275,14 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             frac = fraction()
             info: dict[str, Any] = {"step": step, "loss": float(loss.item()), "terms": terms,
                                     "lr": opt.param_groups[-1]["lr"], "elapsed_s": time.perf_counter() - t0}
-            if val and (step % cfg.val_every == 0 or frac >= 1.0):
+            due = step % cfg.val_every == 0 and (cfg.time_limit_s <= 0 or best_metrics is None or
+                                                  time.perf_counter() - val_end >= val_cost * _VAL_WAIT)
+            if val and (due or frac >= 1.0):
+                v0 = time.perf_counter()
                 metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta, precision=precision,
                                    **thresholds)
+                val_end = time.perf_counter()
+                val_cost = val_end - v0
                 info["val"] = metrics
                 validated = checkpoint({"val": metrics})  # one copy of the weights for every file below
                 if cfg.keep_validated:
