@@ -345,3 +345,14 @@ def test_a_callers_validation_slice_counts_in_blocks_too(corrected):
     assert block_size(whole.image.shape) == 32 and len(blocks) == 3 * 4  # 96 x 112 px in 32 px blocks
     _, (val, _) = split_holdout(corrected, 0.25, fold=0)
     assert all(val.mask[w].any() for w in held_out_blocks(val)) and len(held_out_blocks(val)) == 3
+
+
+def test_validation_is_throttled_under_a_time_limit_but_never_the_first_nor_the_last(parent, corrected, tmp_path,
+                                                                                     monkeypatch):
+    import napari_neuroedge.training.loop as loop
+
+    monkeypatch.setattr(loop, "_VAL_WAIT", 1e9)  # as if a validation cost far more than training
+    opts = dataclasses.replace(FAST, time_limit_s=1e6, steps=40)  # the steps end the run, the clock never does
+    drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=opts))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "val" in e] == [0, 10, 40]  # the parent, the first checkpoint, the last
