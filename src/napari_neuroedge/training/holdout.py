@@ -82,17 +82,22 @@ def split_holdout(slices: Sequence[LabelledSlice], fraction: float, fold: int | 
                   ) -> tuple[list[LabelledSlice], list[LabelledSlice]]:
     """(train, val) of the corrected ``slices``: one copy of each to train on, one to validate on (see the module
     docstring). ``fold`` None picks each slice's fold by :func:`choose_fold` (default: the slice's position
-    modulo the folds); an int holds out that fold in every slice. ``fraction`` 0 gives no validation."""
+    modulo the folds); an int holds out that fold in every slice. ``fraction`` 0 gives no validation. Slices
+    under :data:`MIN_SIDE` px a side are trained on whole; if all are, it is an error."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"holdout must be in [0, 1), got {fraction}")
     if fraction == 0.0:
         return list(slices), []
+    small = [sl for sl in slices if min(sl.image.shape) < MIN_SIDE]
+    if len(small) == len(slices):
+        h, w = small[0].image.shape
+        raise ValueError(f"slice {small[0].meta.get('slice', '?')} is {h} x {w} px: too small to hold out "
+                         f"{fraction:.0%} of it for validation (at least {MIN_SIDE} px a side)")
     train, val = [], []
     for n, sl in enumerate(slices):
-        h, w = sl.image.shape
-        if min(h, w) < MIN_SIDE:
-            raise ValueError(f"slice {sl.meta.get('slice', '?')} is {h} x {w} px: too small to hold out "
-                             f"{fraction:.0%} of it for validation (at least {MIN_SIDE} px a side)")
+        if min(sl.image.shape) < MIN_SIDE:  # e.g. a large image's window clipped at its edge: trained on only
+            train.append(sl)
+            continue
         f = choose_fold(sl, fraction, n) if fold is None else fold % n_folds(fraction)
         b = block_size(sl.image.shape)
         held = fold_mask(sl.image.shape, fraction, f, b)
