@@ -296,6 +296,9 @@ def test_guard_needs_a_rand_gain_beyond_the_noise_of_the_blocks():
     assert "too weak to decide" in notes[1] and "correct more slices or a larger area" in notes[1]
     worse_f1 = _evaluation("step 90", 0.0, [0.05, 0.06, 0.04, 0.06, 0.05, 0.05], [0.6] * 6)
     assert choose(parent, [worse_f1]).parent_kept  # Rand and F1 together
+    blocks_only = _evaluation("step 80", 0.0, [0.05, 0.06, 0.04, 0.06, 0.05, 0.05], [0.82] * 6)
+    blocks_only.metrics["rand_error"] = 0.2  # better block by block, worse over all the held-out pixels
+    assert choose(parent, [blocks_only]).parent_kept
     two_blocks = _evaluation("the parent", 1.0, [0.1, 0.1], [0.8] * 2)
     assert choose(two_blocks, [_evaluation("s", 0.0, [0.0, 0.0], [0.9] * 2)]).weak  # too few blocks to tell
 
