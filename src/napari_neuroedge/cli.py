@@ -260,6 +260,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     print(json.dumps({"checkpoint": str(outcome.path), "steps": outcome.steps, "best_val": outcome.best_metrics,
+                      "kept": outcome.kept, "parent_kept": outcome.parent_kept, "parent_weight": outcome.parent_weight,
+                      "kept_val": outcome.kept_metrics, "parent_val": outcome.parent_metrics,
+                      "candidate": str(outcome.candidate) if outcome.candidate else None,
                       "threshold": outcome.threshold, "threshold_source": outcome.threshold_source,
                       "notes": outcome.notes}, indent=2))
     return 0
@@ -522,11 +525,12 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--replay-fraction", type=float, dest="replay_fraction")
         p.add_argument("--corrected-weight", type=float, dest="corrected_weight",
                        help="loss weight on pixels the user corrected (default 3)")
-        p.add_argument("--holdout", type=float, help="fraction of each slice's rows held out for validation when "
+        p.add_argument("--holdout", type=float, help="fraction of each slice's area (blocks spread over it) held out "
+                       "for validation when "
                        "no --val-data is given (default 0.25)")
         p.add_argument("--parent-weight", type=float, dest="parent_weight",
-                       help="the kept model's weights are this much the parent's, the rest the fine-tuned ones "
-                       "(WiSE-FT; default 0.35, 0 = the fine-tuned weights alone)")
+                       help="a parent weight (WiSE-FT) tried besides 0, 0.25, 0.5 and 0.75 when the kept model is "
+                       "chosen on the held-out pixels (default 0.35)")
         p.add_argument("--precision", choices=list(PRECISIONS), help="auto (default), fp32, bf16, fp16")
 
 

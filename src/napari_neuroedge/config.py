@@ -202,7 +202,7 @@ class FinetuneOptions:
     crop: int = 256
     corrected_weight: float = 3.0  # loss weight of pixels the user changed relative to the others
     replay_fraction: float = 0.3  # of training crops from the replay data, when replay data is given
-    holdout: float = 0.25  # fraction of each corrected slice's rows held out for validation
+    holdout: float = 0.25  # fraction of each corrected slice's area held out for validation (spread blocks)
     val_every: int = 25
     loss: LossConfig | None = None  # None: the parent's loss
     precision: str = "auto"
@@ -213,11 +213,9 @@ class FinetuneOptions:
     ema_decay: float = 0.0
     val_tta: int = 1
     keep_validated: bool = False
-    # WiSE-FT: the kept model's weights are parent_weight * parent + (1 - parent_weight) * fine-tuned. Measured with
-    # benchmarks/bench_correction_loop.py (2 corrected slices, 90 s): the fine-tuned weights alone sharpen membranes
-    # but open gaps that merge neurons on VNC (instance Rand error 0.015 -> 0.039 after 150 steps); 0.25 of the
-    # parent still merged a few more than zero-shot (0.0157), 0.5 cost the thin-label shift its F1 gain (+0.087);
-    # 0.35 lowers Rand on both shifts (VNC 0.0129, vnc-hard 0.071 vs 0.095) with F1 exact +0.056 / +0.106.
+    # WiSE-FT: candidates for the kept model are parent_weight * parent + (1 - parent_weight) * fine-tuned at 0, 0.25,
+    # 0.5, 0.75 and this weight; the guard (training/guard.py) chooses among them and the parent on held-out pixels.
+    # 0.35 was the fixed one-click weight measured on vnc / vnc-hard (bench_correction_loop.py, issue 11).
     parent_weight: float = 0.35
 
 

@@ -37,16 +37,32 @@ def corrected():
     return slices_from_arrays(stack.image, stack.membrane, NormConfig(), source="synthetic")
 
 
-def test_holdout_band_is_never_trained_on(corrected):
-    marked = [dataclasses.replace(s, image=s.image.copy()) for s in corrected]
-    for s in marked:
-        s.image[72:] = 99.0  # the bottom quarter: 24 of 96 rows
-    train, val = split_holdout(marked, 0.25)
-    assert [v.image.shape for v in val] == [(24, 112)] * 2 and all((v.image == 99).all() for v in val)
-    assert [t.image.shape for t in train] == [(72, 112)] * 2
-    sampler = CropSampler(train, dataclasses.replace(TrainConfig(), batch=4), rng=np.random.default_rng(0))
-    for _ in range(200):
-        assert not (sampler.sample()["image"] == 99).any()  # no training crop reaches a held-out pixel
+def test_held_out_pixels_are_never_trained_on_in_any_fold(corrected):
+    """Blocks spread over every slice are held out; whatever their labels say, the training copies (labels,
+    mask, every loss target) are the same, so no fold ever trains on a held-out label."""
+    from napari_neuroedge.config import LossConfig
+    from napari_neuroedge.training.dataset import loss_targets
+    from napari_neuroedge.training.holdout import n_folds
+
+    loss = LossConfig(skeleton_recall=1.0, weighted_bce=0.5, edge=0.5)
+    covered = [np.zeros(s.label.shape, int) for s in corrected]
+    for fold in range(n_folds(0.25)):
+        train, val = split_holdout(corrected, 0.25, fold=fold)
+        assert [v.image.shape for v in val] == [(96, 112)] * 2  # predicted whole, scored on the held-out mask
+        corrupt = [dataclasses.replace(s, label=np.where(v.mask > 0, 1 - s.label, s.label).astype(np.uint8))
+                   for s, v in zip(corrected, val)]
+        train_bad, val_bad = split_holdout(corrupt, 0.25, fold=fold)
+        for t, tb, v, c in zip(train, train_bad, val, covered):
+            held = v.mask > 0
+            assert 0.2 < held.mean() < 0.3 and not (t.mask[held]).any()  # a quarter, masked out of training
+            rows, cols = np.nonzero(held)
+            assert np.ptp(rows) > 60 and np.ptp(cols) > 70  # spread over the slice, not one band
+            a, b = loss_targets(t, loss, 3.0), loss_targets(tb, loss, 3.0)
+            assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+            c += held
+        sampler = CropSampler(train, dataclasses.replace(TrainConfig(), batch=4), rng=np.random.default_rng(0))
+        assert sampler.keys == ["image", "label", "mask"]
+    assert all((c == 1).all() for c in covered)  # the folds tile every slice exactly once
     with pytest.raises(ValueError, match="too small"):
         split_holdout([dataclasses.replace(corrected[0], image=corrected[0].image[:40], label=corrected[0].label[:40])],
                       0.25)
@@ -71,32 +87,43 @@ def test_recipe_inherits_the_parent(parent):
 def test_finetune_lowers_loss_and_writes_a_small_honest_model(parent, corrected, tmp_path):
     outcome = drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=FAST))
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
-    losses = [json.loads(line)["loss"] for line in lines]
+    losses = [json.loads(line)["loss"] for line in lines[1:]]  # line 0: the parent, validated at step 0
     assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10])
     assert outcome.validated and outcome.path == tmp_path / "ft.pt" and outcome.steps == 60
     assert set(outcome.best_metrics) >= {"f1", "rand_error", "pixel_error"}
     ckpt = load_checkpoint(outcome.path)
     assert ckpt.optimizer is None and ckpt.context == 12  # no Adam state; the parent's context
-    assert ckpt.provenance["validation"] == "held-out bottom 25% of each corrected slice"
-    # 2 x 24 x 112 held-out pixels are too few to recalibrate: the parent's threshold, labelled as carried over
+    assert ckpt.provenance["validation"].startswith("held-out blocks (25% of each corrected slice's area")
+    # 2 x 96 x 112 / 4 held-out pixels are too few to recalibrate: the parent's threshold, labelled as carried over
     assert ckpt.threshold == 0.6 and ckpt.provenance["threshold_source"].startswith("carried over")
     assert (tmp_path / "run" / "best.pt").exists()  # resume state stays in the run folder
+    # the parent was validated first (step 0), with the same measures as every checkpoint after it
+    first = json.loads(lines[0])
+    assert first["step"] == 0 and first["init"] is True and "loss" not in first
+    assert first["val"].keys() == json.loads(lines[10])["val"].keys()
+    assert outcome.parent_metrics is not None and outcome.parent_metrics.keys() == outcome.kept_metrics.keys()
+    # a random parent is beaten: the kept model is a fine-tuned candidate, chosen with its parent weight
+    assert not outcome.parent_kept and 0.0 <= outcome.parent_weight < 1.0
+    assert outcome.kept_metrics["rand_error"] < outcome.parent_metrics["rand_error"]
+    assert any(n.startswith("kept step") for n in outcome.notes)
 
 
-def test_threshold_recalibrated_on_enough_held_out_pixels(parent, tmp_path, monkeypatch):
-    import napari_neuroedge.training.finetune as ft
+def test_threshold_recalibrated_on_enough_held_out_pixels(parent, corrected, tmp_path, monkeypatch):
+    import napari_neuroedge.training.guard as guard
 
-    monkeypatch.setattr(ft, "MIN_CALIBRATION_PIXELS", 1000)
-    stack = synthetic_em((1, 96, 112), cell_size=24, seed=4)
-    data = slices_from_arrays(stack.image, stack.membrane, NormConfig())
-    outcome = drive(iter_finetune(parent, data, tmp_path / "run", tmp_path / "ft.pt",
-                                  options=dataclasses.replace(FAST, steps=10, val_every=10)))
+    monkeypatch.setattr(guard, "MIN_CALIBRATION_PIXELS", 1000)
+    outcome = drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=FAST))
     ckpt = load_checkpoint(outcome.path)
-    assert ckpt.provenance["threshold_source"].startswith("recalibrated on 2688 held-out")
+    assert not outcome.parent_kept  # a random parent is beaten
+    held = sum(int(v.mask.sum()) for v in split_holdout(corrected, 0.25)[1])
+    assert ckpt.provenance["threshold_source"].startswith(f"recalibrated on {held} held-out")
     sweep = ckpt.provenance["threshold_sweep"]
     assert len(sweep) == 9 and ckpt.threshold == float(min(sweep, key=lambda t: (sweep[t], abs(float(t) - 0.5))))
     seeds = ckpt.provenance["seed_threshold_sweep"]  # the instance seed threshold: lowest held-out Rand error
-    assert len(seeds) == 7 and ckpt.seed_threshold == float(min(seeds, key=lambda t: (seeds[t], abs(float(t) - 0.3))))
+    from napari_neuroedge.training.finetune import choose_seed_threshold
+
+    assert len(seeds) == 7 and ckpt.seed_threshold == choose_seed_threshold({float(t): e for t, e in seeds.items()},
+                                                                           0.3)
     assert outcome.seed_threshold == ckpt.seed_threshold
 
 
@@ -148,24 +175,27 @@ def test_interpolate_towards_the_parent_is_exact(parent):
         interpolate_towards(parent, child, 1.5)
 
 
-def test_kept_model_is_the_parent_weighted_mix_and_reports_its_own_metrics(parent, corrected, tmp_path):
-    pure = drive(iter_finetune(parent, corrected, tmp_path / "a", tmp_path / "a.pt",
-                               options=dataclasses.replace(FAST, parent_weight=0.0)))
-    mixed = drive(iter_finetune(parent, corrected, tmp_path / "b", tmp_path / "b.pt",
-                                options=dataclasses.replace(FAST, parent_weight=0.25)))
-    a, b = load_checkpoint(pure.path), load_checkpoint(mixed.path)
-    for k, v in parent.state_dict.items():  # same seed and data: the same fine-tune, mixed with the parent
+def test_kept_model_is_a_parent_weighted_mix_and_reports_its_own_metrics(parent, corrected, tmp_path):
+    outcome = drive(iter_finetune(parent, corrected, tmp_path / "a", tmp_path / "a.pt", options=FAST))
+    kept = load_checkpoint(outcome.path)
+    w = outcome.parent_weight
+    assert w in (0.0, 0.35, 0.7) and kept.provenance["parent_weight"] == w
+    child = load_checkpoint(tmp_path / "a" / "best.pt")
+    assert kept.step == child.step
+    for k, v in parent.state_dict.items():  # the chosen checkpoint, mixed with the parent at the chosen weight
         if v.is_floating_point():
-            assert torch.allclose(b.state_dict[k], 0.25 * v + 0.75 * a.state_dict[k], atol=1e-5)
-    assert b.provenance["parent_weight"] == 0.25 and "parent_weight" not in a.provenance
-    assert set(mixed.kept_metrics) >= {"f1", "rand_error"} and b.provenance["kept_metrics"] == mixed.kept_metrics
+            assert torch.allclose(kept.state_dict[k], w * v + (1 - w) * child.state_dict[k], atol=1e-5)
+    table = kept.provenance["guard"]["candidates"]  # every weight of the grid, and the recalibrated parent
+    assert sorted(row["parent_weight"] for row in table) == [0.0, 0.35, 0.7, 1.0]
     from napari_neuroedge.training.loop import validate
 
     held_out = split_holdout(corrected, FAST.holdout)[1]  # the kept model's own validation, as the loop runs it
-    assert mixed.kept_metrics == pytest.approx(validate(b.build(), held_out, torch.device("cpu"), tile=1024,
-                                                        threshold=b.threshold, precision="fp32",
-                                                        seed_threshold=b.seed_threshold))
-    assert FinetuneOptions().parent_weight == 0.35  # the one-click default (bench_correction_loop.py)
+    assert outcome.kept_metrics == pytest.approx(validate(kept.build(), held_out, torch.device("cpu"), tile=1024,
+                                                          threshold=kept.threshold, precision="fp32",
+                                                          seed_threshold=kept.seed_threshold))
+    assert outcome.parent_metrics == pytest.approx(validate(parent.build(), held_out, torch.device("cpu"), tile=1024,
+                                                            threshold=parent.threshold, precision="fp32",
+                                                            seed_threshold=parent.seed_threshold))
 
 
 def test_seed_threshold_moves_only_on_a_difference_the_held_out_pixels_resolve():
@@ -199,3 +229,133 @@ def test_calibrate_thresholds_uses_only_labelled_pixels_and_the_tie_rule():
     assert seeds == seed_threshold_sweep([prob], [sl]) and seed == choose_seed_threshold(seeds, 0.3)
     unmasked = calibrate_thresholds([prob], [LabelledSlice(sl.image, label)], 0.3)[2]
     assert unmasked[thr] > 0.05  # the masked rows would count otherwise
+
+
+# ----------------------------------------------------------------------------------- the guard (issue 23)
+
+@pytest.fixture(scope="module")
+def trained_parent(tmp_path_factory):
+    """A small U-Net trained for a few seconds on other synthetic slices: a parent worth keeping."""
+    from napari_neuroedge.training.loop import iter_fit
+
+    stack = synthetic_em((6, 96, 112), cell_size=24, seed=4)
+    data = slices_from_arrays(stack.image, stack.membrane, NormConfig())
+    cfg = TrainConfig(model="unet", model_kwargs={"base": 4, "depth": 2}, steps=80, batch=4, lr_backbone=1e-2,
+                      lr_head=1e-2, val_every=10**6, device="cpu", threads=1, precision="fp32")
+    cfg = dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, crop=48))
+    result = drive(iter_fit(cfg, data[2:], [], tmp_path_factory.mktemp("parent")))
+    ckpt = load_checkpoint(result.last)
+    ckpt.optimizer, ckpt.provenance["name"] = None, "trained-parent"
+    return ckpt, data[:2]
+
+
+def test_a_finetune_made_worse_keeps_the_parent_and_says_so(trained_parent, tmp_path):
+    parent, corrected = trained_parent
+    ruin = dataclasses.replace(FAST, steps=30, lr=1.0)  # a learning rate that wrecks the weights
+    outcome = drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=ruin))
+    assert outcome.parent_kept and outcome.kept.startswith("the parent") and outcome.parent_weight == 1.0
+    assert any(n.startswith("fine-tuning did not improve neuron separation on your held-out pixels; the model is "
+                            "kept as the parent 'trained-parent'") for n in outcome.notes)
+    kept = load_checkpoint(outcome.path)
+    for k, v in parent.state_dict.items():  # the user's model, re-labelled: not one weight moved
+        assert torch.equal(kept.state_dict[k], v)
+    assert kept.provenance["parent_kept"] is True and kept.provenance["name"] == "ft"
+    # the rejected fine-tune is there for the user to try, and it is worse
+    cand = load_checkpoint(outcome.candidate)
+    assert outcome.candidate.parent == tmp_path / "run" and cand.provenance["rejected"]
+    assert cand.provenance["kept_metrics"]["rand_error"] > outcome.parent_metrics["rand_error"]
+    assert outcome.kept_metrics["rand_error"] <= outcome.parent_metrics["rand_error"]
+
+
+def _evaluation(name, weight, rand, f1, rand_changed=None, f1_changed=None, changed_px=0.0):
+    from napari_neuroedge.training.guard import Evaluation
+
+    n = len(rand)
+    nan = np.full(n, np.nan)
+    metrics = {"f1": float(np.mean(f1)), "rand_error": float(np.mean(rand)), "changed_px": changed_px}
+    return Evaluation(name, weight, None, 0.5, 0.3, metrics,
+                      {"rand": np.asarray(rand, float), "f1": np.asarray(f1, float),
+                       "rand_changed": nan if rand_changed is None else np.asarray(rand_changed, float),
+                       "f1_changed": nan if f1_changed is None else np.asarray(f1_changed, float)})
+
+
+def test_guard_needs_a_rand_gain_beyond_the_noise_of_the_blocks():
+    from napari_neuroedge.training.guard import choose, describe
+
+    parent = _evaluation("the parent", 1.0, [0.10, 0.12, 0.08, 0.11, 0.09, 0.10], [0.8] * 6)
+    clear = _evaluation("step 50", 0.0, [0.05, 0.06, 0.04, 0.06, 0.05, 0.05], [0.82] * 6)
+    noisy = _evaluation("step 25", 0.0, [0.02, 0.20, 0.01, 0.19, 0.03, 0.11], [0.9] * 6)  # mean 0.093
+    sharper = _evaluation("step 75", 0.0, [0.10, 0.12, 0.08, 0.11, 0.09, 0.10], [0.95] * 6)  # F1 only
+    v = choose(parent, [noisy, clear, sharper])
+    assert v.kept is clear and not v.parent_kept
+    v = choose(parent, [noisy, sharper])  # F1 alone does not make neurons separate better
+    assert v.parent_kept and v.kept is parent and v.weak  # the noisy gain is unresolved: said so
+    notes = describe(v, "default", "run/candidate.pt")
+    assert notes[0].startswith("fine-tuning did not improve neuron separation on your held-out pixels; the model is "
+                               "kept as the parent 'default'")
+    assert "too weak to decide" in notes[1] and "correct more slices or a larger area" in notes[1]
+    worse_f1 = _evaluation("step 90", 0.0, [0.05, 0.06, 0.04, 0.06, 0.05, 0.05], [0.6] * 6)
+    assert choose(parent, [worse_f1]).parent_kept  # Rand and F1 together
+    blocks_only = _evaluation("step 80", 0.0, [0.05, 0.06, 0.04, 0.06, 0.05, 0.05], [0.82] * 6)
+    blocks_only.metrics["rand_error"] = 0.2  # better block by block, worse over all the held-out pixels
+    assert choose(parent, [blocks_only]).parent_kept
+    two_blocks = _evaluation("the parent", 1.0, [0.1, 0.1], [0.8] * 2)
+    assert choose(two_blocks, [_evaluation("s", 0.0, [0.0, 0.0], [0.9] * 2)]).weak  # too few blocks to tell
+
+
+def test_guard_weighs_the_pixels_the_user_changed():
+    """Where the held-out part holds the user's changes, the evidence is taken there (elsewhere the labels are
+    the parent's own prediction), and the all-pixel figures must not get worse."""
+    from napari_neuroedge.training.guard import choose
+
+    f1 = [0.99] * 6
+    parent = _evaluation("the parent", 1.0, [0.01] * 6, f1, [0.30, 0.25, 0.35, 0.3, 0.28, 0.32], [0.5] * 6, 400.0)
+    fixes = _evaluation("step 50", 0.0, [0.0105] * 6, f1, [0.05, 0.08, 0.04, 0.1, 0.06, 0.07], [0.8] * 6, 400.0)
+    v = choose(parent, [fixes])
+    assert v.region == "changed" and v.kept is fixes  # all-pixel Rand 0.0105 vs 0.010: within the tolerance
+    breaks = _evaluation("step 60", 0.0, [0.05] * 6, f1, [0.05, 0.08, 0.04, 0.1, 0.06, 0.07], [0.8] * 6, 400.0)
+    assert choose(parent, [breaks]).parent_kept  # fixed where corrected, broken elsewhere: not kept
+    few = _evaluation("the parent", 1.0, [0.01] * 6, f1, [0.3] * 6, [0.5] * 6, 40.0)
+    v = choose(few, [fixes])
+    assert v.region == "all" and v.parent_kept and v.weak  # 40 changed pixels held out: too few to decide
+
+
+def test_held_out_scores_report_the_changed_pixels():
+    from napari_neuroedge.inference.postprocess import instances_from_probability
+    from napari_neuroedge.training.holdout import split_holdout
+    from napari_neuroedge.training.scoring import score_slice
+
+    stack = synthetic_em((1, 250, 250), cell_size=30, seed=2)
+    label = stack.membrane[0].astype(np.uint8)
+    changed = np.zeros_like(label)
+    changed[100:140, :] = label[100:140, :]  # the user drew the membranes of one band the parent had missed
+    sl = slices_from_arrays(stack.image, stack.membrane, NormConfig())[0]
+    sl = dataclasses.replace(sl, corrected=changed)
+    _, (val,) = split_holdout([sl], 0.25)
+    share = (changed[val.mask > 0] > 0).sum() / (changed > 0).sum()
+    assert 0.1 < share < 0.4  # the held-out fold holds about its share of the changes
+    parent = np.where((label > 0) & (changed == 0), 0.9, 0.05).astype(np.float32)  # misses the drawn membranes
+    m = score_slice((parent >= 0.5).astype(np.uint8), instances_from_probability(parent), val)
+    assert m["changed_px"] == (changed[val.mask > 0] > 0).sum()
+    assert m["f1_changed"] < 0.5 < m["f1"] and m["rand_error_changed"] > m["rand_error"]
+
+
+def test_a_callers_validation_slice_counts_in_blocks_too(corrected):
+    from napari_neuroedge.training.holdout import block_size, held_out_blocks
+
+    whole = corrected[0]  # the CLI's --val-data: no held-out mask, the whole slice is validation
+    blocks = held_out_blocks(whole)
+    assert block_size(whole.image.shape) == 32 and len(blocks) == 3 * 4  # 96 x 112 px in 32 px blocks
+    _, (val, _) = split_holdout(corrected, 0.25, fold=0)
+    assert all(val.mask[w].any() for w in held_out_blocks(val)) and len(held_out_blocks(val)) == 3
+
+
+def test_validation_is_throttled_under_a_time_limit_but_never_the_first_nor_the_last(parent, corrected, tmp_path,
+                                                                                     monkeypatch):
+    import napari_neuroedge.training.loop as loop
+
+    monkeypatch.setattr(loop, "_VAL_WAIT", 1e9)  # as if a validation cost far more than training
+    opts = dataclasses.replace(FAST, time_limit_s=1e6, steps=40)  # the steps end the run, the clock never does
+    drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=opts))
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "val" in e] == [0, 10, 40]  # the parent, the first checkpoint, the last

@@ -120,3 +120,17 @@ def test_predict_uses_the_model_seed_threshold(tmp_path, monkeypatch):
     with pytest.raises(Exception, match="seed threshold"):
         torch.save({**torch.load(tmp_path / "m.pt", weights_only=True), "seed_threshold": 1.5}, tmp_path / "bad.pt")
         load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_distance_seeds_keep_cells_apart_through_a_wide_gap():
+    """The distance-transform seeds (issue 23: thin membranes with gaps) give each cell its own seed however wide
+    the gap, where the interior's connected components merge them; the border runs through the gap."""
+    from napari_neuroedge.inference.postprocess import instances_from_distance
+
+    gapped = _two_cells(0.9, gap=(26, 38))  # a 12 px gap: far wider than 2 * seed_distance - 1
+    assert len(np.unique(instances_from_probability(gapped))) == 1
+    cells = instances_from_distance(gapped)
+    _assert_split_at_the_membrane(cells)
+    assert cells.dtype == np.uint32 and cells.min() == 1
+    _assert_split_at_the_membrane(instances_from_distance(_two_cells(0.9)))
+    assert np.array_equal(instances_from_distance(np.ones((16, 16), np.float32)), np.ones((16, 16), np.uint32))

@@ -7,14 +7,18 @@ same defaults) and run :func:`iter_finetune`:
 1. **Recipe** (:func:`finetune_config`): the parent's loss and augmentation, the parent's normalisation, a
    short schedule that follows the clock (``time_limit_s``), corrected pixels up-weighted, replay of the
    parent's data when given. bf16/fp16 autocast where the hardware has it (``precision="auto"``).
-2. **Honest validation** (:func:`split_holdout`): a band of ``holdout`` of each corrected slice's rows (the
-   bottom rows) is cut off before training and never trained on; validation measures boundary F1 and the Rand
-   error of the instances there, and the checkpoint is chosen on both (``select="f1-rand"``). Corrected slices
-   smaller than ``MIN_VAL_ROWS`` rows of validation are flagged as weak validation.
-3. **The finished model** (:func:`finalise`): no optimiser state (resume files stay in the run folder), the
-   parent's context, and a membrane threshold recalibrated on the held-out pixels (or the parent's, labelled
-   as carried over, where the held-out pixels are too few). A cancel keeps the last *validated* checkpoint, or
-   says there is none.
+2. **Honest validation** (:func:`~napari_neuroedge.training.holdout.split_holdout`): blocks spread over every
+   corrected slice (``holdout`` of its area; where the user's changes are known, their share of them too) are
+   never trained on; the parent is validated there first (step 0), then every ``val_every`` steps, with the
+   same measures: boundary F1 and the Rand error of the instances on all held-out pixels and near the pixels
+   the user changed.
+3. **The guard and the finished model** (:func:`finalise`, :mod:`~napari_neuroedge.training.guard`): the kept
+   model is chosen among the parent, the parent with recalibrated thresholds and the best validated checkpoint
+   interpolated with the parent, on Rand error and F1 together, block by block; a candidate must beat the
+   parent's Rand error beyond the noise, or the parent is kept, re-labelled, and the outcome says so in words
+   (the best fine-tuned candidate is left in the run folder as ``candidate.pt``). No optimiser state, the
+   parent's context, thresholds recalibrated on the held-out pixels where they are enough. A cancel keeps the
+   best validated fine-tuned candidate (never selected for the user), or says there is none.
 """
 
 from __future__ import annotations
@@ -31,14 +35,10 @@ import numpy as np
 from ..config import AugmentConfig, FinetuneOptions, LossConfig, TrainConfig, from_dict, to_dict
 from ..models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..progress import ProgressEvent
+from .calibration import (SEED_THRESHOLDS, SEED_TIE_TOLERANCE, calibrate_thresholds,  # noqa: F401 (re-exported)
+                           choose_seed_threshold, seed_threshold_sweep)
 from .dataset import LabelledSlice
-
-#: Validation bands with fewer rows than this (per slice) make validation weak: the widget says so.
-MIN_VAL_ROWS = 64
-#: Held-out labelled pixels below which the thresholds are carried over from the parent, not recalibrated.
-MIN_CALIBRATION_PIXELS = 50_000
-#: Instance seed thresholds tried on the held-out pixels (lowest mean adapted Rand error wins).
-SEED_THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
+from .holdout import split_holdout  # noqa: F401 (re-exported: the service's split)
 
 
 @dataclass
@@ -54,6 +54,11 @@ class FinetuneOutcome:
     threshold_source: str = ""
     seed_threshold: float | None = None
     kept_metrics: dict[str, float] | None = None  # held-out metrics of the kept model (after interpolation)
+    parent_metrics: dict[str, float] | None = None  # held-out metrics of the parent as it is (same keys)
+    kept: str = ""  # "the parent", "the parent with recalibrated thresholds" or "step N [with w of the parent's ...]"
+    parent_kept: bool = False  # the kept weights are the parent's: fine-tuning did not beat it
+    parent_weight: float | None = None  # the kept model's share of the parent's weights (1 = the parent's)
+    candidate: Path | None = None  # where the parent was kept: the best fine-tuned candidate, for the user to try
     notes: list[str] = field(default_factory=list)
 
 
@@ -86,37 +91,6 @@ def finetune_config(parent: Checkpoint, options: FinetuneOptions, has_replay: bo
         replay_fraction=options.replay_fraction if has_replay else 0.0, corrected_weight=options.corrected_weight,
         select="f1-rand", time_limit_s=options.time_limit_s, val_tile=1024, ema_decay=options.ema_decay,
         val_tta=options.val_tta, keep_validated=options.keep_validated)
-
-
-def _cut(sl: LabelledSlice, rows: slice, part: str) -> LabelledSlice:
-    def c(a: np.ndarray | None) -> np.ndarray | None:
-        return None if a is None else np.ascontiguousarray(a[rows])
-
-    return LabelledSlice(c(sl.image), c(sl.label), c(sl.mask), c(sl.corrected), {**sl.meta, "part": part,
-                                                                                   "rows": [rows.start, rows.stop]})
-
-
-def split_holdout(slices: Sequence[LabelledSlice], fraction: float) -> tuple[list[LabelledSlice], list[LabelledSlice]]:
-    """(train, val): the top ``1 - fraction`` of each slice's rows to train on, the bottom rows to validate on.
-
-    The two parts share no pixel (the training part's crops cannot reach the held-out rows); ``fraction`` 0
-    gives no validation.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"holdout must be in [0, 1), got {fraction}")
-    train, val = [], []
-    for sl in slices:
-        h = sl.image.shape[0]
-        n_val = int(round(h * fraction))
-        if n_val == 0:
-            train.append(sl)
-            continue
-        if h - n_val < 32:
-            raise ValueError(f"slice {sl.meta.get('slice', '?')} is {h} px high: too small to hold out "
-                             f"{fraction:.0%} of it for validation")
-        train.append(_cut(sl, slice(0, h - n_val), "train"))
-        val.append(_cut(sl, slice(h - n_val, h), "validation"))
-    return train, val
 
 
 #: A corrected slice whose labelled pixels are less membrane than this is flagged as almost empty.
@@ -170,107 +144,114 @@ def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
     return {"slices": rows, "warnings": rows_warnings(rows)}
 
 
-#: Held-out Rand errors within this fraction of the lowest (or 1e-4) are ties: a few hundred rows cannot tell them
-#: apart, and moving the parent's seed threshold on such a difference measured worse on other slices (VNC: 0.4
-#: won by 1e-6 over 0.3 on the held-out band, and merged more neurons on slices 10-14).
-SEED_TIE_TOLERANCE = 0.02
+def _candidates(sources: Sequence[Path], parent: Checkpoint, options: FinetuneOptions
+                ) -> list[tuple[str, float, Checkpoint]]:
+    """(name, parent weight, checkpoint) of every fine-tuned candidate: each checkpoint in ``sources``
+    interpolated with the parent at each weight of the guard's grid (and the form's ``parent_weight``)."""
+    from ..models.averaging import interpolate_towards
+    from .guard import PARENT_WEIGHTS
+
+    weights = sorted({*PARENT_WEIGHTS, float(options.parent_weight)} - {1.0})
+    out = []
+    for src in sources:
+        child = load_checkpoint(src)  # thresholds carried over from the parent until recalibrated
+        child.optimizer, child.threshold, child.seed_threshold = None, parent.threshold, parent.seed_threshold
+        for w in weights:
+            mixed = interpolate_towards(parent, child, w) if w > 0 else child
+            name = f"step {child.step}" + (f" with {w:g} of the parent's weights" if w > 0 else "")
+            out.append((name, w, mixed))
+    return out
 
 
-def choose_seed_threshold(rand_by_seed: dict[float, float], parent_seed: float) -> float:
-    """The seed threshold with the lowest held-out Rand error, where those within :data:`SEED_TIE_TOLERANCE` of
-    the lowest count as ties, won by the one nearest the parent's ``parent_seed``."""
-    best = min(rand_by_seed.values())
-    tied = [t for t, e in rand_by_seed.items() if e <= best + max(SEED_TIE_TOLERANCE * best, 1e-4)]
-    return min(tied, key=lambda t: (abs(t - parent_seed), t))
+def finalise(sources: Sequence[Path], dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice],
+             options: FinetuneOptions, provenance: dict[str, Any], outcome: FinetuneOutcome,
+             cancelled: bool = False) -> Path:
+    """Write the user's model to ``dest``: the guard's choice (:func:`~napari_neuroedge.training.guard.choose`)
+    among the parent and the validated checkpoints ``sources`` interpolated with it, without optimiser state,
+    with the parent's context and its thresholds (recalibrated on the held-out ``val`` pixels, or carried over),
+    labelled with what was kept and why. Without ``val`` the last source's weights are kept, chosen on nothing.
+    ``cancelled``: the parent is never the answer (the user keeps it anyway); the best fine-tuned candidate is
+    written, and the notes say whether it beats the parent."""
+    from . import guard
 
-
-def seed_threshold_sweep(probs: Sequence[np.ndarray], val: Sequence[LabelledSlice],
-                         thresholds: Sequence[float] = SEED_THRESHOLDS) -> dict[float, float]:
-    """{seed threshold: mean adapted Rand error of the watershed instances on the held-out ``val`` slices}."""
-    from ..inference.postprocess import instances_from_probability
-    from ..metrics import instances_from_membrane, rand_error
-
-    gts = [instances_from_membrane(s.label) for s in val]
-    return {float(t): float(np.mean([rand_error(instances_from_probability(p, t), g) for p, g in zip(probs, gts)]))
-            for t in thresholds}
-
-
-def calibrate_thresholds(probs: Sequence[np.ndarray], slices: Sequence[LabelledSlice], parent_seed: float
-                         ) -> tuple[float, float, dict[float, float], dict[float, float]]:
-    """(membrane threshold, seed threshold, pixel error by threshold, Rand error by seed threshold) of the
-    probabilities ``probs`` against the labels of ``slices`` (only their labelled pixels): the membrane threshold
-    with the lowest pixel error, the seed threshold by :func:`choose_seed_threshold` (ties go to ``parent_seed``)."""
-    from .calibration import choose_threshold, pixel_error_by_threshold
-
-    errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
-                                      np.concatenate([s.label.ravel() for s in slices]),
-                                      mask=np.concatenate([(s.mask if s.mask is not None
-                                                            else np.ones_like(s.label)).ravel() for s in slices]))
-    seeds = seed_threshold_sweep(probs, slices)
-    return choose_threshold(errors), choose_seed_threshold(seeds, parent_seed), errors, seeds
-
-
-def _held_out_probabilities(ckpt: Checkpoint, val: Sequence[LabelledSlice],
-                            options: FinetuneOptions) -> list[np.ndarray]:
-    """The model's boundary probability of each held-out slice (already normalised), one model for all."""
-    from ..inference.device import resolve_device
-    from ..inference.pipeline import PredictionRequest, predict_probability
-    from ..inference.predict import TorchPredictor
-    from .loop import _IDENTITY_NORM
-
-    predictor = TorchPredictor(ckpt.build(), resolve_device(options.device), precision=options.precision)
-    request = PredictionRequest(predictor=predictor, norm=_IDENTITY_NORM)
-    return [predict_probability(s.image, request) for s in val]
-
-
-def _kept_metrics(ckpt: Checkpoint, probs: Sequence[np.ndarray], val: Sequence[LabelledSlice]) -> dict[str, float]:
-    """Held-out pixel error, boundary F1 (2 px) and Rand error of the model as it is kept (weights after the
-    interpolation, its own thresholds), from its held-out ``probs``: what the user gets, not the checkpoint
-    validation chose."""
-    from ..inference.postprocess import instances_from_probability, membrane_from_probability
-    from .loop import mean_scores, score_slice
-
-    return mean_scores([score_slice(membrane_from_probability(prob, ckpt.threshold),
-                                    instances_from_probability(prob, ckpt.seed_threshold), sl)
-                        for prob, sl in zip(probs, val)])
-
-
-def finalise(src: Path, dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice], options: FinetuneOptions,
-             provenance: dict[str, Any], outcome: FinetuneOutcome) -> Path:
-    """Write the user's model: ``src``'s weights without optimiser state, the parent's context, the membrane
-    threshold (lowest pixel error) and the instance seed threshold (lowest Rand error) recalibrated on the
-    held-out ``val`` pixels, or both carried over from the parent, and labelled so."""
-    ckpt = load_checkpoint(src)
-    ckpt.optimizer = None
-    if options.parent_weight > 0:
-        from ..models.averaging import interpolate_towards
-
-        ckpt = interpolate_towards(parent, ckpt, options.parent_weight)
-        provenance = {**provenance, "parent_weight": options.parent_weight,
-                      "weights": f"{options.parent_weight:g} x parent + {1 - options.parent_weight:g} x fine-tuned "
-                                 "(WiSE-FT)"}
-    ckpt.context = parent.context
-    threshold, how = parent.threshold, f"carried over from the parent ({parent.threshold:g})"
+    run_dir = Path(sources[0]).parent
+    tta, device, precision = options.val_tta, options.device, options.precision
+    if not val:
+        ckpt = load_checkpoint(sources[-1])
+        ckpt.optimizer, ckpt.context = None, parent.context
+        ckpt.threshold, ckpt.seed_threshold = parent.threshold, parent.seed_threshold
+        outcome.kept, outcome.parent_weight = f"step {ckpt.step}", 0.0
+        return _write(ckpt, dest, {**provenance, "kept": outcome.kept},
+                      f"carried over from the parent ({parent.threshold:g})", outcome)
+    parent_probs = guard.held_out_probabilities(parent, val, device, precision, tta)
+    base = guard.evaluate("the parent", 1.0, parent, parent_probs, val, parent.seed_threshold, calibrate=False)
+    cands = [guard.evaluate("the parent with recalibrated thresholds", 1.0, parent, parent_probs, val,
+                            parent.seed_threshold, calibrate=True)] if not cancelled else []
+    for name, w, ckpt in _candidates(sources, parent, options):
+        probs = guard.held_out_probabilities(ckpt, val, device, precision, tta)
+        cands.append(guard.evaluate(name, w, ckpt, probs, val, parent.seed_threshold, calibrate=True))
+    verdict = guard.choose(base, cands)
+    outcome.parent_metrics = base.metrics
+    if cancelled and verdict.parent_kept and verdict.runner_up is not None:
+        verdict = dataclasses.replace(verdict, kept=verdict.runner_up, parent_kept=False)
+        outcome.notes.append("the kept checkpoint did not beat the parent on the held-out pixels")
+    elif verdict.parent_kept and verdict.runner_up is not None:
+        outcome.candidate = _write_candidate(verdict.runner_up, run_dir / "candidate.pt", parent, provenance)
+    kept = verdict.kept
+    outcome.notes.extend(guard.describe(verdict, str(parent.provenance.get("name", "parent")),
+                                        str(outcome.candidate) if outcome.candidate else None)
+                         if not cancelled else [])
+    outcome.kept = kept.name
+    outcome.parent_kept, outcome.parent_weight = verdict.parent_kept, kept.parent_weight
+    outcome.seed_threshold, outcome.kept_metrics = kept.seed_threshold, kept.metrics
     labelled = sum(int(s.mask.sum()) if s.mask is not None else s.label.size for s in val)
-    probs = _held_out_probabilities(ckpt, val, options) if val else []  # once: calibration and kept metrics
-    if options.recalibrate_threshold and labelled >= MIN_CALIBRATION_PIXELS:
-        threshold, ckpt.seed_threshold, errors, seeds = calibrate_thresholds(probs, val, parent.seed_threshold)
-        how = f"recalibrated on {labelled} held-out corrected pixels"
-        provenance = {**provenance, "threshold_sweep": errors, "seed_threshold_sweep": seeds}
-    else:
-        ckpt.seed_threshold = parent.seed_threshold
-        if options.recalibrate_threshold:
-            outcome.notes.append(f"thresholds carried over from the parent: only {labelled} held-out pixels")
-    ckpt.threshold = threshold
-    outcome.seed_threshold = ckpt.seed_threshold
-    if val:
-        outcome.kept_metrics = _kept_metrics(ckpt, probs, val)
-        provenance = {**provenance, "kept_metrics": outcome.kept_metrics}
+    how = (f"recalibrated on {labelled} held-out corrected pixels" if kept.threshold_sweep else
+           f"carried over from the parent ({parent.threshold:g})")
+    if not kept.threshold_sweep and kept is not base and options.recalibrate_threshold:
+        outcome.notes.append(f"membrane threshold carried over from the parent: only {labelled} held-out pixels")
+    ckpt = dataclasses.replace(kept.ckpt, optimizer=None, context=parent.context)
+    if not options.recalibrate_threshold:
+        ckpt.threshold, ckpt.seed_threshold = parent.threshold, parent.seed_threshold
+        outcome.seed_threshold = parent.seed_threshold
+        how = f"carried over from the parent ({parent.threshold:g})"
+    prov = {**provenance, "kept": outcome.kept, "parent_kept": verdict.parent_kept,
+            "parent_weight": kept.parent_weight, "guard": {"evidence": verdict.region, "candidates": verdict.table},
+            "kept_metrics": kept.metrics, "parent_metrics": base.metrics,
+            "threshold_sweep": kept.threshold_sweep, "seed_threshold_sweep": kept.seed_sweep}
+    if 0 < kept.parent_weight < 1:
+        prov["weights"] = (f"{kept.parent_weight:g} x parent + {1 - kept.parent_weight:g} x fine-tuned (WiSE-FT, "
+                           "the weight chosen on the held-out pixels)")
+    if verdict.parent_kept:
+        prov["weights"] = "the parent's (fine-tuning did not beat it on the held-out pixels)"
+        ckpt.provenance = {**parent.provenance, **_loop_provenance(sources[-1])}
+    return _write(ckpt, dest, prov, how, outcome)
+
+
+def _loop_provenance(src: Path) -> dict[str, Any]:
+    """The training run's own provenance (data, validation, init) from one of its checkpoints."""
+    return dict(load_checkpoint(src).provenance)
+
+
+def _write(ckpt: Checkpoint, dest: Path, provenance: dict[str, Any], how: str, outcome: FinetuneOutcome) -> Path:
     ckpt.provenance = {**ckpt.provenance, **provenance, "threshold_source": how}
-    outcome.threshold, outcome.threshold_source = threshold, how
+    outcome.threshold, outcome.threshold_source = ckpt.threshold, how
+    if outcome.seed_threshold is None:
+        outcome.seed_threshold = ckpt.seed_threshold
     save_checkpoint(ckpt, dest)
     outcome.path = dest
     return dest
+
+
+def _write_candidate(ev: Any, path: Path, parent: Checkpoint, provenance: dict[str, Any]) -> Path:
+    """Save the guard's best rejected candidate (atomically, next to the run's resume files)."""
+    from ..io.atomic import unique_path
+
+    path = unique_path(path)
+    ckpt = dataclasses.replace(ev.ckpt, optimizer=None, context=parent.context)
+    ckpt.provenance = {**ckpt.provenance, **provenance, "name": path.stem, "kept": ev.name,
+                       "rejected": "did not beat the parent on the held-out pixels", "kept_metrics": ev.metrics}
+    save_checkpoint(ckpt, path)
+    return path
 
 
 def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: str | Path, dest: str | Path, *,
@@ -279,9 +260,10 @@ def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: 
                   outcome: FinetuneOutcome | None = None) -> Generator[ProgressEvent, None, FinetuneOutcome]:
     """Fine-tune ``parent`` on labelled ``slices``; yields the training loop's events; returns the outcome.
 
-    ``val`` replaces the held-out bands with slices of the caller's (the CLI's ``--val-data``). On a cancel
-    (the generator is closed) the last validated checkpoint is kept as ``DEST-cancelled.pt`` and ``outcome``
-    says so (or that there was none).
+    ``val`` replaces the held-out blocks with slices of the caller's (the CLI's ``--val-data``). The first event
+    is the parent's validation at step 0 (``info["init"]``). On a cancel (the generator is closed) the best
+    validated fine-tuned candidate is kept as ``DEST-cancelled.pt`` and ``outcome`` says so (or that there was
+    none).
     """
     from ..io.atomic import unique_path
     from .loop import iter_fit
@@ -295,18 +277,16 @@ def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: 
     outcome.notes.extend(info["warnings"])
     if val is None:
         train, val = split_holdout(slices, options.holdout)
-        if val and min(s.image.shape[0] for s in val) < MIN_VAL_ROWS:
-            outcome.notes.append(f"validation is weak: the held-out bands are under {MIN_VAL_ROWS} rows")
+        how = ("held-out blocks (%d%% of each corrected slice's area, spread over it)" % round(100 * options.holdout)
+               if val else "none")
     else:
-        train = list(slices)
+        train, how = list(slices), "caller's validation slices"
     if not val:
         outcome.notes.append("no validation: the model is the last step's, chosen on nothing")
     cfg = finetune_config(parent, options, bool(replay))
     prov = {"parent": parent.provenance.get("name"), "parent_threshold": parent.threshold,
-            "validation": ("held-out bottom %d%% of each corrected slice" % round(100 * options.holdout)
-                           if val and options.holdout else "caller's validation slices" if val else "none"),
-            "data_summary": info, "finetune_options": to_dict(options), **(provenance or {})}
-    fit = iter_fit(cfg, train, val, run_dir, init=parent, replay=replay, provenance=prov)
+            "validation": how, "data_summary": info, "finetune_options": to_dict(options), **(provenance or {})}
+    fit = iter_fit(cfg, train, val, run_dir, init=parent, replay=replay, provenance=prov, validate_init=True)
     try:
         result = yield from fit
     except GeneratorExit:
@@ -315,14 +295,15 @@ def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: 
         if best.exists():
             kept = unique_path(dest.with_name(f"{dest.stem}-cancelled.pt"))
             outcome.validated = True
-            finalise(best, kept, parent, val, options, {**prov, "name": kept.stem, "cancelled": True}, outcome)
+            finalise([best], kept, parent, val, options, {**prov, "name": kept.stem, "cancelled": True}, outcome,
+                     cancelled=True)
         else:
             outcome.notes.append("cancelled before the first validation: no model was kept")
         raise
     outcome.steps, outcome.best_metrics = result.steps, result.best_metrics
     outcome.validated = result.best is not None
-    src = result.best or result.last
-    finalise(src, dest, parent, val, options, {**prov, "name": dest.stem, "steps_done": result.steps,
-                                               "best_metrics": result.best_metrics, "selected_from": src.name,
-                                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, outcome)
+    sources = [result.best or result.last]
+    finalise(sources, dest, parent, val, options, {**prov, "name": dest.stem, "steps_done": result.steps,
+                                                   "best_metrics": result.best_metrics,
+                                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, outcome)
     return outcome

@@ -26,13 +26,13 @@ from ..inference.device import resolve_device
 from ..inference.precision import autocast, resolve_precision
 from ..inference.pipeline import OutputPlan, PredictionRequest, run
 from ..inference.predict import TorchPredictor
-from ..metrics import boundary_prf, instances_from_membrane, pixel_error, rand_error
 from ..models.checkpoint import Checkpoint, make_checkpoint, save_checkpoint
 from ..models.registry import build_model, resolve_arch
 from ..progress import ProgressEvent
 from .augment import augment_sample
 from .dataset import LabelledSlice, loss_targets
 from .losses import CombinedLoss
+from .scoring import mean_scores, score_slice
 
 
 @dataclass
@@ -45,12 +45,15 @@ class FitResult:
     steps: int
     history: list[dict[str, Any]] = field(default_factory=list)
     best_metrics: dict[str, float] | None = None
+    init_metrics: dict[str, float] | None = None  # the starting model's, validated at step 0 (``validate_init``)
 
 
 def validate(model: torch.nn.Module, val: Sequence[LabelledSlice], device: torch.device, tile: int = 256,
              threshold: float = 0.5, tta: int = 1, precision: str = "auto",
              seed_threshold: float = SEED_THRESHOLD) -> dict[str, float]:
-    """Mean pixel error, boundary P/R/F1 (2 px) and adapted Rand error over the validation slices.
+    """Mean pixel error, boundary P/R/F1 (2 px) and adapted Rand error over the validation slices, each
+    predicted whole and scored on its held-out pixels (its mask), with the ``*_changed`` measures near the user's
+    changes where the slices know them (:func:`~napari_neuroedge.training.scoring.score_slice`).
 
     ``tta`` > 1 validates the prediction averaged over that many flips/rotations (``TTAConfig.n``), as it will
     be used; it costs ``tta`` times the forward passes.
@@ -71,24 +74,16 @@ def validate(model: torch.nn.Module, val: Sequence[LabelledSlice], device: torch
     return mean_scores(rows)
 
 
-def score_slice(membranes: np.ndarray, cells: np.ndarray, sl: LabelledSlice) -> dict[str, float]:
-    """Pixel error, boundary P/R/F1 (2 px) and adapted Rand error of one slice's predicted ``membranes`` (uint8)
-    and instance ``cells`` against its labels."""
-    prf = boundary_prf(membranes, sl.label, tolerance=2.0)
-    return {"pixel_error": pixel_error(membranes, sl.label, sl.mask), "precision": prf["precision"],
-            "recall": prf["recall"], "f1": prf["f1"],
-            "rand_error": rand_error(cells, instances_from_membrane(sl.label))}
-
-
-def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The mean of :func:`score_slice` rows, key by key."""
-    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-
-
 # validation slices are stored already normalised: identity normalisation (dtype float32 -> scale 1)
 from ..config import NormConfig  # noqa: E402
 
 _IDENTITY_NORM = NormConfig(mode="meanstd", mean=0.0, std=1.0)
+
+#: Under a time limit, validation takes at most about this share of the clock: after the first validated
+#: checkpoint, a due validation is skipped until training has run (1 - share) / share times the last one's
+#: duration (whole 1024^2 held-out slices take seconds to validate on 2 cores). The final step is always validated.
+VAL_SHARE = 0.2
+_VAL_WAIT = (1 - VAL_SHARE) / VAL_SHARE
 
 
 def ema_weight(decay: float, n_averaged: int) -> float:
@@ -115,12 +110,14 @@ def _ema_of(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.Avera
 
 
 def _score(metrics: dict[str, float], select: str) -> float:
+    """Higher is better. ``f1-rand`` adds the same difference near the user's changes where there are any."""
     if select == "f1":
         return metrics["f1"]
     if select == "rand":
         return -metrics["rand_error"]
     if select == "f1-rand":
-        return metrics["f1"] - metrics["rand_error"]
+        changed = metrics.get("f1_changed", 0.0) - metrics.get("rand_error_changed", 0.0)
+        return metrics["f1"] - metrics["rand_error"] + changed
     raise ValueError(f"unknown selection score {select!r}; expected f1, rand or f1-rand")
 
 
@@ -157,7 +154,8 @@ def _replace_checkpoint(ckpt: Checkpoint, path: Path) -> None:
 
 def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[LabelledSlice], run_dir: str | Path, *,
              init: Checkpoint | None = None, replay: Sequence[LabelledSlice] = (), resume: Checkpoint | None = None,
-             provenance: dict[str, Any] | None = None) -> Generator[ProgressEvent, None, FitResult]:
+             provenance: dict[str, Any] | None = None, validate_init: bool = False
+             ) -> Generator[ProgressEvent, None, FitResult]:
     """Train per ``cfg``; yields ProgressEvent(step, steps, "train", {loss, terms, lr, [val metrics]}).
 
     ``init`` starts from a checkpoint's weights (fine-tuning; its architecture wins over ``cfg.model``);
@@ -165,7 +163,11 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
     the checkpoints hold the moving average of the weights (what prediction should use); a resumed run
     continues training from those averaged weights. ``run_dir`` receives
     ``last.pt``, ``best.pt``, ``log.jsonl`` and ``config.json`` (and ``step-NNNNNN.pt`` at each validation
-    with ``cfg.keep_validated``).
+    with ``cfg.keep_validated``). Under ``cfg.time_limit_s`` validation is throttled to :data:`VAL_SHARE` of the
+    clock. With ``validate_init`` and ``val``, the starting model is validated first
+    with the same measures: the first event is step 0 with ``{"step": 0, "val": metrics, "init": True}`` (no
+    loss), and :attr:`FitResult.init_metrics` holds them. Validation uses the starting checkpoint's membrane
+    and seed thresholds (the defaults from scratch), so every point of the curve is measured alike.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,9 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": str(device), "precision": precision,
             "init": (init.provenance.get("name") if init is not None else None), **(provenance or {})}
     history: list[dict[str, Any]] = []
-    best_score, best_metrics = -math.inf, None
+    best_score, best_metrics, init_metrics = -math.inf, None, None
+    thresholds = ({"threshold": start.threshold, "seed_threshold": start.seed_threshold} if start is not None
+                  else {})
     last, best = run_dir / "last.pt", run_dir / "best.pt"
     log = open(run_dir / "log.jsonl", "a")
     step = step0
@@ -227,6 +231,17 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
                 frac = max(frac, (clock() - c0) / cfg.time_limit_s)
             return min(frac, 1.0)
 
+        val_cost, val_end = 0.0, time.perf_counter()
+        if validate_init and val and resume is None:
+            init_metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta, precision=precision,
+                                    **thresholds)
+            val_end = time.perf_counter()
+            val_cost = val_end - t0
+            info0 = {"step": step, "val": init_metrics, "init": True, "elapsed_s": val_cost}
+            history.append(info0)
+            log.write(json.dumps(info0) + "\n")
+            log.flush()
+            yield ProgressEvent(step, max(cfg.steps, 1), "train", info0, unit="steps")
         frac = fraction()
         while frac < 1.0:
             factor = max(0.0, 1.0 - frac) ** cfg.poly_power
@@ -256,8 +271,14 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
             frac = fraction()
             info: dict[str, Any] = {"step": step, "loss": float(loss.item()), "terms": terms,
                                     "lr": opt.param_groups[-1]["lr"], "elapsed_s": time.perf_counter() - t0}
-            if val and (step % cfg.val_every == 0 or frac >= 1.0):
-                metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta, precision=precision)
+            due = step % cfg.val_every == 0 and (cfg.time_limit_s <= 0 or best_metrics is None or
+                                                  time.perf_counter() - val_end >= val_cost * _VAL_WAIT)
+            if val and (due or frac >= 1.0):
+                v0 = time.perf_counter()
+                metrics = validate(served, val, device, cfg.val_tile, tta=cfg.val_tta, precision=precision,
+                                   **thresholds)
+                val_end = time.perf_counter()
+                val_cost = val_end - v0
                 info["val"] = metrics
                 validated = checkpoint({"val": metrics})  # one copy of the weights for every file below
                 if cfg.keep_validated:
@@ -279,4 +300,4 @@ def iter_fit(cfg: TrainConfig, train: Sequence[LabelledSlice], val: Sequence[Lab
         if step > saved_step or not last.exists():
             _replace_checkpoint(checkpoint({"cancelled": not finished}), last)
         log.close()
-    return FitResult(run_dir, last, best if best.exists() else None, step, history, best_metrics)
+    return FitResult(run_dir, last, best if best.exists() else None, step, history, best_metrics, init_metrics)

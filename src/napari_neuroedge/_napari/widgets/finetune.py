@@ -151,8 +151,8 @@ class FinetuneWidget(JobWidget):
                     tooltip="training time; the learning-rate schedule follows it"),
             SpinBox(name="steps", label="steps (at most)", min=1, max=1_000_000, value=d.steps),
             FloatSpinBox(name="holdout", label="held out for validation", min=0.0, max=0.5, step=0.05,
-                         value=d.holdout, tooltip="fraction of each corrected slice (its bottom rows) held out: "
-                         "never trained on, validated on"),
+                         value=d.holdout, tooltip="fraction of each corrected slice held out, in blocks spread "
+                         "over it that hold their share of the pixels you changed: never trained on, validated on"),
             SpinBox(name="crop", label="crop size (px)", min=32, max=2048, step=32, value=d.crop),
             FloatSpinBox(name="lr", label="learning rate", min=1e-6, max=1.0, step=1e-6, value=d.lr),
             SpinBox(name="batch", min=1, max=64, value=d.batch),
@@ -164,9 +164,9 @@ class FinetuneWidget(JobWidget):
                          value=d.corrected_weight, tooltip="loss weight of the pixels you changed relative to the "
                          "others"),
             FloatSpinBox(name="parent_weight", label="share of the parent", min=0.0, max=1.0, step=0.1,
-                         value=d.parent_weight, tooltip="the saved model blends the weights: this share from the "
-                         "parent model, the rest from the fine-tuned one (0: the fine-tuned weights alone); "
-                         "half-way keeps neurons apart"),
+                         value=d.parent_weight, tooltip="a blend the guard also tries: this share of the parent's "
+                         "weights, the rest fine-tuned (besides 0, 0.35 and 0.7); it keeps whichever beats the parent "
+                         "on the held-out pixels, else the parent"),
             LineEdit(name="save_dir", label="save models in", value=str(self.session.models_dir)),
         ], transient=("save_dir",))
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
@@ -282,7 +282,7 @@ class FinetuneWidget(JobWidget):
 
     def _summary_text(self, summary: Summary) -> str:
         holdout = self.holdout_spin.value()
-        band = (f"\nThe bottom {holdout:.0%} of each slice's rows are held out: never trained on, validated on."
+        band = (f"\n{holdout:.0%} of each slice, in blocks spread over it, is held out: never trained on, validated on."
                 if holdout > 0 else "\nNothing is held out: no validation.")
         return "Will train on " + summary.text + band
 
