@@ -43,7 +43,8 @@ def _prob(seed: int) -> np.ndarray:
 
 
 def _predict(viewer, mem, slices, threshold=0.5, model="m1", seed=0, keep_edits=True):
-    """What Predict's apply_result does: write boundary and membranes (except the slices it keeps), book-keep."""
+    """What Predict's landing (``landing.apply_steps``) does: write boundary and membranes (except the slices it
+    keeps), book-keep."""
     boundary = viewer.layers["em boundary"]
     led = ledger_of(mem)
     keep = led.kept_on_repredict(slices) if keep_edits else set()

@@ -348,7 +348,7 @@ def test_summary_lists_the_training_data_and_flags_need_a_second_click(qtbot, co
 
 def test_after_finetune_difference_is_against_the_corrected_prediction_and_runs_can_be_cleaned(
         qtbot, panel_viewer, waiter, tmp_path, notes, keep_fine_tuned):
-    from napari_neuroedge._napari.widgets.finetune import viewer_training_slices
+    from napari_neuroedge._napari.training_data import viewer_training_slices
 
     viewer, panel = panel_viewer
     waiter(panel.predict.predict(scope="all slices"))
@@ -396,7 +396,7 @@ def test_the_parent_validated_at_step_0_is_the_reference_and_the_done_message_na
     """The core validates the parent before the first step (a validation event at step 0): it is drawn as the
     reference lines, not as a point of the run; the done message puts the parent's held-out F1 and Rand error
     beside the kept model's, and says the plot's title is the last validation's."""
-    from napari_neuroedge._napari.widgets.finetune import done_summary
+    from napari_neuroedge._napari.text import done_summary
     from napari_neuroedge.progress import ProgressEvent
     from napari_neuroedge.training.finetune import FinetuneOutcome
 

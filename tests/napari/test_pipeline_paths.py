@@ -68,7 +68,7 @@ def test_cli_and_widget_job_give_identical_arrays(tmp_path, synth_stack, tiny_ch
 
 
 def test_working_arrays_get_the_layers_voxel_size_in_nm(make_napari_viewer):
-    from napari_neuroedge._napari.widgets.predict import voxel_size_nm
+    from napari_neuroedge._napari.landing import voxel_size_nm
 
     viewer = make_napari_viewer()
     img = np.zeros((2, 8, 8), np.uint8)

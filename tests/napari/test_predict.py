@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_neuroedge._napari import tracking
-from napari_neuroedge._napari.widgets.predict import TTA_CHOICES
+from napari_neuroedge._napari.widgets.forms import TTA_CHOICES
 
 
 def _click(qtbot, button):

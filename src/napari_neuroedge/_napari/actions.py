@@ -5,13 +5,17 @@ their shared helpers, never each other.
 :func:`predict_job` builds the core :class:`~napari_neuroedge.inference.pipeline.PredictionRequest` from the Predict
 widget's settings and runs the core pipeline (the same code path as ``neuroedge predict``), returning a
 :class:`PredictResult`; :func:`update_difference` fills ``<image> difference`` against the prediction the user
-corrected (:meth:`~.ledger.Ledger.reference_of`).
+corrected (:meth:`~.ledger.Ledger.reference_of`). :func:`finetune_job` runs the core's fine-tune service on
+the Fine-tune widget's data and options; :func:`remove_run_folder` and :func:`nearest_uncorrected` are what
+follows a cancelled or a finished run.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +25,8 @@ from ..inference.sinks import readable
 from ..io.workstore import OutputStore
 from . import tracking
 from .text import short_name
+
+log = logging.getLogger("napari_neuroedge")
 
 DIFF_COLORS = {1: (0.2, 1.0, 0.2, 1.0), 2: (1.0, 0.2, 1.0, 1.0)}  # added: green, removed: magenta
 
@@ -142,3 +148,62 @@ def update_difference(viewer: Any, membranes: Any, slices: Any = None, create: b
             diff.data[z] = d
     diff.refresh()
     return diff
+
+
+def finetune_job(job: Any, session: Any, model_name: str, raw: list[dict[str, Any]] | None, folder: str | None,
+                 replay_folder: str | None, options: Any, run_dir: Path, dest: Path):
+    """Generator (runs in the worker): data -> the core's fine-tune service (:func:`iter_finetune`, the same one
+    ``neuroedge finetune`` runs) -> the finished model at ``dest``; ``job.extra["outcome"]`` (``job``: a
+    :class:`~.workers.Job`) says what was kept."""
+    from ..inference.normalize import normalize_slice
+    from ..progress import ProgressEvent
+    from ..training.dataset import LabelledSlice, load_training_folder
+    from ..training.finetune import FinetuneOutcome, iter_finetune
+
+    yield ProgressEvent(0, 0, "preparing the corrected slices")
+    init = session.checkpoint(model_name)
+    norm = init.norm
+    if folder:
+        train = load_training_folder(folder, norm)
+    else:
+        train = [LabelledSlice(normalize_slice(r["image"], norm), r["label"], r["mask"], r["corrected"], r["meta"])
+                 for r in raw or []]
+    replay = load_training_folder(replay_folder, norm) if replay_folder else []
+    outcome = job.extra.setdefault("outcome", FinetuneOutcome())
+    prov = {"parent": session.model_meta(model_name),
+            "data": folder or f"viewer: {len(train)} corrected slice(s)", "replay": replay_folder,
+            "finetuned_by": "napari-neuroedge one-click fine-tune"}
+    return (yield from iter_finetune(init, train, run_dir, dest, options=options, replay=replay, provenance=prov,
+                                     outcome=outcome))
+
+
+def remove_run_folder(run_dir: Path) -> bool:
+    """Delete the run folder of a run that kept nothing (its last.pt was never validated); the models folder
+    and other runs are not touched. Returns False if it could not be removed."""
+    import shutil
+
+    if not run_dir.exists():
+        return True
+    try:
+        shutil.rmtree(run_dir)
+    except OSError as exc:
+        log.warning("could not remove the run folder %s: %s", run_dir, exc)
+        return False
+    return True
+
+
+def nearest_uncorrected(viewer: Any, image: Any) -> int | None:
+    """Go to the current slice of ``image`` if it is not corrected, else to the nearest one that is not (a new
+    model is seen where it was not trained); returns it (None for a 2D image or when every slice is corrected)."""
+    if image.data.ndim != 3:
+        return None
+    membranes = tracking.companion(viewer, image.name, "membranes")
+    corrected = tracking.ledger_of(membranes).corrected if membranes is not None else frozenset()
+    z = tracking.current_slice(viewer, image)
+    free = [k for k in range(int(image.data.shape[0])) if k not in corrected]
+    if not free:
+        return None
+    best = min(free, key=lambda k: (abs(k - z), k))
+    if best != z:
+        tracking.go_to_slice(viewer, image, best)
+    return best

@@ -48,6 +48,21 @@ def slice_arrays(viewer: Any, membranes: Any, z: int) -> SliceArrays:
     return SliceArrays(label, mask, tracking.reference_prediction(viewer, membranes, z))
 
 
+def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> list[dict[str, Any]]:
+    """Raw (not yet normalised) corrected slices of a membrane layer: image, label, mask, corrected, meta.
+
+    ``arrays``: {slice: :class:`SliceArrays`} already read (else read here)."""
+    image = tracking.image_of(viewer, membranes)
+    if image is None:
+        raise ValueError(f"cannot find the image layer of '{membranes.name}'")
+    out = []
+    for z in tracking.ledger_of(membranes).training_slices():
+        a = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
+        out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": a.label,
+                    "mask": a.mask, "corrected": a.corrected, "meta": {"source": image.name, "slice": int(z)}})
+    return out
+
+
 @dataclass
 class Summary:
     """What a job will train on: ``slices`` (ids), ``rows`` (one :func:`describe_slice` dict each, with

@@ -19,99 +19,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from magicgui.widgets import FloatSpinBox, LineEdit, SpinBox
 from qtpy.QtWidgets import (QAbstractSpinBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QPushButton, QWidget)
 
 from .. import tracking
-from ..actions import gui_threads
-from .._qt_utils import LayerCombo, log, notify, reason, report
+from ..actions import finetune_job, nearest_uncorrected, remove_run_folder
+from .._qt_utils import LayerCombo, notify, reason, report
+from ..text import clean_preview, cleaned, done_summary, will_train_on
 from ..workers import Job
-from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary
-from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds, persisted_form
+from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary, viewer_training_slices
+from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds
+from .forms import finetune_form, finetune_options
 from .plot import TrainingPlot
-from ...config import FinetuneOptions
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")
 ADVANCED_ARROWS = ("\u25b6", "\u25bc")  # collapsed, expanded
-
-
-def viewer_training_slices(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> list[dict[str, Any]]:
-    """Raw (not yet normalised) corrected slices of a membrane layer: image, label, mask, corrected, meta.
-
-    ``arrays``: {slice: :class:`..training_data.SliceArrays`} already read (else read here)."""
-    image = tracking.image_of(viewer, membranes)
-    if image is None:
-        raise ValueError(f"cannot find the image layer of '{membranes.name}'")
-    out = []
-    for z in tracking.ledger_of(membranes).training_slices():
-        a = arrays[z] if arrays and z in arrays else slice_arrays(viewer, membranes, z)
-        out.append({"image": np.array(tracking.slice_of(tracking.image_array(image), z)), "label": a.label,
-                    "mask": a.mask, "corrected": a.corrected, "meta": {"source": image.name, "slice": int(z)}})
-    return out
-
-
-def finetune_job(job: Job, session: Any, model_name: str, raw: list[dict[str, Any]] | None, folder: str | None,
-                 replay_folder: str | None, options: Any, run_dir: Path, dest: Path):
-    """Generator (runs in the worker): data -> the core's fine-tune service (:func:`iter_finetune`, the same one
-    ``neuroedge finetune`` runs) -> the finished model at ``dest``; ``job.extra["outcome"]`` says what was kept."""
-    from ...inference.normalize import normalize_slice
-    from ...progress import ProgressEvent
-    from ...training.dataset import LabelledSlice, load_training_folder
-    from ...training.finetune import FinetuneOutcome, iter_finetune
-
-    yield ProgressEvent(0, 0, "preparing the corrected slices")
-    init = session.checkpoint(model_name)
-    norm = init.norm
-    if folder:
-        train = load_training_folder(folder, norm)
-    else:
-        train = [LabelledSlice(normalize_slice(r["image"], norm), r["label"], r["mask"], r["corrected"], r["meta"])
-                 for r in raw or []]
-    replay = load_training_folder(replay_folder, norm) if replay_folder else []
-    outcome = job.extra.setdefault("outcome", FinetuneOutcome())
-    prov = {"parent": session.model_meta(model_name),
-            "data": folder or f"viewer: {len(train)} corrected slice(s)", "replay": replay_folder,
-            "finetuned_by": "napari-neuroedge one-click fine-tune"}
-    return (yield from iter_finetune(init, train, run_dir, dest, options=options, replay=replay, provenance=prov,
-                                     outcome=outcome))
-
-
-def done_summary(outcome: Any, kept_step: int | None, elapsed: str) -> str:
-    """The end of a finished run in words: steps and time, then the kept model's held-out F1 and Rand error
-    beside the parent's (``outcome.parent_metrics`` where the core measured it), and which values the plot shows."""
-    steps = f"{outcome.steps:,} steps in {elapsed}"
-    kept = outcome.kept_metrics or outcome.best_metrics
-    if not kept:
-        return f"{steps}. Not validated: no pixels were held out, so the model is the last step's."
-    where = f" (validated at step {kept_step:,})" if kept_step is not None else ""
-    text = (f"{steps}. Held-out corrected pixels, the kept model{where}: boundary F1 {kept['f1']:.3f}, Rand error "
-            f"{kept['rand_error']:.3f}")
-    parent = getattr(outcome, "parent_metrics", None)
-    if parent:
-        text += f"; the parent: F1 {parent['f1']:.3f}, Rand error {parent['rand_error']:.3f}"
-    text += (". The plot's title shows the last validation's values, not the kept model's."
-             if kept_step is not None else ".")
-    if outcome.threshold is not None:
-        text += f" Threshold {outcome.threshold:g} ({outcome.threshold_source})."
-    text += "".join(f" Note: {n.rstrip('.')}." for n in outcome.notes)
-    return text
-
-
-def remove_run_folder(run_dir: Path) -> bool:
-    """Delete the run folder of a run that kept nothing (its last.pt was never validated); the models folder
-    and other runs are not touched. Returns False if it could not be removed."""
-    import shutil
-
-    if not run_dir.exists():
-        return True
-    try:
-        shutil.rmtree(run_dir)
-    except OSError as exc:
-        log.warning("could not remove the run folder %s: %s", run_dir, exc)
-        return False
-    return True
 
 
 class FinetuneWidget(JobWidget):
@@ -143,32 +65,7 @@ class FinetuneWidget(JobWidget):
         self.loss_plot = TrainingPlot("training loss", y_label="loss", log_y=True)
         self.val_plot = TrainingPlot("held-out, last validation", y_label="score")
 
-        d = FinetuneOptions()  # the one-click recipe: the same defaults as `neuroedge finetune`
-        # magicgui widgets whose values outlive the session (common.persisted_form); "save models in" follows
-        # $NEUROEDGE_MODELS_DIR each session
-        self.form = persisted_form("finetune", [
-            SpinBox(name="time", label="time (s)", min=10, max=100_000, step=10, value=int(d.time_limit_s),
-                    tooltip="training time; the learning-rate schedule follows it"),
-            SpinBox(name="steps", label="steps (at most)", min=1, max=1_000_000, value=d.steps),
-            FloatSpinBox(name="holdout", label="held out for validation", min=0.0, max=0.5, step=0.05,
-                         value=d.holdout, tooltip="fraction of each corrected slice held out, in blocks spread "
-                         "over it that hold their share of the pixels you changed: never trained on, validated on"),
-            SpinBox(name="crop", label="crop size (px)", min=32, max=2048, step=32, value=d.crop),
-            FloatSpinBox(name="lr", label="learning rate", min=1e-6, max=1.0, step=1e-6, value=d.lr),
-            SpinBox(name="batch", min=1, max=64, value=d.batch),
-            FloatSpinBox(name="replay", label="replay fraction", min=0.0, max=1.0, step=0.05,
-                         value=d.replay_fraction, tooltip="fraction of training crops drawn from the original "
-                         "data; used only when a replay folder is set"),
-            LineEdit(name="replay_data", label="replay data"),
-            FloatSpinBox(name="corrected_weight", label="corrected-pixel weight", min=1.0, max=50.0,
-                         value=d.corrected_weight, tooltip="loss weight of the pixels you changed relative to the "
-                         "others"),
-            FloatSpinBox(name="parent_weight", label="share of the parent", min=0.0, max=1.0, step=0.1,
-                         value=d.parent_weight, tooltip="a blend the guard also tries: this share of the parent's "
-                         "weights, the rest fine-tuned (besides 0, 0.35 and 0.7); it keeps whichever beats the parent "
-                         "on the held-out pixels, else the parent"),
-            LineEdit(name="save_dir", label="save models in", value=str(self.session.models_dir)),
-        ], transient=("save_dir",))
+        self.form = finetune_form(self.session.models_dir)
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
         self.time_spin, self.steps_spin, self.holdout_spin = f.time.native, f.steps.native, f.holdout.native
         self.crop_spin, self.lr_spin, self.batch_spin = f.crop.native, f.lr.native, f.batch.native
@@ -281,10 +178,7 @@ class FinetuneWidget(JobWidget):
         return viewer_summary(self.viewer, membranes) if membranes is not None else None
 
     def _summary_text(self, summary: Summary) -> str:
-        holdout = self.holdout_spin.value()
-        band = (f"\n{holdout:.0%} of each slice, in blocks spread over it, is held out: never trained on, validated on."
-                if holdout > 0 else "\nNothing is held out: no validation.")
-        return "Will train on " + summary.text + band
+        return will_train_on(summary.text, self.holdout_spin.value())
 
     def refresh_summary(self) -> None:
         """Show what Fine-tune will train on (called after corrections, a new source or folder)."""
@@ -298,14 +192,7 @@ class FinetuneWidget(JobWidget):
 
     def options(self) -> Any:
         """The form as the core's FinetuneOptions (untouched form = the CLI's defaults)."""
-        from dataclasses import replace
-
-        return replace(FinetuneOptions(), time_limit_s=float(self.time_spin.value()), steps=self.steps_spin.value(),
-                       crop=self.crop_spin.value(), lr=float(self.lr_spin.value()), batch=self.batch_spin.value(),
-                       holdout=float(self.holdout_spin.value()), replay_fraction=float(self.replay_spin.value()),
-                       corrected_weight=float(self.corrected_weight_spin.value()),
-                       parent_weight=float(self.parent_weight_spin.value()), device=self.session.state.device,
-                       threads=gui_threads())
+        return finetune_options(self.form, self.session.state.device)
 
     def finetune(self, confirmed: bool = False) -> Job | None:
         """Start fine-tuning the selected model; returns the job or None (after a notification saying why).
@@ -410,15 +297,10 @@ class FinetuneWidget(JobWidget):
             self.clean_label.setText(f"Nothing to clean: no resume files under {root}.")
             return None
         if not self.clean_confirmation.confirmed((str(root), tuple(plan.files)), confirmed):
-            names = sorted({f.name for f in plan.files})
-            self.clean_label.setText(f"Will delete {plan.describe()} under {root} ({', '.join(names)}: resume files "
-                                     "of past runs). The models you keep are not touched; their logs stay. "
-                                     "Click again to delete.")
+            self.clean_label.setText(clean_preview(plan, root))
             return None
         done = clean(plan)
-        msg = (f"Removed {done.describe()} under {root}: {', '.join(sorted({f.name for f in done.files}))}; "
-               f"{done.nbytes / 1e6:.1f} MB freed. The models in {root.parent} were kept.")
-        self.clean_label.setText(msg)
+        self.clean_label.setText(cleaned(done, root))
         notify(f"Run folders cleaned: {done.nbytes / 1e6:.1f} MB freed.", "info")
         return done
 
@@ -460,7 +342,7 @@ class FinetuneWidget(JobWidget):
         state = self.session.state
         repredict = None
         if state.can_predict() and self._image_name and self._image_name in self.viewer.layers:
-            z = self._uncorrected_slice()
+            z = nearest_uncorrected(self.viewer, self.viewer.layers[self._image_name])
             repredict = state.request_prediction(self._image_name, "current slice").job  # Predict answers
             job.extra["repredict"] = repredict
             job.extra["repredicted_slice"] = z
@@ -471,23 +353,6 @@ class FinetuneWidget(JobWidget):
         kept = self._mark_kept(name)
         self.jobs.finish(f"{msg}. {done_summary(outcome, kept, elapsed)} Saved as {outcome.path}.")
         notify(msg + ".", "info")
-
-    def _uncorrected_slice(self) -> int | None:
-        """Go to the current slice if it is not corrected, else to the nearest one that is not (the new model is
-        seen where it was not trained); None for a 2D image or when every slice is corrected."""
-        image = self.viewer.layers[self._image_name]
-        if image.data.ndim != 3:
-            return None
-        membranes = tracking.companion(self.viewer, image.name, "membranes")
-        corrected = tracking.ledger_of(membranes).corrected if membranes is not None else frozenset()
-        z = tracking.current_slice(self.viewer, image)
-        free = [k for k in range(int(image.data.shape[0])) if k not in corrected]
-        if not free:
-            return None
-        best = min(free, key=lambda k: (abs(k - z), k))
-        if best != z:
-            tracking.go_to_slice(self.viewer, image, best)
-        return best
 
     def _on_cancelled(self, job: Job) -> None:
         outcome = job.extra.get("outcome")

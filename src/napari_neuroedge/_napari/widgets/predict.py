@@ -4,7 +4,8 @@ Builds a core :class:`~napari_neuroedge.inference.pipeline.PredictionRequest` fr
 pipeline in a background worker (:func:`..actions.predict_job`, the same code path as ``neuroedge predict``).
 Output layers are named after the image (``<image> boundary`` etc., see :mod:`..tracking`), updated in place on
 re-runs, and keep the image's scale and translate. Slices the user has edited keep their membrane labels unless
-"replace my corrections" is ticked (only the probability is refreshed there).
+"replace my corrections" is ticked (only the probability is refreshed there); :mod:`..landing` writes the
+results into the layers.
 
 Large or lazy images (memory-mapped TIFF, zarr, dask, or more than ``$NEUROEDGE_LAZY_VOXELS`` voxels) are read
 band by band and predicted into OME-Zarr working arrays on disk (see :mod:`napari_neuroedge.io.workstore`), shown as
@@ -16,67 +17,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FloatSpinBox, Label, SpinBox
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QComboBox, QFileDialog, QFormLayout, QLabel, QPushButton, QSizePolicy, QWidget
 
-from ...config import SEED_THRESHOLD
-from ...io.workstore import discard, wants_lazy
+from ...io.workstore import wants_lazy
 from .. import lazy_outputs, tracking
-from ..actions import PredictResult, predict_job, update_difference
+from ..actions import PredictResult, predict_job
+from ..landing import apply_steps, run_to_end, voxel_size_nm
 from .._qt_utils import LayerCombo, connect_weak, notify, reason, report, short_name
 from ..state import LOAD_CHECKPOINT
+from ..text import describe_model
 from ..package_export import add_export_button, ask_package_path
 from ..workers import Job
-from .common import JobPanel, JobWidget, persisted_form
-
-TTA_CHOICES = {"off": 1, "6 (rotations + flips)": 6, "8 (full dihedral)": 8}
-SCOPES = ("current slice", "all slices")
+from .common import JobPanel, JobWidget
+from .forms import TTA_CHOICES, predict_form
 
 
 def _is_input_image(layer: Any) -> bool:
     return not getattr(layer, "rgb", False) and tracking.info_role(layer) in ("", "image")
-
-
-def describe_model(ckpt: Any) -> str:
-    """One human line for a checkpoint: "U-Net, base 16, depth 4 - trained 5,152 steps - threshold 0.6"; a
-    fine-tuned one says how many steps its run did and which it kept: "fine-tuned 142 steps, kept step 50"."""
-    from ...config import arch_display_name
-
-    arch = arch_display_name(ckpt.arch)
-    kwargs = ckpt.arch_kwargs if isinstance(ckpt.arch_kwargs, dict) else {}
-    parts = [arch + "".join(f", {str(k).replace('_', ' ')} {v}" for k, v in kwargs.items())]
-    prov = ckpt.provenance if isinstance(ckpt.provenance, dict) else {}
-    step, done = int(ckpt.step or 0), prov.get("steps_done")
-    if done is not None:  # a finished fine-tune: the checkpoint's step is the kept (validated) one
-        parts.append(f"fine-tuned {int(done):,} steps" + (f", kept step {step:,}" if step != int(done) else ""))
-    elif prov.get("cancelled"):
-        parts.append(f"fine-tune cancelled, kept step {step:,}")
-    elif step:
-        parts.append(f"trained {step:,} steps")
-    parts.append(f"threshold {ckpt.threshold:g}")
-    return " \u00b7 ".join(parts)
-
-
-def voxel_size_nm(layer: Any) -> tuple[float, ...] | None:
-    """The layer's voxel size in nm per axis, NaN where nothing states it (None: no axis): the voxel size the
-    NeuroEdge reader stored (its NaN stays NaN: the reader shows it as scale 1), else the layer's scale on the
-    axes whose unit is a length (:func:`~napari_neuroedge.io.stacks.nm_per_unit`). The scale of the on-disk OME-Zarr
-    outputs."""
-    from ...io.stacks import nm_per_unit
-
-    nan = float("nan")
-    meta = layer.metadata if isinstance(layer.metadata, dict) else {}
-    stored = meta.get("voxel_size")
-    if stored is not None:
-        out = [float(v) if float(v) > 0 else nan for v in list(stored)[-layer.ndim:]]
-        out = [nan] * (layer.ndim - len(out)) + out
-    else:
-        units = [str(u) for u in (getattr(layer, "units", None) or ())]
-        factors = [nm_per_unit(u) for u in units] if len(units) == layer.ndim else [None] * layer.ndim
-        out = [float(s) * f if f else nan for s, f in zip(layer.scale, factors)]
-    return tuple(out) if any(v == v for v in out) else None
 
 
 def _rgb_advice() -> str:
@@ -99,29 +57,7 @@ class PredictWidget(JobWidget):
         self.model_info = QLabel("")
         self.model_info.setWordWrap(True)
         found = self._devices()
-        # plain-value options: magicgui widgets whose values outlive the session (common.persisted_form); the
-        # thresholds are the chosen model's (set in _show_model_info) and "replace my corrections" is asked anew
-        self.form = persisted_form("predict", [
-            SpinBox(name="tile", label="tile size (px, 0 = auto)", min=0, max=4096, step=32, value=0,
-                    tooltip="largest tile; auto (0) = as large as free memory allows, up to 2048 px; an image "
-                    "that fits is predicted in one pass"),
-            SpinBox(name="context", label="tile context (px)", min=0, max=512, step=8, value=0,
-                    tooltip="tile overlap on each side; 0 = the model's measured receptive context"),
-            ComboBox(name="tta", label="TTA", choices=list(TTA_CHOICES.items()), value=1),
-            ComboBox(name="device", choices=["auto"] + found, value="auto"),
-            Label(name="found", value=", ".join(found), tooltip="the devices torch found here"),
-            FloatSpinBox(name="threshold", min=0.01, max=0.99, step=0.05, value=0.5,
-                         tooltip="membrane where the boundary probability is at least this; set to the model's "
-                         "calibrated threshold when you choose a model"),
-            ComboBox(name="scope", choices=list(SCOPES)),
-            CheckBox(name="instances", text="neuron instances (Labels)"),
-            FloatSpinBox(name="seed_threshold", label="seed threshold", min=0.01, max=0.99, step=0.05,
-                         value=SEED_THRESHOLD, tooltip="neuron instances grow from pixels whose boundary "
-                         "probability is below this; lower it if cells merge through faint membranes"),
-            CheckBox(name="uncertainty", text="TTA uncertainty (Image)"),
-            CheckBox(name="overwrite", text="replace my corrections",
-                     tooltip="predict over the slices you edited or marked corrected too (their labels are lost)"),
-        ], transient=("threshold", "seed_threshold", "overwrite"))
+        self.form = predict_form(found)
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
         self.tile_spin, self.context_spin, self.tta_combo = f.tile.native, f.context.native, f.tta.native
         self.device_combo, self.device_found = f.device.native, f.found.native
@@ -374,177 +310,12 @@ class PredictWidget(JobWidget):
         self.jobs.finish(msg)
 
     # ------------------------------------------------------------------ writing layers
-    def _output_layer(self, image: Any, role: str, kind: str, dtype: Any, make: Any = None, initial: Any = None,
-                      **kwargs: Any) -> tuple[Any, bool]:
-        """The ``role`` layer of ``image`` (created when absent or unusable); returns (layer, created).
-
-        A new layer (or an Image layer of the wrong shape) gets ``initial`` as data if given, else ``make(shape)``
-        (default: :func:`tracking.blank`).
-        """
-        name = tracking.layer_name(image.name, role)
-        shape = tuple(tracking.image_array(image).shape)
-        make = make or (lambda shp: tracking.blank(shp, dtype))
-        layer = self.viewer.layers[name] if name in self.viewer.layers else None
-        wanted = {"image": "Image", "labels": "Labels"}[kind]
-        if layer is not None and (type(layer).__name__ != wanted or tuple(layer.data.shape) != shape):
-            if kind == "image" and type(layer).__name__ == wanted:
-                old = layer.data
-                layer.data = initial if initial is not None else make(shape)
-                self._release(old)
-            else:  # never destroy user data: move the old layer aside
-                old, k = f"{name} (old)", 2
-                while old in self.viewer.layers:
-                    old, k = f"{name} (old {k})", k + 1
-                layer.name = old
-                layer = None
-        created = layer is None
-        if created:
-            data = initial if initial is not None else make(shape)
-            add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
-            layer = add(data, name=name, scale=image.scale, translate=image.translate,
-                        metadata={tracking.KEY: {"role": role, "image": image.name}}, **kwargs)
-        else:
-            layer.scale = image.scale
-            layer.translate = image.translate
-        meta = tracking.info(layer)
-        meta["role"], meta["image"] = role, image.name
-        return layer, created
-
-    def _release(self, data: Any) -> None:
-        """Delete a disk-backed output array no layer shows any more."""
-        store = lazy_outputs.store_for(self.session)
-        if store.owns(data) and not any(lay.data is data for lay in self.viewer.layers):
-            store.discard(data)
-
-    #: rows copied per event-loop turn into a disk-backed layer (8192 px wide float32: 32 MB, ~0.1 s)
-    BAND_ROWS = 1024
-
-    @staticmethod
-    def _write(layer: Any, result: PredictResult, arr: np.ndarray, skip: set[int] = frozenset()) -> Any:
-        """Write ``arr`` into the layer's slices, yielding after each slice (a generator)."""
-        if result.is_2d:
-            if 0 not in skip:
-                layer.data[...] = arr[0]
-        else:
-            for i, z in enumerate(result.slices):
-                if z not in skip:
-                    layer.data[z] = arr[i]
-                    yield
-        layer.refresh()
-
-    @classmethod
-    def _copy_banded(cls, src: Any, dst: Any, pairs: list[tuple[Any, Any]]) -> Any:
-        """``dst[d] = src[s]`` for each (s, d) pair (None: the whole 2D array), a band of rows per step."""
-        for s_idx, d_idx in pairs:
-            rows = int(src.shape[-2])
-            for y0 in range(0, rows, cls.BAND_ROWS):
-                y1 = min(rows, y0 + cls.BAND_ROWS)
-                if s_idx is None:
-                    dst[y0:y1] = src[y0:y1]
-                else:
-                    dst[d_idx, y0:y1] = src[s_idx, y0:y1]
-                yield
-
-    @staticmethod
-    def _whole(result: PredictResult) -> bool:
-        """Whether a lazy result covers the whole image (its staged arrays can become the layer data)."""
-        return result.is_2d or list(result.slices) == list(range(int(result.shape[0])))
-
-    def _put(self, image: Any, role: str, kind: str, result: PredictResult, arr: Any,
-             skip: set[int] = frozenset(), **kwargs: Any) -> Any:
-        """Write ``arr`` (the ``role`` output of ``result``) into its layer, keeping slices in ``skip``; a
-        generator (a step per slice or band) returning (layer, created)."""
-        dtype = np.dtype(arr.dtype)
-        if not result.lazy:
-            layer, created = self._output_layer(image, role, kind, dtype, **kwargs)
-            yield
-            yield from self._write(layer, result, arr, skip)
-            return layer, created
-        store = lazy_outputs.store_for(self.session)
-
-        def make(shape: tuple[int, ...]) -> Any:
-            return store.create(shape, dtype, f"{image.name}-{role}", voxel_size_nm(image))
-
-        if self._whole(result):  # the staged array becomes the layer's data (no copy)
-            layer, created = self._output_layer(image, role, kind, dtype, make=make, initial=arr, **kwargs)
-            yield
-            old = layer.data
-            if old is not arr:
-                if result.is_2d:
-                    keep = [(None, None)] if 0 in skip else []
-                else:
-                    keep = [(z, z) for z in sorted(skip)]
-                yield from self._copy_banded(old, arr, keep)  # the user's corrected slices stay
-                layer.data = arr
-                self._release(old)
-            layer.refresh()
-            return layer, created
-        layer, created = self._output_layer(image, role, kind, dtype, make=make, **kwargs)
-        yield
-        yield from self._copy_banded(arr, layer.data, [(i, z) for i, z in enumerate(result.slices) if z not in skip])
-        store.discard(arr)
-        layer.refresh()
-        return layer, created
-
-    def _discard(self, result: PredictResult) -> None:
-        if result.lazy:
-            discard(lazy_outputs.store_for(self.session), result.arrays())
-
     def apply_result(self, result: PredictResult) -> list[int]:
         """Write a prediction into the output layers at once; returns edited slices whose labels were kept."""
-        steps = self.apply_steps(result)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as stop:
-                return stop.value
+        return run_to_end(self.apply_steps(result))
 
     def apply_steps(self, result: PredictResult) -> Any:
-        """Write a prediction into the output layers, a generator yielding after each layer created and each slice
-        (or band of rows of a disk-backed slice) written, so the event loop runs in between; returns the edited
-        slices whose labels were kept."""
-        if result.image not in self.viewer.layers:
-            notify(f"The image layer '{result.image}' was removed; its prediction was discarded.", "warning")
-            self._discard(result)
-            return []
-        image = self.viewer.layers[result.image]
-        if tuple(tracking.image_array(image).shape) != result.shape:
-            notify(f"'{result.image}' changed shape during the prediction; it was discarded. Predict again.",
-                   "warning")
-            self._discard(result)
-            return []
-        boundary, added = yield from self._put(image, "boundary", "image", result, result.prob, colormap="magma",
-                                               contrast_limits=(0.0, 1.0), blending="additive", opacity=0.6)
-        if result.variance is not None:
-            unc, created = yield from self._put(image, "uncertainty", "image", result, result.variance,
-                                                colormap="viridis", contrast_limits=(0.0, 0.1), blending="additive",
-                                                visible=False)
-            added |= created
-        if result.instances is not None:
-            added |= (yield from self._put(image, "instances", "labels", result, result.instances, opacity=0.35))[1]
-        name = tracking.layer_name(image.name, "membranes")
-        existing = self.viewer.layers[name] if name in self.viewer.layers else None
-        reused = (existing is not None and type(existing).__name__ == "Labels"
-                  and tuple(existing.data.shape) == result.shape)  # else a fresh layer holds nothing of the user's
-        keep: set[int] = set()
-        if reused and not self.overwrite_check.isChecked():  # the user's labels: edited or marked corrected
-            keep = tracking.ledger_of(existing).kept_on_repredict(result.slices)
-        membranes, created = yield from self._put(image, "membranes", "labels", result, result.membranes, keep,
-                                                  colormap=tracking.membrane_colormap(), opacity=0.7)
-        if self.overwrite_check.isChecked():
-            tracking.forget_slices(membranes, result.slices)
-        # a kept slice keeps the provenance of the prediction it corrects
-        tracking.ledger_of(membranes).mark_predicted(result.slices, result.model, result.threshold, keep,
-                                                     uncertainty=result.variance is not None)
-        tracking.drop_rows(membranes)  # a prediction is rare: the summary rows are read again once
-        tracking.attach_tracking(membranes, self.session)
-        if created:
-            membranes.brush_size = 2
-            membranes.selected_label = 1
-        if created or added:  # napari selects a layer it adds: the next brush stroke must paint membranes
-            self.viewer.layers.selection.active = membranes
-        diff = tracking.companion(self.viewer, image.name, "difference")
-        if diff is not None:
-            update_difference(self.viewer, membranes, result.slices)
-        self.session.corrections_changed.emit(membranes.name)
-        return sorted(keep)
+        """Write a prediction into the output layers in steps (:func:`..landing.apply_steps`), the form's
+        "replace my corrections" deciding whether edited slices keep their labels; returns the kept slices."""
+        return apply_steps(self.viewer, self.session, result, self.overwrite_check.isChecked(),
+                           lambda msg: notify(msg, "warning"))
