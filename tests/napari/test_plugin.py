@@ -142,3 +142,23 @@ def test_widgets_open_from_the_plugins_menu(make_napari_viewer):
     sessions = {id(w.session) for w in (panel.predict, panel.finetune, widgets["Predict"], widgets["Correct"],
                                         widgets["Export training set"], widgets["Fine-tune"])}
     assert len(sessions) == 1
+
+
+def test_session_keeps_a_loaded_checkpoint_until_its_file_changes(make_napari_viewer, tiny_checkpoint, tmp_path):
+    """The session's checkpoints live in the one model cache (PredictorCache.lookup, keyed by path and mtime): the
+    same file gives the same object; a file rewritten in place (a new fine-tune under the same name) is reloaded."""
+    import os
+    import shutil
+
+    from napari_neuroedge._napari.session import get_session
+
+    session = get_session(make_napari_viewer())
+    path = tmp_path / "m.pt"
+    shutil.copy(tiny_checkpoint, path)
+    name = session.add_model(str(path), select=True)
+    first = session.checkpoint(name)
+    assert session.checkpoint(name) is first
+    shutil.copy(tiny_checkpoint, path)
+    os.utime(path, (path.stat().st_atime, path.stat().st_mtime + 10))
+    again = session.checkpoint(name)
+    assert again is not first and again.step == first.step

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from .workers import JobRunner
 
 ENV_MODELS_DIR = "NEUROEDGE_MODELS_DIR"
 ENV_SYNC = "NEUROEDGE_SYNC_JOBS"
-CACHE_SIZE = 3  # checkpoints kept in memory
+CACHE_SIZE = 3  # checkpoints kept in memory (bounded: weights can be 100+ MB each)
 
 
 def default_models_dir() -> Path:
@@ -55,8 +54,7 @@ class Session(QObject):
         self.state.model_selected.connect(self._forward_model_selected)
         self.models_dir = default_models_dir()
         self.last_export: Path | None = None
-        self._cache: dict[tuple[str, float], Any] = {}
-        self._cache_lock = threading.Lock()
+        self._checkpoints = PredictorCache(CACHE_SIZE)  # loaded checkpoints by (path, mtime): a changed file reloads
         self.predictors = PredictorCache()  # prepared predictors, so a repeated Predict does not rebuild its model
         self._watched: set[int] = set()  # ids of the windows whose closing shuts this session down
         self._on_close: list[Any] = []  # called after the jobs stopped when the window goes (e.g. temp stores)
@@ -108,14 +106,7 @@ class Session(QObject):
         if name not in self.models:
             raise KeyError(f"no model called {name!r}; choose one in Predict")
         path = resolve_checkpoint(self.models[name])
-        key = (str(path), path.stat().st_mtime)
-        with self._cache_lock:
-            if key not in self._cache:
-                self._cache = {k: v for k, v in self._cache.items() if k[0] != key[0]}
-                while len(self._cache) >= CACHE_SIZE:  # bounded memory: weights can be 100+ MB each
-                    self._cache.pop(next(iter(self._cache)))
-                self._cache[key] = load_checkpoint(path)
-            return self._cache[key]
+        return self._checkpoints.lookup((str(path), path.stat().st_mtime), lambda: load_checkpoint(path))
 
     def model_meta(self, name: str | None = None) -> dict[str, Any]:
         """Provenance of a listed model for outputs: name, path, version (step, short sha256)."""
@@ -136,6 +127,7 @@ class Session(QObject):
         """Stop all jobs (the viewer is closing), then run the close callbacks."""
         self.jobs.shutdown(wait=10.0)
         self.predictors.clear()
+        self._checkpoints.clear()
         callbacks, self._on_close = self._on_close, []
         for callback in callbacks:
             try:
