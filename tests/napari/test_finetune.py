@@ -420,3 +420,27 @@ def test_the_parent_validated_at_step_0_is_the_reference_and_the_done_message_na
             done_summary(outcome, 20, "0:12"))
     assert done_summary(FinetuneOutcome(steps=3), None, "0:01") == \
         "3 steps in 0:01. Not validated: no pixels were held out, so the model is the last step's."
+
+
+def test_a_parent_the_guard_kept_is_marked_at_step_0_and_said(qtbot, corrected_viewer, waiter, tmp_path, monkeypatch):
+    """When nothing beats the parent on the held-out pixels, the panel marks the parent's step-0 validation as the
+    kept one (not the parent's own training step) and the done message says the parent was kept and why."""
+    import dataclasses
+
+    from napari_neuroedge.training import guard
+
+    real_choose = guard.choose
+    monkeypatch.setattr(guard, "choose", lambda parent, candidates: dataclasses.replace(
+        real_choose(parent, candidates), kept=parent, parent_kept=True))
+    viewer, panel, mem = corrected_viewer
+    ft = panel.finetune
+    ft.save_edit.setText(str(tmp_path / "m"))
+    _small(ft, 4)
+    job = waiter(ft.finetune())
+    assert job.state == "done" and job.result.parent_kept
+    assert ft.val_plot.kept_step == 0 and ft.loss_plot.kept_step == 0
+    text = ft.jobs.status.text()
+    assert "the kept model (the parent: fine-tuning did not beat it)" in text
+    assert "did not improve neuron separation on your held-out pixels" in text
+    assert text.startswith("Model '") and "saved with the parent's weights (fine-tuning did not beat it)" in text
+    waiter(job.extra["repredict"])

@@ -39,7 +39,8 @@ def done_summary(outcome: Any, kept_step: int | None, elapsed: str) -> str:
     kept = outcome.kept_metrics or outcome.best_metrics
     if not kept:
         return f"{steps}. Not validated: no pixels were held out, so the model is the last step's."
-    where = f" (validated at step {kept_step:,})" if kept_step is not None else ""
+    where = (" (the parent: fine-tuning did not beat it)" if getattr(outcome, "parent_kept", False) else
+             f" (validated at step {kept_step:,})" if kept_step is not None else "")
     text = (f"{steps}. Held-out corrected pixels, the kept model{where}: boundary F1 {kept['f1']:.3f}, Rand error "
             f"{kept['rand_error']:.3f}")
     parent = getattr(outcome, "parent_metrics", None)

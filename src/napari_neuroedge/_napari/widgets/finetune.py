@@ -324,20 +324,23 @@ class FinetuneWidget(JobWidget):
                 extra += f", held-out F1 {f1:.3f}"
         self.jobs.update_event(event, extra, estimated=self._time_limited and event.stage == "train")
 
-    def _mark_kept(self, name: str) -> int | None:
-        """Mark the kept checkpoint's step on the curves; returns it (None if it cannot be read)."""
+    def _mark_kept(self, name: str, outcome: Any) -> int | None:
+        """Mark the kept checkpoint's step on the curves; returns it (None if it cannot be read). A parent the
+        guard kept is this run's step 0 (its validation before the first step), not its own training step."""
+        parent = bool(getattr(outcome, "parent_kept", False))
         try:
-            step = int(self.session.checkpoint(name).step)
+            step = 0 if parent else int(self.session.checkpoint(name).step)
         except Exception:
             return None
         for plot in (self.loss_plot, self.val_plot):
-            plot.mark_kept(step, f"kept (step {step:,})")
+            plot.mark_kept(step, "kept: the parent" if parent else f"kept (step {step:,})")
         return step
 
     def _on_done(self, job: Job, outcome: Any) -> None:
         self.last_result = outcome
         name = self.session.add_model(str(outcome.path), select=True)
-        msg = f"Fine-tuned model '{name}' saved and selected in Predict"
+        msg = (f"Model '{name}' saved with the parent's weights (fine-tuning did not beat it) and selected in Predict"
+               if getattr(outcome, "parent_kept", False) else f"Fine-tuned model '{name}' saved and selected in Predict")
         job.extra["model_name"] = name
         state = self.session.state
         repredict = None
@@ -350,7 +353,7 @@ class FinetuneWidget(JobWidget):
                 msg += f"; re-predicting slice {z}, which you did not correct" if z is not None else \
                     "; re-predicting the current slice"
         elapsed = format_seconds(time.perf_counter() - job.started_at)
-        kept = self._mark_kept(name)
+        kept = self._mark_kept(name, outcome)
         self.jobs.finish(f"{msg}. {done_summary(outcome, kept, elapsed)} Saved as {outcome.path}.")
         notify(msg + ".", "info")
 
@@ -358,7 +361,7 @@ class FinetuneWidget(JobWidget):
         outcome = job.extra.get("outcome")
         if outcome is not None and outcome.path is not None:
             name = self.session.add_model(str(outcome.path), select=False)
-            self._mark_kept(name)
+            self._mark_kept(name, outcome)
             toast = f"Fine-tuning cancelled; the last validated checkpoint is kept as '{name}' in Predict's list."
             msg = f"{toast} Saved as {outcome.path}."
         else:
