@@ -404,8 +404,9 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
             kept = sum(bool(r["parent_kept"]) for r in runs)
             sd = float(np.std(rand)) if len(rand) > 1 else 0.0
             C.ratio_line(f"{key}rand_after_over_before_{shift}", float(np.mean(rand)) / max(m0["rand"], 1e-9),
-                         C.target_note(float(np.mean(rand)) - m0["rand"], "<=", sd) + " (never worse by more than "
-                         "the spread across repeats)")
+                         C.target_note(float(np.mean(rand)) - m0["rand"], "<=", sd,
+                                       f"Rand error change {float(np.mean(rand)) - m0['rand']:+.4g}: ")
+                         + " (never worse by more than the spread across repeats)")
             C.ratio_line(f"{key}f1_exact_gain_{shift}", max(float(np.mean(f1)) - m0["f1_exact"], 1e-3),
                          C.target_note(float(np.mean(f1)) - m0["f1_exact"], ">=", 0.1) + " (target on the hard ones)")
             C.ratio_line(f"{key}finetune_wall_s_{shift}", max(walls), C.target_note(max(walls), "<=", 120))

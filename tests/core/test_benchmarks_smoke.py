@@ -108,7 +108,7 @@ def test_bench_scale_quick() -> None:
 def test_bench_correction_loop_quick() -> None:
     out, ratios = run_quick("bench_correction_loop.py", "--shifts", "vnc-hard", "--peer", "none")
     assert {"finetune_wall_s_vnc-hard", "rand_after_over_before_vnc-hard"} <= set(ratios)
-    assert "| vnc-hard | ours | fine-tuned |" in out
+    assert "| vnc-hard | ours | zero-shot |" in out and "| vnc-hard | ours | fine-tuned (defaults; parent kept " in out
 
 
 @pytest.mark.skipif(not _has("segmentation_models_pytorch"), reason="segmentation-models-pytorch not installed")
