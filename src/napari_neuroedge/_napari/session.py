@@ -53,7 +53,6 @@ class Session(QObject):
         self.state.models_changed.connect(self._forward_models_changed)
         self.state.model_selected.connect(self._forward_model_selected)
         self.models_dir = default_models_dir()
-        self.last_export: Path | None = None
         self._checkpoints = PredictorCache(CACHE_SIZE)  # loaded checkpoints by (path, mtime): a changed file reloads
         self.predictors = PredictorCache()  # prepared predictors, so a repeated Predict does not rebuild its model
         self._watched: set[int] = set()  # ids of the windows whose closing shuts this session down

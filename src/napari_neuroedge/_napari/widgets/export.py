@@ -207,7 +207,6 @@ class ExportWidget(NeuroEdgeWidget):
             return []
         for it in fresh:
             led.mark_exported(it.meta["slice"], str(target.resolve()), _digest(it.label, it.mask))
-        self.session.last_export = target
         self.session.exported.emit(str(target))
         self.session.corrections_changed.emit(layer.name)
         self._relist.stop()  # the message below stays until the corrections change again
