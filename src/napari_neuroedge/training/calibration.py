@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from .labelled import labelled_pixels
+
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(0.30, 0.701, 0.05), 2))
 #: Instance seed thresholds tried on held-out pixels (lowest mean adapted Rand error wins).
 SEED_THRESHOLDS: tuple[float, ...] = (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45)
@@ -100,10 +102,6 @@ def choose_seed_threshold(rand_by_seed: dict[float, float], parent_seed: float) 
     return min(tied, key=lambda t: (abs(t - parent_seed), t))
 
 
-def _labelled(sl: Any) -> np.ndarray:
-    return np.ones(sl.label.shape, bool) if sl.mask is None else np.asarray(sl.mask) > 0
-
-
 def seed_threshold_sweep(probs: Sequence[np.ndarray], slices: Sequence[Any],
                          thresholds: Sequence[float] = SEED_THRESHOLDS) -> dict[float, float]:
     """{seed threshold: mean adapted Rand error of the watershed instances of ``probs`` ((H, W) each) against the
@@ -111,7 +109,7 @@ def seed_threshold_sweep(probs: Sequence[np.ndarray], slices: Sequence[Any],
     from ..inference.postprocess import instances_from_probability
     from ..metrics import instances_from_membrane, rand_error
 
-    gts = [np.where(_labelled(s), instances_from_membrane(s.label), 0) for s in slices]
+    gts = [np.where(labelled_pixels(s), instances_from_membrane(s.label), 0) for s in slices]
     return {float(t): float(np.mean([rand_error(instances_from_probability(p, t), g) for p, g in zip(probs, gts)]))
             for t in thresholds}
 
@@ -123,6 +121,6 @@ def calibrate_thresholds(probs: Sequence[np.ndarray], slices: Sequence[Any], par
     with the lowest pixel error, the seed threshold by :func:`choose_seed_threshold` (ties go to ``parent_seed``)."""
     errors = pixel_error_by_threshold(np.concatenate([p.ravel() for p in probs]),
                                       np.concatenate([s.label.ravel() for s in slices]),
-                                      mask=np.concatenate([_labelled(s).ravel() for s in slices]))
+                                      mask=np.concatenate([labelled_pixels(s).ravel() for s in slices]))
     seeds = seed_threshold_sweep(probs, slices)
     return choose_threshold(errors), choose_seed_threshold(seeds, parent_seed), errors, seeds

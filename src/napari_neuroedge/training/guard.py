@@ -30,7 +30,7 @@ import numpy as np
 from .calibration import (DEFAULT_THRESHOLDS, SEED_THRESHOLDS, choose_seed_threshold, choose_threshold,
                            pixel_error_by_threshold)
 from ..models.checkpoint import Checkpoint
-from .dataset import LabelledSlice
+from .labelled import LabelledSlice, labelled_pixels
 from .holdout import held_out_blocks
 from .scoring import BoundaryMatch, mean_scores, near_changes, region_rand, score_slice
 
@@ -135,7 +135,7 @@ def evaluate(name: str, parent_weight: float, ckpt: Checkpoint, probs: Sequence[
     from ..metrics import instances_from_membrane
 
     truths = [instances_from_membrane(s.label) for s in val]
-    masks = [np.ones(s.label.shape, bool) if s.mask is None else np.asarray(s.mask) > 0 for s in val]
+    masks = [labelled_pixels(s) for s in val]
     nears = [near_changes(s) for s in val]
     threshold, errors = ckpt.threshold, {}
     labelled = int(sum(m.sum() for m in masks))

@@ -28,3 +28,9 @@ class LabelledSlice:
             arr = getattr(self, name)
             if arr is not None and arr.shape != self.image.shape:
                 raise ValueError(f"{name} {arr.shape} and image {self.image.shape} shapes differ")
+
+
+def labelled_pixels(sl: Any) -> np.ndarray:
+    """(H, W) bool: the pixels of ``sl`` (a :class:`LabelledSlice` or anything with ``label`` and ``mask``) that
+    carry a label: its mask where it has one, else all of them."""
+    return np.ones(sl.label.shape, bool) if sl.mask is None else np.asarray(sl.mask) > 0

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..metrics import instances_from_membrane, pixel_error, rand_error
-from .dataset import LabelledSlice
+from .labelled import LabelledSlice, labelled_pixels
 
 #: Pixels within this distance (px) of a pixel the user changed count as "near the changes".
 NEAR_PX = 3
@@ -63,18 +63,14 @@ def near_changes(sl: LabelledSlice) -> np.ndarray | None:
         return None
     changed = np.asarray(sl.corrected) > 0
     near = ndi.binary_dilation(changed, iterations=NEAR_PX) if changed.any() else changed
-    return near & _mask(sl)
-
-
-def _mask(sl: LabelledSlice) -> np.ndarray:
-    return np.ones(sl.label.shape, bool) if sl.mask is None else np.asarray(sl.mask) > 0
+    return near & labelled_pixels(sl)
 
 
 def score_slice(membranes: np.ndarray, cells: np.ndarray, sl: LabelledSlice) -> dict[str, float]:
     """Pixel error, boundary P/R/F1 (2 px) and adapted Rand error of one slice's predicted ``membranes`` (uint8)
     and instance ``cells`` on the held-out pixels of ``sl`` (its mask), plus ``changed_px`` and the
     ``*_changed`` measures near the user's changes where ``sl`` knows them (see the module docstring)."""
-    mask = _mask(sl)
+    mask = labelled_pixels(sl)
     match = BoundaryMatch(membranes, sl.label)
     truth = instances_from_membrane(sl.label)
     rand = region_rand(cells, truth, mask)
