@@ -82,6 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="folder of the pretrained peer checkpoints (reused across runs)")
     p.add_argument("--quick", action="store_true", help="crops of the slices, 3 s of training on 64 px crops, a "
                    "peer pretrained for seconds on synthetic data (smoke test)")
+    p.add_argument("--device", default="cpu", help="where the fine-tunes and predictions run (cpu, cuda); off the "
+                   "CPU give --steps, so each fine-tune does what 2 CPU cores do in the one-click time limit")
+    p.add_argument("--steps", type=int, help="a fixed step budget for every fine-tune instead of the clock "
+                   "(time limit off), e.g. 200: what the one-click recipe does in 90 s on 2 CPU cores")
+    p.add_argument("--jobs", type=int, default=1, help="run the fine-tunes in this many processes (--threads each)")
+    p.add_argument("--peer-pretrain-steps", type=int, help="pretrain the peer for this many steps (on --device) "
+                   "instead of --peer-pretrain-minutes of wall time")
+    p.add_argument("--results", help="append every finished fine-tune here as a JSON line (read by --report-from)")
+    p.add_argument("--report-from", help="print the tables of a --results file; runs nothing")
     return p.parse_args(argv)
 
 
@@ -204,12 +213,14 @@ def peer_parent(args: argparse.Namespace, ours: Any, work: Path) -> tuple[Any, s
         return ckpt, "random weights (no pretraining)"
     minutes = 0.05 if args.quick else args.peer_pretrain_minutes
     cache = work if args.quick else Path(args.peer_cache).expanduser()
-    path = cache / f"{bench_peer.PEER}-isbi-{minutes:g}min.pt"
+    budget = f"{args.peer_pretrain_steps} steps" if args.peer_pretrain_steps else f"{minutes:g} min"
+    path = cache / f"{bench_peer.PEER}-isbi-{budget.replace(' ', '')}.pt"
     if path.exists():
-        return load_checkpoint(path), f"pretrained on ISBI 0-19 for {minutes:g} min (cached: {path})"
+        return load_checkpoint(path), f"pretrained on ISBI 0-19 for {budget} (cached: {path})"
     ckpt = pretrain_peer(args, minutes)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(ckpt, path)
-    return ckpt, f"pretrained now on {ckpt.provenance['data']} for {minutes:g} min (saved: {path})"
+    return ckpt, f"pretrained now on {ckpt.provenance['data']} for {budget} (saved: {path})"
 
 
 def torch_seed(seed: int) -> None:
@@ -231,8 +242,9 @@ def pretrain_peer(args: argparse.Namespace, minutes: float) -> Any:
     from napari_neuroedge.training.loop import _IDENTITY_NORM, iter_fit
 
     base, source = bench_peer.recipe()
-    cfg = dataclasses.replace(base, model=bench_peer.PEER, model_kwargs={}, steps=10**9, val_every=10**9,
-                              time_limit_s=minutes * 60, threads=args.threads, device="cpu")
+    steps = args.peer_pretrain_steps
+    cfg = dataclasses.replace(base, model=bench_peer.PEER, model_kwargs={}, steps=steps or 10**9, val_every=10**9,
+                              time_limit_s=0 if steps else minutes * 60, threads=args.threads, device=args.device)
     if args.quick:
         from napari_neuroedge.io.sample import synthetic_em
 
@@ -251,7 +263,7 @@ def pretrain_peer(args: argparse.Namespace, minutes: float) -> Any:
                                                                       "data": data}))
         ckpt = load_checkpoint(result.last)
     ckpt.optimizer = None
-    predictor = TorchPredictor(ckpt.build(), "cpu")
+    predictor = TorchPredictor(ckpt.build(), args.device)
     probs = [predict_array(s.image, predictor, norm=_IDENTITY_NORM) for s in train]
     # the fine-tune's own calibration (ties of the seed sweep go to the default seed threshold, the parent's here)
     ckpt.threshold, ckpt.seed_threshold, _, _ = calibrate_thresholds(probs, train, SEED_THRESHOLD)
@@ -292,93 +304,197 @@ def parse_grid(spec: str | None, opts: Any) -> tuple[str | None, list[Any]]:
     return name, [kind(v) for v in vals.split(",")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    shifts = args.shifts.split(",")
-    if any(s != "synthetic" for s in shifts) and not (VNC / "stack1-raw.tif").exists():
-        print(f"VNC data not found at {VNC}: nothing to measure (--shifts synthetic needs no data)")
-        return 0
-    from napari_neuroedge.config import FinetuneOptions, parse_loss
+def _register_peer() -> bool:
+    """Make the smp peer's architecture known to the model registry; False where smp is not installed."""
+    try:
+        import bench_peer
+        import segmentation_models_pytorch  # noqa: F401
+    except ImportError:
+        return False
+    from napari_neuroedge.models import registry
+
+    registry.ARCHITECTURES[bench_peer.PEER] = bench_peer.SmpUnetResNet18
+    return True
+
+
+def shift_data(shift: str, args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    raw, lab = load_shift(shift, args.quick)
+    if args.crop:
+        raw, lab = raw[:, : args.crop, : args.crop], lab[:, : args.crop, : args.crop]
+    return raw, lab
+
+
+def run_task(task: dict[str, Any]) -> dict[str, Any]:
+    """One cell of the protocol, in this process or a worker: ``kind`` "zero" (the parent on the evaluated slices)
+    or "run" (one fine-tune of the pair ``pair`` with options ``opts``, then the evaluated slices)."""
     from napari_neuroedge.inference.predict import TorchPredictor, predict_array
     from napari_neuroedge.models.checkpoint import load_checkpoint
     from napari_neuroedge.training.dataset import slices_from_arrays
+
+    args = task["args"]
+    C.set_threads(args.threads)
+    if task["model"] != "ours":
+        _register_peer()
+    start = load_checkpoint(task["parent"])
+    raw, lab = shift_data(task["shift"], args)
+    eval_z = parse_slices(args.eval_slices)
+    out = {k: task[k] for k in ("kind", "model", "value", "shift", "r", "pair")}
+    if task["kind"] == "zero":
+        before = predict_array(raw[eval_z], TorchPredictor(start.build(), args.device), norm=start.norm)
+        return {**out, "metrics": measure(before, lab[eval_z], start)}
+    data = slices_from_arrays(raw, lab, start.norm, task["pair"], source=task["shift"])
+    work = Path(task["work"])
+    outcome, ft, wall = finetune(start, data, task["opts"], work, task["tag"])
+    prob = predict_array(raw[eval_z], TorchPredictor(ft.build(), args.device), norm=ft.norm)
+    m1 = measure(prob, lab[eval_z], ft)
+    return {**out, "metrics": {**m1, "wall": wall, "steps": outcome.steps, "parent_kept": outcome.parent_kept,
+                               "parent_weight": outcome.parent_weight},
+            "kept": outcome.kept, "held_parent": _short(outcome.parent_metrics),
+            "held_kept": _short(outcome.kept_metrics)}
+
+
+def _said(res: dict[str, Any], field_name: str | None) -> str:
+    m = res["metrics"]
+    if res["kind"] == "zero":
+        return (f"  [{res['shift']}] {res['model']} zero-shot".ljust(40)
+                + "  ".join(f"{k} {m[k]:.4f}" for k in list(m)[:8]))
+    value = f" {field_name}={res['value']}" if field_name else ""
+    return (f"  [{res['shift']}] {res['model']}{value} pair {res['pair']}: {m['steps']} steps in {m['wall']:.0f} s; "
+            f"kept {res['kept']!r}; held-out parent {res['held_parent']} kept {res['held_kept']}; "
+            + "  ".join(f"{k} {m[k]:.4f}" for k in list(m)[:8]))
+
+
+def collect(rows: list[dict[str, Any]], models: list[str], values: list[Any], shifts: list[str]
+            ) -> dict[str, dict[Any, dict[str, dict[str, Any]]]]:
+    """results[model][value][shift] = {"zero": metrics, "runs": [metrics, ...] in repeat order} of task rows."""
+    results: dict[str, Any] = {m: {v: {s: {"zero": None, "runs": []} for s in shifts} for v in values}
+                               for m in models}
+    for row in sorted(rows, key=lambda r: -1 if r["r"] is None else r["r"]):
+        if row["kind"] == "zero":
+            for v in values:
+                results[row["model"]][v][row["shift"]]["zero"] = row["metrics"]
+        else:
+            results[row["model"]][row["value"]][row["shift"]]["runs"].append(row["metrics"])
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    shifts = args.shifts.split(",")
+    from napari_neuroedge.config import FinetuneOptions, parse_loss
+    from napari_neuroedge.models.checkpoint import load_checkpoint, save_checkpoint
     from napari_neuroedge.training.finetune import finetune_config, parent_recipe
 
-    C.set_threads(args.threads)
-    C.print_header("bench_correction_loop: one-click fine-tune on new kinds of EM (issues 11, 23)", "cpu", args.quick)
-    parent = load_checkpoint(args.parent)
-    print(f"  parent: {args.parent} ({parent.arch} {parent.arch_kwargs})")
-    opts = FinetuneOptions(threads=args.threads)
+    opts = FinetuneOptions(threads=args.threads, device=args.device)
     if args.quick:
         opts = dataclasses.replace(opts, time_limit_s=3.0, crop=64, batch=2)
     if args.time_limit is not None:
         opts = dataclasses.replace(opts, time_limit_s=args.time_limit)
+    if args.steps:
+        opts = dataclasses.replace(opts, time_limit_s=0.0, steps=args.steps)
     if args.loss:
         opts = dataclasses.replace(opts, loss=parse_loss(args.loss))
     field_name, values = parse_grid(args.grid, opts)
-    print(f"  options: {opts}; grid: {field_name or 'none (the one-click defaults)'} {values if field_name else ''}")
+    if args.report_from:
+        import json
+
+        rows = [json.loads(line) for line in Path(args.report_from).read_text().splitlines() if line.strip()]
+        models = list(dict.fromkeys(r["model"] for r in rows))
+        values = list(dict.fromkeys(r["value"] for r in rows if r["kind"] == "run")) or values
+        report(collect(rows, models, values, shifts), shifts, field_name, values, args)
+        return 0
+    if any(s != "synthetic" for s in shifts) and not (VNC / "stack1-raw.tif").exists():
+        print(f"VNC data not found at {VNC}: nothing to measure (--shifts synthetic needs no data)")
+        return 0
+    C.set_threads(args.threads)
+    C.print_header("bench_correction_loop: one-click fine-tune on new kinds of EM (issues 11, 23)", args.device,
+                   args.quick)
+    parent = load_checkpoint(args.parent)
+    print(f"  parent: {args.parent} ({parent.arch} {parent.arch_kwargs})")
+    print(f"  options: {opts}; grid: {field_name or 'none (the one-click defaults)'} {values if field_name else ''}"
+          + (f"; {args.steps} steps a fine-tune, not the clock" if args.steps else ""))
     eval_z = parse_slices(args.eval_slices)
     pool = [z for z in parse_slices(args.pool) if z not in eval_z]
     work = Path(tempfile.mkdtemp(prefix="neuroedge-loop-"))
-    models = {"ours": (parent, opts)}
-    peer_registered = False
+    pairs = [sorted(np.random.default_rng(r).choice(pool, 2, replace=False).tolist()) for r in range(args.repeats)]
+    print(f"  corrected pairs {pairs} (the same on every shift), evaluated on {eval_z}", flush=True)
+
+    def tasks(model: str, parent_ref: str, base_opts: Any) -> list[dict[str, Any]]:
+        out = [{"kind": "zero", "model": model, "parent": parent_ref, "shift": s, "value": None, "r": None,
+                "pair": None, "args": args, "value_first": values[0]} for s in shifts]
+        for value in values:  # the one-click defaults (first value) first: a cut-short run still has them
+            run_opts = base_opts if field_name is None else dataclasses.replace(base_opts, **{field_name: value})
+            for s in shifts:
+                for r, pair in enumerate(pairs):
+                    out.append({"kind": "run", "model": model, "parent": parent_ref, "shift": s, "value": value,
+                                "r": r, "pair": pair, "args": args, "work": str(work),
+                                "tag": f"{s}-{model.split()[0]}-{value}-{r}", "value_first": values[0],
+                                "opts": dataclasses.replace(run_opts, seed=r)})
+        return out
+
+    ours_path = work / "ours-parent.pt"
+    save_checkpoint(parent, ours_path)
+    models = ["ours"]
+    todo = tasks("ours", str(ours_path), opts)
+    peer_todo: Any = None
     if args.peer != "none":
-        try:
-            import bench_peer
-            import segmentation_models_pytorch  # noqa: F401
-        except ImportError:
+        if not _register_peer():
             print("segmentation-models-pytorch is not installed: no peer (pip install segmentation-models-pytorch)")
         else:
-            from napari_neuroedge.models import registry
+            peer_name = "smp Unet(resnet18)"
+            models.append(peer_name)
 
-            registry.ARCHITECTURES[bench_peer.PEER] = bench_peer.SmpUnetResNet18  # removed at the end
-            peer_registered = True
-            peer, how = peer_parent(args, parent, work)
-            peer_opts = dataclasses.replace(opts, loss=opts.loss or parent_recipe(parent)[0])
-            print(f"  peer: smp Unet(resnet18), {how}; fine-tune TrainConfig differs from ours in: "
-                  + "; ".join(config_difference(finetune_config(parent, opts, False),
-                                                finetune_config(peer, peer_opts, False))), flush=True)
-            models["smp Unet(resnet18)"] = (peer, peer_opts)
-    # results[model][value][shift] = {"zero": metrics, "runs": [metrics + wall, steps, kept ...]}
-    results: dict[str, dict[Any, dict[str, dict[str, Any]]]] = {m: {v: {} for v in values} for m in models}
-    try:
-        for shift in shifts:
-            raw, lab = load_shift(shift, args.quick)
-            if args.crop:
-                raw, lab = raw[:, : args.crop, : args.crop], lab[:, : args.crop, : args.crop]
-            pairs = [sorted(np.random.default_rng(r).choice(pool, 2, replace=False).tolist())
-                     for r in range(args.repeats)]
-            print(f"\n[{shift}] {raw.shape} raw, {lab.mean():.1%} membrane; corrected pairs {pairs}, evaluate on "
-                  f"{eval_z}", flush=True)
-            for name, (start, base_opts) in models.items():
-                before = predict_array(raw[eval_z], TorchPredictor(start.build(), "cpu"), norm=start.norm)
-                m0 = measure(before, lab[eval_z], start)
-                print(f"  {name} zero-shot".ljust(34) + "  ".join(f"{k} {m0[k]:.4f}" for k in list(m0)[:8]),
-                      flush=True)
-                for value in values:
-                    run_opts = base_opts if field_name is None else dataclasses.replace(base_opts,
-                                                                                        **{field_name: value})
-                    runs = []
-                    for r, pair in enumerate(pairs):
-                        data = slices_from_arrays(raw, lab, start.norm, pair, source=shift)
-                        tag = f"{shift}-{name.split()[0]}-{value}-{r}"
-                        outcome, ft, wall = finetune(start, data, dataclasses.replace(run_opts, seed=r), work, tag)
-                        prob = predict_array(raw[eval_z], TorchPredictor(ft.build(), "cpu"), norm=ft.norm)
-                        m1 = measure(prob, lab[eval_z], ft)
-                        runs.append({**m1, "wall": wall, "steps": outcome.steps, "parent_kept": outcome.parent_kept,
-                                     "parent_weight": outcome.parent_weight})
-                        print(f"  {name} {field_name or ''}{'=' + str(value) if field_name else ''} pair {pair}: "
-                              f"{outcome.steps} steps in {wall:.0f} s; kept {outcome.kept!r}; held-out parent "
-                              f"{_short(outcome.parent_metrics)} kept {_short(outcome.kept_metrics)}; "
-                              + "  ".join(f"{k} {m1[k]:.4f}" for k in list(m1)[:8]), flush=True)
-                    results[name][value][shift] = {"zero": m0, "runs": runs}
-    finally:
-        if peer_registered:
-            from napari_neuroedge.models import registry
+            def peer_tasks() -> list[dict[str, Any]]:  # after the pretraining, which may take a while
+                peer, how = peer_parent(args, parent, work)
+                peer_opts = dataclasses.replace(opts, loss=opts.loss or parent_recipe(parent)[0])
+                print(f"  peer: smp Unet(resnet18), {how}; fine-tune TrainConfig differs from ours in: "
+                      + "; ".join(config_difference(finetune_config(parent, opts, False),
+                                                    finetune_config(peer, peer_opts, False))), flush=True)
+                path = work / "peer-parent.pt"
+                save_checkpoint(peer, path)
+                return tasks(peer_name, str(path), peer_opts)
 
-            registry.ARCHITECTURES.pop(bench_peer.PEER, None)
-    report(results, shifts, field_name, values, args)
+            peer_todo = peer_tasks
+    rows = run_all(todo, peer_todo, args, field_name)
+    report(collect(rows, models, values, shifts), shifts, field_name, values, args)
     return 0
+
+
+def run_all(todo: list[dict[str, Any]], later: Any, args: argparse.Namespace, field_name: str | None
+            ) -> list[dict[str, Any]]:
+    """Run the tasks (``later()`` makes more once called: the peer's, after its pretraining), in order in this
+    process or in ``--jobs`` worker processes; each result is printed and appended to ``--results``."""
+    import json
+
+    rows: list[dict[str, Any]] = []
+
+    def done(res: dict[str, Any]) -> None:
+        rows.append(res)
+        print(_said(res, field_name), flush=True)
+        if args.results:
+            with open(args.results, "a") as f:
+                f.write(json.dumps({k: v for k, v in res.items()}, default=float) + "\n")
+
+    if args.jobs <= 1:
+        for task in todo + (later() if later else []):
+            done(run_task(task))
+        return rows
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
+        # queued in order of need, so a run cut short has the defaults of both models: ours, then the peer's (its
+        # pretraining runs here while the workers fine-tune ours), then the other grid values
+        ours_first = [t for t in todo if t["kind"] == "zero" or t["value"] == t["value_first"]]
+        futures = [pool.submit(run_task, t) for t in ours_first]
+        peer = later() if later else []
+        peer_first = [t for t in peer if t["kind"] == "zero" or t["value"] == t["value_first"]]
+        futures += [pool.submit(run_task, t) for t in peer_first]
+        queued = {id(t) for t in ours_first + peer_first}
+        futures += [pool.submit(run_task, t) for t in todo + peer if id(t) not in queued]
+        for fut in as_completed(futures):
+            done(fut.result())
+    return rows
 
 
 def _short(m: dict[str, float] | None) -> str:
@@ -392,9 +508,12 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
     for name, by_value in results.items():
         key = "" if name == "ours" else "peer_"
         # the recipe value for each shift, chosen on the others: lowest mean Rand after / zero-shot
+        shifts_done = [s for s in shifts if all(by_value[v][s]["runs"] and by_value[v][s]["zero"] for v in values)]
+        if len(shifts_done) < len(shifts):
+            print(f"  [{name}] incomplete: no full results for {sorted(set(shifts) - set(shifts_done))}")
         score = {s: {v: float(np.mean([r["rand"] for r in by_value[v][s]["runs"]]))
-                     / max(by_value[v][s]["zero"]["rand"], 1e-9) for v in values} for s in shifts}
-        for shift in shifts:
+                     / max(by_value[v][s]["zero"]["rand"], 1e-9) for v in values} for s in shifts_done}
+        for shift in shifts_done:
             value = loso_choice(score, shift)
             cell = by_value[value][shift]
             m0, runs = cell["zero"], cell["runs"]
@@ -417,12 +536,14 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
                          spread([r["pixel"] for r in runs]), spread(f1), spread(rand),
                          spread([r["rand_mem"] for r in runs]),
                          ", ".join(f"{r['parent_weight']:g}" for r in runs), f"{np.mean(walls):.0f} s"])
-        seed_rules(name, by_value, shifts, values[0])
+        seed_rules(name, by_value, shifts_done, values[0])
     C.print_readme_table(["shift", "model", "", "pixel error", "F1 exact", "Rand (instances)", "Rand (membranes)",
                           "parent weight kept", "fine-tune wall"], rows,
                          f"{', '.join(shifts)}: {args.repeats} random pairs of corrected slices from {args.pool}, "
                          f"evaluated on {args.eval_slices}{f' ({args.crop} px crops)' if args.crop else ''}, no TTA, "
-                         f"{args.threads} threads, {args.time_limit or 90:g} s fine-tunes; mean (min-max) over the "
+                         f"{args.threads} threads, "
+                         + (f"{args.steps}-step fine-tunes on {args.device}" if args.steps else
+                            f"{args.time_limit or 90:g} s fine-tunes") + "; mean (min-max) over the "
                          f"pairs; recipe {'chosen leave-one-shift-out over ' + args.grid if args.grid else 'defaults'}"
                          f" (`python benchmarks/bench_correction_loop.py {' '.join(sys.argv[1:])}`).")
 

@@ -218,7 +218,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # FinetuneOptions fields whose flags mean something else (--lr is the backbone's rate, --loss a string): set by
 # hand in finetune_options; every other field is set by the flag of the same dest, when given
-_FINETUNE_BY_HAND = frozenset({"lr", "backbone_lr_factor", "loss"})
+_FINETUNE_BY_HAND = frozenset({"lr", "backbone_lr_factor", "loss", "cross_slices"})
 
 
 def finetune_options(args: argparse.Namespace) -> Any:
@@ -236,6 +236,8 @@ def finetune_options(args: argparse.Namespace) -> Any:
         changes["backbone_lr_factor"] = (args.lr / head) if args.lr is not None else opts.backbone_lr_factor
     if args.loss:
         changes["loss"] = parse_loss(args.loss)
+    if getattr(args, "validation", None):
+        changes["cross_slices"] = args.validation == "slices"
     return replace(opts, **changes)
 
 
@@ -526,8 +528,11 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--corrected-weight", type=float, dest="corrected_weight",
                        help="loss weight on pixels the user corrected (default 3)")
         p.add_argument("--holdout", type=float, help="fraction of each slice's area (blocks spread over it) held out "
-                       "for validation when "
-                       "no --val-data is given (default 0.25)")
+                       "for validation when no --val-data is given and blocks are used (default 0.25; 0: none)")
+        p.add_argument("--validation", choices=("slices", "blocks"),
+                       help="without --val-data: 'slices' (default, with two corrected slices or more: two runs, "
+                       "each validated on the whole slices the other trained on) or 'blocks' (one run, held-out "
+                       "blocks of every slice)")
         p.add_argument("--parent-weight", type=float, dest="parent_weight",
                        help="a parent weight (WiSE-FT) tried besides 0, 0.25, 0.5 and 0.75 when the kept model is "
                        "chosen on the held-out pixels (default 0.35)")

@@ -203,6 +203,9 @@ class FinetuneOptions:
     corrected_weight: float = 3.0  # loss weight of pixels the user changed relative to the others
     replay_fraction: float = 0.3  # of training crops from the replay data, when replay data is given
     holdout: float = 0.25  # fraction of each corrected slice's area held out for validation (spread blocks)
+    # with two corrected slices or more: validate on whole slices instead (two runs, each validated on the slices
+    # the other trained on; training/holdout.py slice_folds); holdout 0 turns validation off either way
+    cross_slices: bool = True
     val_every: int = 25
     loss: LossConfig | None = None  # None: the parent's loss
     precision: str = "auto"

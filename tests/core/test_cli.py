@@ -274,13 +274,13 @@ def test_finetune_flags_reach_every_option_field():
     flags = ["--steps", "7", "--time-limit-s", "5", "--batch", "3", "--crop", "96", "--lr", "1e-4", "--lr-head",
              "4e-4", "--loss", "bce=1", "--val-every", "3", "--ema", "0.9", "--val-tta", "6", "--keep-validated",
              "--seed", "5", "--device", "cpu", "--threads", "1", "--replay-fraction", "0.5", "--corrected-weight", "2",
-             "--holdout", "0.5", "--parent-weight", "0.1", "--precision", "fp32"]
+             "--holdout", "0.5", "--parent-weight", "0.1", "--precision", "fp32", "--validation", "blocks"]
     opts, default = finetune_options(build_parser().parse_args(base + flags)), FinetuneOptions()
     assert {f.name for f in fields(opts) if getattr(opts, f.name) == getattr(default, f.name)} == {
         "recalibrate_threshold"}
     assert (opts.steps, opts.time_limit_s, opts.crop, opts.holdout, opts.val_tta, opts.keep_validated) == (
         7, 5.0, 96, 0.5, 6, True)
-    assert opts.lr == 4e-4 and opts.backbone_lr_factor == pytest.approx(0.25)
+    assert opts.lr == 4e-4 and opts.backbone_lr_factor == pytest.approx(0.25) and opts.cross_slices is False
     assert opts.loss == parse_loss("bce=1") and opts.loss.bce == 1.0 and opts.loss.f1 == 0.0
     only_backbone = finetune_options(build_parser().parse_args([*base, "--lr", "1e-4"]))
     assert (only_backbone.lr, only_backbone.backbone_lr_factor) == (1e-4, 1.0)

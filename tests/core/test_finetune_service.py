@@ -19,8 +19,9 @@ from napari_neuroedge.training.finetune import (FinetuneOutcome, describe_data, 
                                                 split_holdout)
 from napari_neuroedge.training.loop import CropSampler
 
+# held-out blocks (one run); the cross-fitted runs over whole slices (the default with two slices) have their tests
 FAST = FinetuneOptions(time_limit_s=0, steps=60, batch=4, crop=48, lr=1e-2, val_every=10, device="cpu", threads=1,
-                       precision="fp32")
+                       precision="fp32", cross_slices=False)
 
 
 @pytest.fixture
@@ -359,3 +360,83 @@ def test_validation_is_throttled_under_a_time_limit_but_never_the_first_nor_the_
     drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=opts))
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "val" in e] == [0, 10, 40]  # the parent, the first checkpoint, the last
+
+
+# ------------------------------------------------------ cross-fitting over whole slices (issue 23, the default)
+
+CROSS = dataclasses.replace(FAST, cross_slices=True)
+
+
+def test_slice_folds_validate_every_slice_once_on_a_model_that_never_saw_it(corrected):
+    from napari_neuroedge.training.holdout import slice_folds
+
+    third = dataclasses.replace(corrected[0], meta={**corrected[0].meta, "slice": 2})
+    small = dataclasses.replace(corrected[1], image=corrected[1].image[:40], label=corrected[1].label[:40],
+                                meta={"slice": 3})
+    slices = [*corrected, third, small]
+    folds = slice_folds(slices)
+    assert len(folds) == 2
+    validated = []
+    for train, val in folds:
+        ids = {id(s) for s in train}
+        held = [s.meta["slice"] for s in val]
+        assert not any(s.meta["slice"] in held for s in train)  # no slice is trained on and validated in one run
+        assert id(small) in ids  # too small to validate on: trained on in both runs
+        assert all(v.image.shape == (96, 112) and v.mask is None and v.meta["block"] for v in val)  # whole slices
+        validated += held
+    assert sorted(validated) == [0, 1, 2]  # every large slice validated exactly once
+    assert slice_folds(corrected[:1]) == [] and slice_folds([corrected[0], small]) == []
+    windows = [dataclasses.replace(s, meta={**s.meta, "window": [0, 0, 96, 112]}) for s in corrected]
+    assert slice_folds(windows) == []  # windows of one large image may overlap: blocks instead
+
+
+def test_cross_fitted_finetune_runs_twice_and_keeps_the_mean_of_the_two(parent, corrected, tmp_path):
+    from napari_neuroedge.models.averaging import average_checkpoints, interpolate_towards
+
+    gen = iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=CROSS)
+    events = []
+    try:
+        while True:
+            events.append(next(gen))
+    except StopIteration as stop:
+        outcome = stop.value
+    inits = [e for e in events if e.info.get("init")]
+    assert [(e.done, e.info["fold"], e.info["folds"]) for e in inits] == [(0, 1, 2), (30, 2, 2)]
+    steps = [e.done for e in events if "loss" in e.info]
+    assert steps == list(range(1, 61))  # one run's steps as the user sees them, half the budget each
+    assert outcome.steps == 60 and outcome.validated
+    for k in (1, 2):  # each run validated on the other slice only, predicted whole
+        log = [json.loads(x) for x in (tmp_path / "run" / f"fold-{k}" / "log.jsonl").read_text().splitlines()]
+        assert log[0]["init"] and len(log) == 31
+    kept = load_checkpoint(outcome.path)
+    assert kept.provenance["validation"].startswith("whole slices: 2 runs")
+    assert not outcome.parent_kept  # a random parent is beaten
+    children = [load_checkpoint(tmp_path / "run" / f"fold-{k}" / "best.pt") for k in (1, 2)]
+    mean = average_checkpoints(children)
+    expect = interpolate_towards(parent, dataclasses.replace(children[1], state_dict=mean.state_dict),
+                                 outcome.parent_weight) if outcome.parent_weight > 0 else mean
+    for k, v in kept.state_dict.items():  # the user's model is the mean of the two runs' (mixed with the parent)
+        torch.testing.assert_close(v, expect.state_dict[k])
+    assert outcome.kept.startswith("the mean of 2 cross-fitted fine-tunes")
+    # both slices were held out (in different runs), so the kept model's figures count all their pixels
+    assert outcome.parent_metrics.keys() == outcome.kept_metrics.keys()
+
+
+def test_cross_fitted_finetune_made_worse_keeps_the_parent(trained_parent, tmp_path):
+    parent, corrected = trained_parent
+    ruin = dataclasses.replace(CROSS, steps=30, lr=1.0)
+    outcome = drive(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=ruin))
+    assert outcome.parent_kept and outcome.kept.startswith("the parent")
+    kept = load_checkpoint(outcome.path)
+    assert all(torch.equal(kept.state_dict[k], v) for k, v in parent.state_dict.items())
+    assert outcome.candidate.parent == tmp_path / "run"  # the rejected mean, for the user to try
+
+
+def test_cancel_in_the_second_run_keeps_the_first_runs_validated_model(parent, corrected, tmp_path):
+    outcome = FinetuneOutcome()
+    _cancel_after(iter_finetune(parent, corrected, tmp_path / "run", tmp_path / "ft.pt", options=CROSS,
+                                outcome=outcome), 33)
+    assert outcome.cancelled and outcome.path.name == "ft-cancelled.pt"
+    assert (tmp_path / "run" / "fold-2" / "last.pt").exists()  # the interrupted run left a valid resume file
+    ckpt = load_checkpoint(outcome.path)
+    assert ckpt.optimizer is None and ckpt.provenance["cancelled"] is True

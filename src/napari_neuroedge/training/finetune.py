@@ -7,14 +7,18 @@ same defaults) and run :func:`iter_finetune`:
 1. **Recipe** (:func:`finetune_config`): the parent's loss and augmentation, the parent's normalisation, a
    short schedule that follows the clock (``time_limit_s``), corrected pixels up-weighted, replay of the
    parent's data when given. bf16/fp16 autocast where the hardware has it (``precision="auto"``).
-2. **Honest validation** (:func:`~napari_neuroedge.training.holdout.split_holdout`): blocks spread over every
-   corrected slice (``holdout`` of its area; where the user's changes are known, their share of them too) are
-   never trained on; the parent is validated there first (step 0), then every ``val_every`` steps, with the
-   same measures: boundary F1 and the Rand error of the instances on all held-out pixels and near the pixels
-   the user changed.
+2. **Honest validation**: with two corrected slices or more, whole slices
+   (:func:`~napari_neuroedge.training.holdout.slice_folds`): two runs of half the clock each, one trained on
+   every other slice and validated on the rest, one the other way round, so every slice is validated on by a
+   model that never saw it (blocks of a slice trained on flatter a model: issue 23); with one slice, blocks
+   spread over it (:func:`~napari_neuroedge.training.holdout.split_holdout`, ``holdout`` of its area; where the
+   user's changes are known, their share of them too) are never trained on. The parent is validated there first
+   (step 0), then every ``val_every`` steps, with the same measures: boundary F1 and the Rand error of the
+   instances on all held-out pixels and near the pixels the user changed.
 3. **The guard and the finished model** (:func:`finalise`, :mod:`~napari_neuroedge.training.guard`): the kept
    model is chosen among the parent, the parent with recalibrated thresholds and the best validated checkpoint
-   interpolated with the parent, on Rand error and F1 together, block by block; a candidate must beat the
+   (with two runs: the mean of the two, each scored on the slices it never saw) interpolated with the parent,
+   on Rand error and F1 together, block by block; a candidate must beat the
    parent's Rand error beyond the noise, or the parent is kept, re-labelled, and the outcome says so in words
    (the best fine-tuned candidate is left in the run folder as ``candidate.pt``). No optimiser state, the
    parent's context, thresholds recalibrated on the held-out pixels where they are enough. A cancel keeps the
@@ -144,40 +148,67 @@ def describe_data(slices: Sequence[LabelledSlice]) -> dict[str, Any]:
     return {"slices": rows, "warnings": rows_warnings(rows)}
 
 
-def _candidates(sources: Sequence[Path], parent: Checkpoint, options: FinetuneOptions
-                ) -> list[tuple[str, float, Checkpoint]]:
-    """(name, parent weight, checkpoint) of every fine-tuned candidate: each checkpoint in ``sources``
-    interpolated with the parent at each weight of the guard's grid (and the form's ``parent_weight``)."""
+#: A fine-tuned checkpoint and the slices it never trained on (its validation), one per fold.
+Fold = tuple[Path, Sequence[LabelledSlice]]
+
+
+def _children(folds: Sequence[Fold], parent: Checkpoint) -> tuple[list[Checkpoint], Checkpoint, str]:
+    """(each fold's fine-tuned checkpoint, the model the user would get: their mean (a uniform soup of fine-tunes
+    of one parent) or the one, its name); thresholds carried over from the parent until recalibrated."""
+    from ..models.averaging import average_checkpoints
+
+    children = []
+    for src, _ in folds:
+        child = load_checkpoint(src)
+        child.optimizer, child.threshold, child.seed_threshold = None, parent.threshold, parent.seed_threshold
+        children.append(child)
+    if len(children) == 1:
+        return children, children[0], f"step {children[0].step}"
+    mean = average_checkpoints(children)
+    soup = dataclasses.replace(children[-1], state_dict=mean.state_dict, optimizer=None,
+                               step=sum(c.step for c in children))
+    steps = " and ".join(f"{c.step}" for c in children)
+    return children, soup, f"the mean of {len(children)} cross-fitted fine-tunes ({steps} steps)"
+
+
+def _candidates(folds: Sequence[Fold], parent: Checkpoint, options: FinetuneOptions
+                ) -> list[tuple[str, float, Checkpoint, list[Checkpoint]]]:
+    """(name, parent weight, the model the user would get, each fold's model at that weight) of every fine-tuned
+    candidate: the folds' checkpoints interpolated with the parent at each weight of the guard's grid (and the
+    form's ``parent_weight``). A fold's model is scored on its own validation slices; the user gets the mean."""
     from ..models.averaging import interpolate_towards
     from .guard import PARENT_WEIGHTS
 
     weights = sorted({*PARENT_WEIGHTS, float(options.parent_weight)} - {1.0})
+    children, soup, label = _children(folds, parent)
     out = []
-    for src in sources:
-        child = load_checkpoint(src)  # thresholds carried over from the parent until recalibrated
-        child.optimizer, child.threshold, child.seed_threshold = None, parent.threshold, parent.seed_threshold
-        for w in weights:
-            mixed = interpolate_towards(parent, child, w) if w > 0 else child
-            name = f"step {child.step}" + (f" with {w:g} of the parent's weights" if w > 0 else "")
-            out.append((name, w, mixed))
+    for w in weights:
+        def mix(c: Checkpoint) -> Checkpoint:
+            return interpolate_towards(parent, c, w) if w > 0 else c
+
+        name = label + (f" with {w:g} of the parent's weights" if w > 0 else "")
+        out.append((name, w, mix(soup), [mix(c) for c in children]))
     return out
 
 
-def finalise(sources: Sequence[Path], dest: Path, parent: Checkpoint, val: Sequence[LabelledSlice],
-             options: FinetuneOptions, provenance: dict[str, Any], outcome: FinetuneOutcome,
-             cancelled: bool = False) -> Path:
+def finalise(folds: Sequence[Fold], dest: Path, parent: Checkpoint, options: FinetuneOptions,
+             provenance: dict[str, Any], outcome: FinetuneOutcome, cancelled: bool = False,
+             run_dir: Path | None = None) -> Path:
     """Write the user's model to ``dest``: the guard's choice (:func:`~napari_neuroedge.training.guard.choose`)
-    among the parent and the validated checkpoints ``sources`` interpolated with it, without optimiser state,
-    with the parent's context and its thresholds (recalibrated on the held-out ``val`` pixels, or carried over),
-    labelled with what was kept and why. Without ``val`` the last source's weights are kept, chosen on nothing.
+    among the parent and the fine-tuned candidates (:func:`_candidates`: each fold's checkpoint, interpolated with
+    the parent, scored on the slices that fold never trained on; pooled over the folds), without optimiser state,
+    with the parent's context and its thresholds (recalibrated on the held-out pixels, or carried over), labelled
+    with what was kept and why. Without validation slices the last fold's weights are kept, chosen on nothing.
     ``cancelled``: the parent is never the answer (the user keeps it anyway); the best fine-tuned candidate is
-    written, and the notes say whether it beats the parent."""
+    written, and the notes say whether it beats the parent. ``run_dir``: where a rejected candidate is saved
+    (default: beside the first fold's checkpoint)."""
     from . import guard
 
-    run_dir = Path(sources[0]).parent
+    run_dir = Path(folds[0][0]).parent if run_dir is None else Path(run_dir)
+    val = [s for _, v in folds for s in v]
     tta, device, precision = options.val_tta, options.device, options.precision
     if not val:
-        ckpt = load_checkpoint(sources[-1])
+        ckpt = load_checkpoint(folds[-1][0])
         ckpt.optimizer, ckpt.context = None, parent.context
         ckpt.threshold, ckpt.seed_threshold = parent.threshold, parent.seed_threshold
         outcome.kept, outcome.parent_weight = f"step {ckpt.step}", 0.0
@@ -187,8 +218,9 @@ def finalise(sources: Sequence[Path], dest: Path, parent: Checkpoint, val: Seque
     base = guard.evaluate("the parent", 1.0, parent, parent_probs, val, parent.seed_threshold, calibrate=False)
     cands = [guard.evaluate("the parent with recalibrated thresholds", 1.0, parent, parent_probs, val,
                             parent.seed_threshold, calibrate=True)] if not cancelled else []
-    for name, w, ckpt in _candidates(sources, parent, options):
-        probs = guard.held_out_probabilities(ckpt, val, device, precision, tta)
+    for name, w, ckpt, mixes in _candidates(folds, parent, options):
+        probs = [p for m, (_, v) in zip(mixes, folds) for p in guard.held_out_probabilities(m, v, device, precision,
+                                                                                              tta)]
         cands.append(guard.evaluate(name, w, ckpt, probs, val, parent.seed_threshold, calibrate=True))
     verdict = guard.choose(base, cands)
     outcome.parent_metrics = base.metrics
@@ -221,9 +253,12 @@ def finalise(sources: Sequence[Path], dest: Path, parent: Checkpoint, val: Seque
     if 0 < kept.parent_weight < 1:
         prov["weights"] = (f"{kept.parent_weight:g} x parent + {1 - kept.parent_weight:g} x fine-tuned (WiSE-FT, "
                            "the weight chosen on the held-out pixels)")
+    if len(folds) > 1 and not verdict.parent_kept:
+        prov["cross_fitted"] = (f"the mean of {len(folds)} fine-tunes, each trained on some corrected slices and "
+                                "validated on the others")
     if verdict.parent_kept:
         prov["weights"] = "the parent's (fine-tuning did not beat it on the held-out pixels)"
-        ckpt.provenance = {**parent.provenance, **_loop_provenance(sources[-1])}
+        ckpt.provenance = {**parent.provenance, **_loop_provenance(folds[-1][0])}
     return _write(ckpt, dest, prov, how, outcome)
 
 
@@ -254,18 +289,38 @@ def _write_candidate(ev: Any, path: Path, parent: Checkpoint, provenance: dict[s
     return path
 
 
+def _fold_events(fit: Generator[ProgressEvent, None, Any], fold: int, folds: int, offset: int
+                 ) -> Generator[ProgressEvent, None, Any]:
+    """The events of fold ``fold`` (0-based) of ``folds`` as one run's: steps counted on from ``offset``, the total
+    guessed as ``folds`` such runs, ``info["fold"]`` 1-based. Closing this closes ``fit`` (its run saves last.pt)."""
+    try:
+        while True:
+            try:
+                e = next(fit)
+            except StopIteration as stop:
+                return stop.value
+            total = offset + e.total + (folds - 1 - fold) * e.total
+            yield ProgressEvent(offset + e.done, total, e.stage, {**e.info, "fold": fold + 1, "folds": folds}, e.unit)
+    finally:
+        fit.close()
+
+
 def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: str | Path, dest: str | Path, *,
                   options: FinetuneOptions | None = None, replay: Sequence[LabelledSlice] = (),
                   val: Sequence[LabelledSlice] | None = None, provenance: dict[str, Any] | None = None,
                   outcome: FinetuneOutcome | None = None) -> Generator[ProgressEvent, None, FinetuneOutcome]:
     """Fine-tune ``parent`` on labelled ``slices``; yields the training loop's events; returns the outcome.
 
-    ``val`` replaces the held-out blocks with slices of the caller's (the CLI's ``--val-data``). The first event
-    is the parent's validation at step 0 (``info["init"]``). On a cancel (the generator is closed) the best
-    validated fine-tuned candidate is kept as ``DEST-cancelled.pt`` and ``outcome`` says so (or that there was
-    none).
+    Validation: ``val`` (the CLI's ``--val-data``) when given; else, with two corrected slices or more and
+    ``options.cross_slices``, whole slices (:func:`~napari_neuroedge.training.holdout.slice_folds`: two runs of
+    half the time each, every slice validated on by the run that never saw it; their events follow on as one
+    run's, ``info["fold"]`` saying which); else held-out blocks of each slice
+    (:func:`~napari_neuroedge.training.holdout.split_holdout`). Each run's first event is the parent's
+    validation at its step 0 (``info["init"]``). On a cancel (the generator is closed) the best validated
+    fine-tuned candidate is kept as ``DEST-cancelled.pt`` and ``outcome`` says so (or that there was none).
     """
     from ..io.atomic import unique_path
+    from .holdout import slice_folds
     from .loop import iter_fit
 
     options = options or FinetuneOptions()
@@ -275,35 +330,56 @@ def iter_finetune(parent: Checkpoint, slices: Sequence[LabelledSlice], run_dir: 
         raise ValueError("no corrected slices to fine-tune on")
     info = describe_data(slices)
     outcome.notes.extend(info["warnings"])
-    if val is None:
+    folds = slice_folds(slices) if val is None and options.cross_slices and options.holdout > 0 else []
+    if folds:
+        how = (f"whole slices: {len(folds)} runs, each trained on some corrected slices and validated on the others "
+               "(cross-fitting)")
+    elif val is None:
         train, val = split_holdout(slices, options.holdout)
         how = ("held-out blocks (%d%% of each corrected slice's area, spread over it)" % round(100 * options.holdout)
                if val else "none")
+        folds = [(train, val)]
     else:
-        train, how = list(slices), "caller's validation slices"
-    if not val:
+        how = "caller's validation slices"
+        folds = [(list(slices), list(val))]
+    if not folds[0][1]:
         outcome.notes.append("no validation: the model is the last step's, chosen on nothing")
     cfg = finetune_config(parent, options, bool(replay))
+    if len(folds) > 1:  # the runs share the clock and the step budget
+        cfg = dataclasses.replace(cfg, time_limit_s=cfg.time_limit_s / len(folds),
+                                  steps=max(1, -(-cfg.steps // len(folds))))
     prov = {"parent": parent.provenance.get("name"), "parent_threshold": parent.threshold,
             "validation": how, "data_summary": info, "finetune_options": to_dict(options), **(provenance or {})}
-    fit = iter_fit(cfg, train, val, run_dir, init=parent, replay=replay, provenance=prov, validate_init=True)
+    done: list[tuple[Any, Sequence[LabelledSlice]]] = []  # (FitResult, its validation) of the finished runs
+    fold_dirs = [run_dir] if len(folds) == 1 else [run_dir / f"fold-{k + 1}" for k in range(len(folds))]
+    offset = 0
     try:
-        result = yield from fit
+        for k, ((train, fold_val), fold_dir) in enumerate(zip(folds, fold_dirs)):
+            fit = iter_fit(cfg, train, fold_val, fold_dir, init=parent, replay=replay,
+                           provenance={**prov, **({"fold": k + 1} if len(folds) > 1 else {})}, validate_init=True)
+            result = yield from (_fold_events(fit, k, len(folds), offset) if len(folds) > 1 else fit)
+            done.append((result, fold_val))
+            offset += result.steps
     except GeneratorExit:
         outcome.cancelled = True
-        best = run_dir / "best.pt"
-        if best.exists():
+        validated = [(r.best, v) for r, v in done if r.best is not None]
+        if len(done) < len(folds) and (fold_dirs[len(done)] / "best.pt").exists():
+            validated.append((fold_dirs[len(done)] / "best.pt", folds[len(done)][1]))
+        if validated:
             kept = unique_path(dest.with_name(f"{dest.stem}-cancelled.pt"))
             outcome.validated = True
-            finalise([best], kept, parent, val, options, {**prov, "name": kept.stem, "cancelled": True}, outcome,
-                     cancelled=True)
+            finalise(validated, kept, parent, options, {**prov, "name": kept.stem, "cancelled": True}, outcome,
+                     cancelled=True, run_dir=run_dir)
         else:
             outcome.notes.append("cancelled before the first validation: no model was kept")
         raise
-    outcome.steps, outcome.best_metrics = result.steps, result.best_metrics
-    outcome.validated = result.best is not None
-    sources = [result.best or result.last]
-    finalise(sources, dest, parent, val, options, {**prov, "name": dest.stem, "steps_done": result.steps,
-                                                   "best_metrics": result.best_metrics,
-                                                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, outcome)
+    outcome.steps = sum(r.steps for r, _ in done)
+    scored = [r.best_metrics for r, _ in done if r.best_metrics is not None]
+    outcome.best_metrics = scored[-1] if scored else None
+    outcome.validated = all(r.best is not None for r, _ in done)
+    sources: list[Fold] = [(r.best or r.last, v) for r, v in done]
+    finalise(sources, dest, parent, options, {**prov, "name": dest.stem, "steps_done": outcome.steps,
+                                              "best_metrics": outcome.best_metrics,
+                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, outcome,
+             run_dir=run_dir)
     return outcome

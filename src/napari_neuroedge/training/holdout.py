@@ -13,6 +13,13 @@ are zeroed on the held-out blocks grown by :data:`MARGIN` px, so no loss term (t
 Recall's tubes, the weight maps) ever sees a held-out label. The validation copy is the whole slice with its
 mask restricted to the held-out blocks: the model predicts the slice whole (neurons are not cut at block
 borders) and is scored on the held-out pixels only.
+
+Blocks of the slices a model was trained on flatter it: a neuron of a held-out block was trained on a few px away,
+and a block (a fifth of the slice) rarely holds both neurons that a gap elsewhere merged. On VNC a fine-tune that
+halved the held-out blocks' Rand error doubled it on the next slices (README, issue 23). Where there are two
+corrected slices or more, :func:`slice_folds` holds out whole slices instead (cross-fitting): one model is trained
+on every other slice and validated on the rest, whole, and a second the other way round, so every corrected
+slice is validated on once by a model that never saw it, just as the user's other slices will be.
 """
 
 from __future__ import annotations
@@ -107,6 +114,26 @@ def split_holdout(slices: Sequence[LabelledSlice], fraction: float, fold: int | 
         val.append(replace(sl, mask=held.astype(np.uint8),
                            meta={**sl.meta, "part": "validation", "fold": int(f), "block": b}))
     return train, val
+
+
+def slice_folds(slices: Sequence[LabelledSlice]) -> list[tuple[list[LabelledSlice], list[LabelledSlice]]]:
+    """Two (train, val) folds over whole corrected slices: fold 1 validates on slices 2, 4, ... (by position) and
+    trains on the others, fold 2 the other way round; a validation slice is the whole slice (its mask: its own
+    labelled pixels) cut into :func:`block_size` blocks for the guard. Slices under :data:`MIN_SIDE` px a side
+    are trained on in both folds and never validated on. Empty when fewer than two slices are large enough, and for
+    windows of one large image (``meta["window"]``): they may overlap, so a window validated on could share pixels
+    with one trained on (their held-out blocks are cut from both alike)."""
+    usable = [i for i, sl in enumerate(slices) if min(sl.image.shape) >= MIN_SIDE]
+    if len(usable) < 2 or any(sl.meta.get("window") is not None for sl in slices):
+        return []
+    groups = [usable[1::2], usable[0::2]]  # validated on in fold 1, fold 2
+    folds = []
+    for k, held in enumerate(groups):
+        train = [sl for i, sl in enumerate(slices) if i not in held]
+        val = [replace(slices[i], meta={**slices[i].meta, "part": "validation", "fold": k,
+                                        "block": block_size(slices[i].image.shape)}) for i in held]
+        folds.append((train, val))
+    return folds
 
 
 def held_out_blocks(sl: LabelledSlice) -> list[tuple[slice, slice]]:

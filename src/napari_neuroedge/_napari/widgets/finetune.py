@@ -64,6 +64,7 @@ class FinetuneWidget(JobWidget):
         self.jobs = JobPanel()
         self.loss_plot = TrainingPlot("training loss", y_label="loss", log_y=True)
         self.val_plot = TrainingPlot("held-out, last validation", y_label="score")
+        self._parent_val: tuple[float, float] | None = None  # cross-fitted runs: the parent on this run's slices
 
         self.form = finetune_form(self.session.models_dir)
         f = self.form  # the Qt widgets under their old names (tests and the code below drive them)
@@ -163,6 +164,7 @@ class FinetuneWidget(JobWidget):
             self.jobs.clear()
             self.loss_plot.clear()
             self.val_plot.clear()
+            self.val_plot.title, self._parent_val = "held-out, last validation", None
 
     def summary(self) -> Summary | None:
         """What a click would train on (None: no data chosen yet); see :mod:`..training_data`."""
@@ -264,6 +266,7 @@ class FinetuneWidget(JobWidget):
         self._time_limited = options.time_limit_s > 0
         self.loss_plot.clear()
         self.val_plot.clear()
+        self.val_plot.title, self._parent_val = "held-out, last validation", None
         job = self.start_job(
             f"Fine-tune {model}", {"finetune"},
             lambda j: finetune_job(j, self.session, model, raw, folder, replay_folder, options, run_dir, dest),
@@ -312,17 +315,34 @@ class FinetuneWidget(JobWidget):
             self.loss_plot.add_point("loss", event.done, float(info["loss"]), "#4fc3f7")
             extra = f"loss {info['loss']:.4f}"
         if "val" in info:
-            val = info["val"]
-            f1, rand = float(val.get("f1", float("nan"))), float(val.get("rand_error", float("nan")))
-            if event.done == 0:  # the parent, validated before the first step: the reference to beat
-                self.val_plot.set_reference("parent F1", f1, "#81c784")
-                self.val_plot.set_reference("parent Rand err", rand, "#e57373")
-                extra = f"parent's held-out F1 {f1:.3f}, Rand error {rand:.3f}"
-            else:
-                self.val_plot.add_point("F1", event.done, f1, "#81c784")
-                self.val_plot.add_point("Rand err", event.done, rand, "#e57373")
-                extra += f", held-out F1 {f1:.3f}"
+            extra = self._on_validation(event.done, info, extra)
         self.jobs.update_event(event, extra, estimated=self._time_limited and event.stage == "train")
+
+    def _on_validation(self, step: int, info: dict[str, Any], extra: str) -> str:
+        """Plot one validation; returns the status text. One run: held-out F1 and Rand error, the parent's as
+        dashed lines. Cross-fitted runs (``info["folds"]`` > 1) validate on different slices, each against the
+        parent on the same slices: the plot shows the change from the parent, the parent at 0."""
+        val = info["val"]
+        f1, rand = float(val.get("f1", float("nan"))), float(val.get("rand_error", float("nan")))
+        folds, fold = int(info.get("folds", 1)), int(info.get("fold", 1))
+        if info.get("init") or step == 0:  # the parent, validated before the run's first step: the reference
+            if folds > 1:
+                self._parent_val = (f1, rand)
+                self.val_plot.title = "held-out, change from the parent"
+                self.val_plot.set_reference("the parent", 0.0, "#9e9e9e")
+                return (f"run {fold} of {folds}: the parent's F1 {f1:.3f}, Rand error {rand:.3f} on the slices "
+                        "this run does not train on")
+            self.val_plot.set_reference("parent F1", f1, "#81c784")
+            self.val_plot.set_reference("parent Rand err", rand, "#e57373")
+            return f"parent's held-out F1 {f1:.3f}, Rand error {rand:.3f}"
+        if folds > 1 and self._parent_val is not None:
+            pf1, prand = self._parent_val
+            self.val_plot.add_point("F1 gain", step, f1 - pf1, "#81c784")
+            self.val_plot.add_point("Rand err change", step, rand - prand, "#e57373")
+            return extra + f", run {fold} of {folds}: held-out F1 {f1:.3f} (parent {pf1:.3f})"
+        self.val_plot.add_point("F1", step, f1, "#81c784")
+        self.val_plot.add_point("Rand err", step, rand, "#e57373")
+        return extra + f", held-out F1 {f1:.3f}"
 
     def _mark_kept(self, name: str, outcome: Any) -> int | None:
         """Mark the kept checkpoint's step on the curves; returns it (None if it cannot be read). A parent the
