@@ -257,7 +257,8 @@ def pretrain_peer(args: argparse.Namespace, minutes: float) -> Any:
             raise SystemExit("ISBI 2012 data not found (../shared/data/isbi2012): cannot pretrain the peer; "
                              "use --peer scratch or --peer none")
         train, data = load_isbi(root, range(20), cfg.norm), f"ISBI 2012 {root} slices 0-19"
-    print(f"  [peer] pretraining {bench_peer.PEER} from scratch ({source}) on {data} for {minutes:g} min", flush=True)
+    print(f"  [peer] pretraining {bench_peer.PEER} from scratch ({source}) on {data} for "
+          + (f"{steps} steps" if steps else f"{minutes:g} min"), flush=True)
     with tempfile.TemporaryDirectory(prefix="neuroedge-peer-") as run_dir:
         result = drive(iter_fit(cfg, train, [], run_dir, provenance={"name": f"{bench_peer.PEER}-isbi",
                                                                       "data": data}))

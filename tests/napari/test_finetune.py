@@ -422,6 +422,55 @@ def test_the_parent_validated_at_step_0_is_the_reference_and_the_done_message_na
         "3 steps in 0:01. Not validated: no pixels were held out, so the model is the last step's."
 
 
+def test_cross_fitted_runs_plot_their_change_from_the_parent(panel_viewer):
+    """Two runs over whole slices (issue 23) validate on different slices, each against the parent on the same
+    ones: the plot shows the change from the parent (the parent at 0), so run 2's points are comparable with run 1's."""
+    from napari_neuroedge.progress import ProgressEvent
+
+    _, panel = panel_viewer
+    ft = panel.finetune
+
+    def val(done, f1, rand, fold, init=False):
+        info = {"val": {"f1": f1, "rand_error": rand}, "fold": fold, "folds": 2, **({"init": True} if init else {})}
+        ft._on_event(None, ProgressEvent(done, 40, "train", info, unit="steps"))
+
+    val(0, 0.90, 0.10, 1, init=True)
+    assert ft.val_plot.references == {"the parent": 0.0} and "run 1 of 2: the parent's F1 0.900" in \
+        ft.jobs.status.text()
+    val(20, 0.95, 0.08, 1)
+    val(20, 0.80, 0.20, 2, init=True)  # run 2 starts: its own slices, its own parent figures
+    val(40, 0.82, 0.17, 2)
+    assert ft.val_plot.series["F1 gain"] == [(20.0, pytest.approx(0.05)), (40.0, pytest.approx(0.02))]
+    assert ft.val_plot.series["Rand err change"] == [(20.0, pytest.approx(-0.02)), (40.0, pytest.approx(-0.03))]
+    assert ft.val_plot.title == "held-out, change from the parent" and "F1" not in ft.val_plot.series
+
+
+def test_two_corrected_slices_fine_tune_in_two_runs(qtbot, corrected_viewer, waiter, goto, tmp_path):
+    """With two corrected slices the button runs the core's cross-fitted fine-tune: two runs, each validated on
+    the slice the other trained on, shown as one run's steps; the model kept says which."""
+    viewer, panel, mem = corrected_viewer
+    goto(viewer, viewer.layers["em"], 2)
+    waiter(panel.predict.predict())
+    _correct_slice(viewer, mem, 2)
+    assert tracking.ledger_of(mem).corrected == {1, 2}
+    ft = panel.finetune
+    ft.save_edit.setText(str(tmp_path / "models"))
+    _small(ft, 8)
+    events = []
+    real = ft._on_event
+    ft._on_event = lambda job, event: (events.append(event), real(job, event))
+    qtbot.mouseClick(ft.run_button, Qt.LeftButton)
+    job = ft.job
+    waiter(job, timeout=180)
+    assert job.state == "done", job.error
+    inits = [(e.done, e.info["fold"]) for e in events if e.info.get("init")]
+    assert inits == [(0, 1), (4, 2)]  # half the steps each, counted on as one run
+    assert [e.done for e in events if "loss" in e.info] == list(range(1, 9))
+    assert ft.val_plot.references == {"the parent": 0.0} and "F1 gain" in ft.val_plot.series
+    outcome = ft.last_result
+    assert outcome.steps == 8 and outcome.parent_metrics is not None
+
+
 def test_a_parent_the_guard_kept_is_marked_at_step_0_and_said(qtbot, corrected_viewer, waiter, tmp_path, monkeypatch):
     """When nothing beats the parent on the held-out pixels, the panel marks the parent's step-0 validation as the
     kept one (not the parent's own training step) and the done message says the parent was kept and why."""
