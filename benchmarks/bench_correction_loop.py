@@ -498,6 +498,12 @@ def run_all(todo: list[dict[str, Any]], later: Any, args: argparse.Namespace, fi
     return rows
 
 
+def _default_time_limit() -> float:
+    from napari_neuroedge.config import FinetuneOptions
+
+    return FinetuneOptions().time_limit_s
+
+
 def _short(m: dict[str, float] | None) -> str:
     return "-" if not m else f"F1 {m['f1']:.3f} Rand {m['rand_error']:.3f}"
 
@@ -544,7 +550,7 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
                          f"evaluated on {args.eval_slices}{f' ({args.crop} px crops)' if args.crop else ''}, no TTA, "
                          f"{args.threads} threads, "
                          + (f"{args.steps}-step fine-tunes on {args.device}" if args.steps else
-                            f"{args.time_limit or 90:g} s fine-tunes") + "; mean (min-max) over the "
+                            f"{args.time_limit or _default_time_limit():g} s fine-tunes") + "; mean (min-max) over the "
                          f"pairs; recipe {'chosen leave-one-shift-out over ' + args.grid if args.grid else 'defaults'}"
                          f" (`python benchmarks/bench_correction_loop.py {' '.join(sys.argv[1:])}`).")
 

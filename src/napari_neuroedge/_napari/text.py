@@ -40,6 +40,8 @@ def done_summary(outcome: Any, kept_step: int | None, elapsed: str) -> str:
     if not kept:
         return f"{steps}. Not validated: no pixels were held out, so the model is the last step's."
     where = (" (the parent: fine-tuning did not beat it)" if getattr(outcome, "parent_kept", False) else
+             " (the mean of the two runs, each validated on the slices the other trained on)"
+             if str(getattr(outcome, "kept", "")).startswith("the mean of") else
              f" (validated at step {kept_step:,})" if kept_step is not None else "")
     text = (f"{steps}. Held-out corrected pixels, the kept model{where}: boundary F1 {kept['f1']:.3f}, Rand error "
             f"{kept['rand_error']:.3f}")
@@ -54,10 +56,16 @@ def done_summary(outcome: Any, kept_step: int | None, elapsed: str) -> str:
     return text
 
 
-def will_train_on(summary: str, holdout: float) -> str:
-    """Fine-tune's "Will train on ..." line: the data summary's text, then what is held out (a fraction)."""
-    band = (f"\n{holdout:.0%} of each slice, in blocks spread over it, is held out: never trained on, validated on."
-            if holdout > 0 else "\nNothing is held out: no validation.")
+def will_train_on(summary: str, holdout: float, slices: int = 1) -> str:
+    """Fine-tune's "Will train on ..." line: the data summary's text, then what is validated on: with two
+    ``slices`` or more whole slices (two runs, cross-fitted), else a ``holdout`` fraction of the slice in blocks."""
+    if holdout <= 0:
+        band = "\nNothing is held out: no validation."
+    elif slices >= 2:
+        band = ("\nTwo runs of half the time each: one trains on every other slice and is validated on the rest, "
+                "the other the other way round; you get the mean of the two.")
+    else:
+        band = f"\n{holdout:.0%} of the slice, in blocks spread over it, is held out: never trained on, validated on."
     return "Will train on " + summary + band
 
 

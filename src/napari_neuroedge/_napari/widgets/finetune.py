@@ -180,7 +180,7 @@ class FinetuneWidget(JobWidget):
         return viewer_summary(self.viewer, membranes) if membranes is not None else None
 
     def _summary_text(self, summary: Summary) -> str:
-        return will_train_on(summary.text, self.holdout_spin.value())
+        return will_train_on(summary.text, self.holdout_spin.value(), len(summary.slices))
 
     def refresh_summary(self) -> None:
         """Show what Fine-tune will train on (called after corrections, a new source or folder)."""
@@ -348,12 +348,14 @@ class FinetuneWidget(JobWidget):
         """Mark the kept checkpoint's step on the curves; returns it (None if it cannot be read). A parent the
         guard kept is this run's step 0 (its validation before the first step), not its own training step."""
         parent = bool(getattr(outcome, "parent_kept", False))
+        mean = str(getattr(outcome, "kept", "")).startswith("the mean of")  # two runs: marked at the end
         try:
-            step = 0 if parent else int(self.session.checkpoint(name).step)
+            step = 0 if parent else int(outcome.steps) if mean else int(self.session.checkpoint(name).step)
         except Exception:
             return None
+        label = "kept: the parent" if parent else "kept: the mean of the two runs" if mean else f"kept (step {step:,})"
         for plot in (self.loss_plot, self.val_plot):
-            plot.mark_kept(step, "kept: the parent" if parent else f"kept (step {step:,})")
+            plot.mark_kept(step, label)
         return step
 
     def _on_done(self, job: Job, outcome: Any) -> None:
