@@ -39,6 +39,15 @@ def test_plan_and_clean_remove_only_resume_files(tmp_path):
     assert plan_clean(run_folders(root)).files == [a / "best.pt"]
 
 
+def test_the_runs_of_a_cross_fitted_fine_tune_are_found_in_its_folder(tmp_path):
+    root = tmp_path / "runs"
+    folds = [_run(root / "ft", f"fold-{k}", {"last.pt": 10, "best.pt": 10}) for k in (1, 2)]
+    (root / "ft" / "candidate.pt").write_bytes(b"c")  # the guard's rejected candidate: a model, not a resume file
+    assert run_folders(root) == folds
+    plan = plan_clean(run_folders(root))
+    assert len(plan.files) == 4 and all(f.parent in folds for f in plan.files)
+
+
 def test_plan_refuses_a_folder_that_is_not_a_run(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"x")
     with pytest.raises(ValueError, match="not a training run folder"):

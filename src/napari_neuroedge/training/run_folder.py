@@ -37,11 +37,18 @@ def is_run_folder(path: Path) -> bool:
 
 
 def run_folders(root: str | Path) -> list[Path]:
-    """``root`` itself if it is a run folder, else the run folders directly inside it (sorted); [] if none."""
+    """``root`` itself if it is a run folder, else the run folders inside it, and one level further down (a
+    cross-fitted fine-tune's ``fold-N`` runs in its folder), sorted; [] if none."""
     root = Path(root)
     if is_run_folder(root):
         return [root]
-    return sorted(p for p in root.iterdir() if is_run_folder(p)) if root.is_dir() else []
+    found: list[Path] = []
+    for p in sorted(root.iterdir()) if root.is_dir() else []:
+        if is_run_folder(p):
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(q for q in p.iterdir() if is_run_folder(q))
+    return found
 
 
 def plan_clean(runs: Iterable[str | Path], keep: Iterable[str | Path] = ()) -> CleanPlan:
