@@ -89,6 +89,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=1, help="run the fine-tunes in this many processes (--threads each)")
     p.add_argument("--peer-pretrain-steps", type=int, help="pretrain the peer for this many steps (on --device) "
                    "instead of --peer-pretrain-minutes of wall time")
+    p.add_argument("--peer-repeats", type=int, help="pairs the peer is fine-tuned on per shift (default: --repeats; "
+                   "the first ones of ours)")
+    p.add_argument("--no-seed-rules", action="store_true", help="skip the distance-transform seed rule's figures "
+                   "(four more instance maps per evaluated slice)")
     p.add_argument("--results", help="append every finished fine-tune here as a JSON line (read by --report-from)")
     p.add_argument("--report-from", help="print the tables of a --results file; runs nothing")
     return p.parse_args(argv)
@@ -154,7 +158,7 @@ def load_shift(name: str, quick: bool) -> tuple[np.ndarray, np.ndarray]:
     raise SystemExit(f"unknown shift {name!r}")
 
 
-def measure(prob: np.ndarray, gt: np.ndarray, ckpt: Any) -> dict[str, float]:
+def measure(prob: np.ndarray, gt: np.ndarray, ckpt: Any, seed_rules: bool = True) -> dict[str, float]:
     """The metrics of a probability stack at the model's membrane threshold; instances from the watershed at the
     model's seed threshold and from the thresholded membranes; and the Rand error of the distance-transform seed
     rule at each of :data:`DIST_GRID` (``rand_dist_T_H``)."""
@@ -169,6 +173,8 @@ def measure(prob: np.ndarray, gt: np.ndarray, ckpt: Any) -> dict[str, float]:
     out = {"pixel": inst["pixel_error"], "f1_exact": inst["boundary_f1_exact"], "f1_2px": inst["boundary_f1"],
            "rand": inst["rand_error"], "vi_split": inst["vi_split"], "vi_merge": inst["vi_merge"],
            "rand_mem": mem["rand_error"], "vi_mem": mem["vi_total"]}
+    if not seed_rules:
+        return out
     truth = instances_from_membrane(gt)
     for t, h in DIST_GRID:
         cells = np.stack([instances_from_distance(p, t, h=h) for p in prob])
@@ -342,12 +348,12 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     out = {k: task[k] for k in ("kind", "model", "value", "shift", "r", "pair")}
     if task["kind"] == "zero":
         before = predict_array(raw[eval_z], TorchPredictor(start.build(), args.device), norm=start.norm)
-        return {**out, "metrics": measure(before, lab[eval_z], start)}
+        return {**out, "metrics": measure(before, lab[eval_z], start, not args.no_seed_rules)}
     data = slices_from_arrays(raw, lab, start.norm, task["pair"], source=task["shift"])
     work = Path(task["work"])
     outcome, ft, wall = finetune(start, data, task["opts"], work, task["tag"])
     prob = predict_array(raw[eval_z], TorchPredictor(ft.build(), args.device), norm=ft.norm)
-    m1 = measure(prob, lab[eval_z], ft)
+    m1 = measure(prob, lab[eval_z], ft, not args.no_seed_rules)
     return {**out, "metrics": {**m1, "wall": wall, "steps": outcome.steps, "parent_kept": outcome.parent_kept,
                                "parent_weight": outcome.parent_weight},
             "kept": outcome.kept, "held_parent": _short(outcome.parent_metrics),
@@ -420,13 +426,13 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [sorted(np.random.default_rng(r).choice(pool, 2, replace=False).tolist()) for r in range(args.repeats)]
     print(f"  corrected pairs {pairs} (the same on every shift), evaluated on {eval_z}", flush=True)
 
-    def tasks(model: str, parent_ref: str, base_opts: Any) -> list[dict[str, Any]]:
+    def tasks(model: str, parent_ref: str, base_opts: Any, repeats: int | None = None) -> list[dict[str, Any]]:
         out = [{"kind": "zero", "model": model, "parent": parent_ref, "shift": s, "value": None, "r": None,
                 "pair": None, "args": args, "value_first": values[0]} for s in shifts]
         for value in values:  # the one-click defaults (first value) first: a cut-short run still has them
             run_opts = base_opts if field_name is None else dataclasses.replace(base_opts, **{field_name: value})
             for s in shifts:
-                for r, pair in enumerate(pairs):
+                for r, pair in enumerate(pairs[:repeats]):
                     out.append({"kind": "run", "model": model, "parent": parent_ref, "shift": s, "value": value,
                                 "r": r, "pair": pair, "args": args, "work": str(work),
                                 "tag": f"{s}-{model.split()[0]}-{value}-{r}", "value_first": values[0],
@@ -453,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     finetune_config(peer, peer_opts, False))), flush=True)
                 path = work / "peer-parent.pt"
                 save_checkpoint(peer, path)
-                return tasks(peer_name, str(path), peer_opts)
+                return tasks(peer_name, str(path), peer_opts, args.peer_repeats)
 
             peer_todo = peer_tasks
     rows = run_all(todo, peer_todo, args, field_name)
@@ -481,20 +487,33 @@ def run_all(todo: list[dict[str, Any]], later: Any, args: argparse.Namespace, fi
             done(run_task(task))
         return rows
     import multiprocessing as mp
+    import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=args.jobs, mp_context=mp.get_context("spawn")) as pool:
         # queued in order of need, so a run cut short has the defaults of both models: ours, then the peer's (its
         # pretraining runs here while the workers fine-tune ours), then the other grid values
         ours_first = [t for t in todo if t["kind"] == "zero" or t["value"] == t["value_first"]]
-        futures = [pool.submit(run_task, t) for t in ours_first]
+        lock = threading.Lock()
+
+        def submit(task: dict[str, Any]) -> Any:  # each result is said and saved as it comes, pretraining or not
+            fut = pool.submit(run_task, task)
+
+            def said(f: Any) -> None:
+                if f.exception() is None:
+                    with lock:
+                        done(f.result())
+            fut.add_done_callback(said)
+            return fut
+
+        futures = [submit(t) for t in ours_first]
         peer = later() if later else []
         peer_first = [t for t in peer if t["kind"] == "zero" or t["value"] == t["value_first"]]
-        futures += [pool.submit(run_task, t) for t in peer_first]
+        futures += [submit(t) for t in peer_first]
         queued = {id(t) for t in ours_first + peer_first}
-        futures += [pool.submit(run_task, t) for t in todo + peer if id(t) not in queued]
+        futures += [submit(t) for t in todo + peer if id(t) not in queued]
         for fut in as_completed(futures):
-            done(fut.result())
+            fut.result()  # a failed task stops the run here, with its error
     return rows
 
 
@@ -557,7 +576,9 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
 
 def seed_rules(name: str, by_value: dict[Any, Any], shifts: list[str], value: Any) -> None:
     """The current seed rule against distance-transform seeds (parameters chosen leave-one-shift-out), on the
-    zero-shot and fine-tuned probabilities of ``value``'s runs."""
+    zero-shot and fine-tuned probabilities of ``value``'s runs (nothing where they were not measured)."""
+    if not shifts or f"rand_dist_{DIST_GRID[0][0]:g}_{DIST_GRID[0][1]:g}" not in by_value[value][shifts[0]]["zero"]:
+        return
     for stage in ("zero", "runs"):
         def rands(shift: str, key: str) -> float:
             cell = by_value[value][shift]
