@@ -36,6 +36,12 @@ Usage: ``python benchmarks/bench_correction_loop.py [--parent default] [--shifts
 vnc-inverted] [--repeats 3] [--time-limit 90] [--grid lr=1e-4,2e-4] [--peer isbi] [--peer-pretrain-minutes 45]
 [--quick]``; ``--parent`` fine-tunes another bundled model or checkpoint (e.g. ``casenet-r18``, ``dff-r18``:
 issue 25) in place of the default.
+
+Load and speed. ``--steps N`` fixes every fine-tune's step budget (the clock off), so the figures do not depend on
+how busy the machine is; ``--jobs N`` runs the fine-tunes in N worker processes (``--threads`` each, the peer's
+pretraining in the main one); ``--device cuda`` with ``--steps`` gives the CPU recipe's numbers faster on a GPU
+machine (``gpu_correction_loop.sh``). ``--results FILE`` appends every finished task as a JSON line, and
+``--report-from FILE`` prints the tables of such a file (of a run cut short, too).
 """
 
 from __future__ import annotations
