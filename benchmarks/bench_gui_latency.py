@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("QT_API", "pyqt6")
 os.environ.setdefault("NEUROEDGE_SETTINGS_DIR", tempfile.mkdtemp(prefix="neuroedge-bench-settings-"))
@@ -55,6 +56,8 @@ class Probe:
         self.timer.timeout.connect(self._tick)
         self.ticks: list[tuple[float, float]] = []
         self.last: float | None = None
+        self.stalls = 0  # > 0: sample the GUI thread's stack and print its N worst stalls at stop()
+        self.sampler: StallSampler | None = None
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -62,12 +65,16 @@ class Probe:
             self.ticks.append((now, max(0.0, (now - self.last - self.interval) * 1000)))
         self.last = now
 
-    def start(self) -> None:
+    def start(self, sample: bool = True) -> None:
         self.ticks, self.last = [], None
+        self.sampler = StallSampler() if sample and self.stalls > 0 else None
         self.timer.start()
 
     def stop(self) -> list[tuple[float, float]]:
         self.timer.stop()
+        if self.sampler is not None:
+            self.sampler.report(self.ticks, self.stalls)
+            self.sampler = None
         return self.ticks
 
 
@@ -104,7 +111,7 @@ def summary(ticks: list[tuple[float, float]], landed: float | None = None) -> di
 
 
 def idle(probe: Probe, seconds: float = 1.0) -> dict[str, float]:
-    probe.start()
+    probe.start(sample=False)
     t_end = time.perf_counter() + seconds
     run_loop_until(lambda: time.perf_counter() > t_end)
     return summary(probe.stop())
@@ -138,6 +145,70 @@ def job_lateness(probe: Probe, start, widget, profile: bool = False) -> dict[str
     return out
 
 
+class StallSampler:
+    """Samples the GUI thread's Python stack every ``period`` s from a side thread; :meth:`report` prints, for the
+    worst stalls the probe saw, the functions most often on the stack during each (``--stalls N``)."""
+
+    def __init__(self, period: float = 0.003) -> None:
+        import threading
+
+        self.period = period
+        self.main = threading.main_thread().ident
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self.others: list[tuple[float, dict[int, tuple[str, ...]]]] = []  # the other threads' innermost frames
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import threading
+        import traceback
+
+        def fmt(frame: Any, n: int) -> tuple[str, ...]:
+            return tuple(f"{Path(f.filename).name}:{f.lineno}({f.name})" for f in traceback.extract_stack(frame)[-n:])
+
+        while not self._stop.wait(self.period):
+            frames = sys._current_frames()
+            now = time.perf_counter()
+            if self.main in frames:
+                self.samples.append((now, fmt(frames[self.main], 40)))
+                self.others.append((now, {ident: fmt(f, 8) for ident, f in frames.items()
+                                          if ident not in (self.main, threading.get_ident())}))
+
+    def report(self, ticks: list[tuple[float, float]], worst: int = 3) -> None:
+        """For each of the ``worst`` stalls, its hot path: from the outermost frame, the callee most samples were
+        in, while it holds at least a fifth of the stall's samples (share, then the frame)."""
+        from collections import Counter
+
+        self._stop.set()
+        for t, late in sorted(ticks, key=lambda tk: -tk[1])[:worst]:
+            inside = [s for when, s in self.samples if t - late / 1000 - 0.01 <= when <= t]
+            print(f"  stall of {late:.0f} ms ({len(inside)} samples), hot path:", flush=True)
+            path: tuple[str, ...] = ()
+            while True:
+                below = Counter(s[len(path)] for s in inside if len(s) > len(path) and s[:len(path)] == path)
+                if not below:
+                    break
+                frame, n = below.most_common(1)[0]
+                if n < 0.2 * len(inside):
+                    break
+                path += (frame,)
+                if "bench_gui_latency" not in frame:
+                    print(f"    {n / len(inside):4.0%} {frame}")
+            # no sample for a while: some thread held the GIL; the other threads' stacks on either side of the gap
+            times = [when for when, _ in self.others]
+            around = [i for i, when in enumerate(times) if t - late / 1000 - 0.01 <= when <= t]
+            if len(around) > 1:
+                gap, i = max((times[k + 1] - times[k], k) for k in around[:-1])
+                if gap > 0.05:
+                    print(f"    longest gap between samples {gap * 1000:.0f} ms; other threads before / after it:")
+                    for ident, stack in self.others[i][1].items():
+                        after = self.others[i + 1][1].get(ident, ())
+                        print(f"      thread {ident}: {' < '.join(reversed(stack[-4:]))}"
+                              + ("  (same after)" if after == stack else f"\n        after: "
+                                 f"{' < '.join(reversed(after[-4:]))}"))
+
+
 def _profiler(on: bool):
     if not on:
         return None
@@ -166,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the jobs (the GUI keeps a core)")
     p.add_argument("--profile", default="", help="a scenario to run under cProfile (prints the top functions)")
+    p.add_argument("--stalls", type=int, default=0,
+                   help="print the GUI thread's stack samples during each scenario's N worst stalls")
     args = p.parse_args(argv)
     if args.quick:
         args.large, args.depth, args.steps = 1024, 2, 3
@@ -189,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     pw = panel.predict
     pw.device_combo.setCurrentText("cpu")
     probe = Probe()
+    probe.stalls = args.stalls
     print(f"bench_gui_latency: napari {napari.__version__}, {os.cpu_count()} cores, job threads {args.threads}, "
           f"load {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     rows, results = [], {}
