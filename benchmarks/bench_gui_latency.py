@@ -171,30 +171,39 @@ class StallSampler:
             frames = sys._current_frames()
             now = time.perf_counter()
             if self.main in frames:
-                self.samples.append((now, fmt(frames[self.main], 40)))
+                self.samples.append((now, fmt(frames[self.main], 200)))
                 self.others.append((now, {ident: fmt(f, 8) for ident, f in frames.items()
                                           if ident not in (self.main, threading.get_ident())}))
 
-    def report(self, ticks: list[tuple[float, float]], worst: int = 3) -> None:
-        """For each of the ``worst`` stalls, its hot path: from the outermost frame, the callee most samples were
-        in, while it holds at least a fifth of the stall's samples (share, then the frame)."""
+    @staticmethod
+    def _tree(stacks: list[tuple[str, ...]], depth: int, total: int, indent: str, share: float = 0.08) -> None:
+        """Print the call tree of ``stacks`` below ``depth``: each callee holding at least ``share`` of the samples
+        (share, then the frame; a chain with one such callee per level stays at one indent)."""
         from collections import Counter
 
+        while True:
+            below = Counter(s[depth] for s in stacks if len(s) > depth)
+            kept = [(fr, n) for fr, n in below.most_common() if n >= share * total]
+            if len(kept) != 1:
+                break
+            frame, n = kept[0]
+            if "bench_gui_latency" not in frame:
+                print(f"{indent}{n / total:4.0%} {frame}")
+            stacks = [s for s in stacks if len(s) > depth and s[depth] == frame]
+            depth += 1
+        for frame, n in kept:
+            print(f"{indent}{n / total:4.0%} {frame}")
+            StallSampler._tree([s for s in stacks if len(s) > depth and s[depth] == frame], depth + 1, total,
+                              indent + "  ", share)
+
+    def report(self, ticks: list[tuple[float, float]], worst: int = 3) -> None:
+        """For each of the ``worst`` stalls, where the GUI thread was: the call tree of its stack samples, each
+        callee holding at least 8% of them."""
         self._stop.set()
         for t, late in sorted(ticks, key=lambda tk: -tk[1])[:worst]:
             inside = [s for when, s in self.samples if t - late / 1000 - 0.01 <= when <= t]
-            print(f"  stall of {late:.0f} ms ({len(inside)} samples), hot path:", flush=True)
-            path: tuple[str, ...] = ()
-            while True:
-                below = Counter(s[len(path)] for s in inside if len(s) > len(path) and s[:len(path)] == path)
-                if not below:
-                    break
-                frame, n = below.most_common(1)[0]
-                if n < 0.2 * len(inside):
-                    break
-                path += (frame,)
-                if "bench_gui_latency" not in frame:
-                    print(f"    {n / len(inside):4.0%} {frame}")
+            print(f"  stall of {late:.0f} ms ({len(inside)} samples), where the GUI thread was:", flush=True)
+            self._tree(inside, 0, len(inside), "    ")
             # no sample for a while: some thread held the GIL; the other threads' stacks on either side of the gap
             times = [when for when, _ in self.others]
             around = [i for i, when in enumerate(times) if t - late / 1000 - 0.01 <= when <= t]

@@ -24,7 +24,7 @@ from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report, short_name
 from ..training_data import slice_arrays, viewer_summary
 from .common import NeuroEdgeWidget, SecondClick, debounced
-from .rows_later import row_filler
+from ..rows_later import row_filler
 
 
 def _digest(*arrays: np.ndarray | None) -> str:

@@ -28,9 +28,9 @@ from .._qt_utils import LayerCombo, notify, reason, report
 from ..text import clean_preview, cleaned, done_summary, will_train_on
 from ..workers import Job
 from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary, viewer_training_slices
+from ..rows_later import row_filler
 from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds
 from .forms import finetune_form, finetune_options
-from .rows_later import row_filler
 from .plot import TrainingPlot
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")

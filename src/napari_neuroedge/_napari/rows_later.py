@@ -2,9 +2,9 @@
 
 Reading and counting one 4096^2 slice (its labels, the prediction it corrects, its ignore paint) held the GUI
 thread for 0.8 s after every stroke. :class:`RowFiller` (one per viewer session, :func:`row_filler`) computes
-:func:`~..training_data.compute_row` in one background thread for the slices a summary passed to its ``later``
-(:func:`~..training_data.viewer_summary`), stores them unless a stroke dropped rows meanwhile
-(:func:`~..training_data.store_row`), and emits :attr:`RowFiller.ready` so the widgets describe the data again.
+:func:`~.training_data.compute_row` in one background thread for the slices a summary passed to its ``later``
+(:func:`~.training_data.viewer_summary`), stores them unless a stroke dropped rows meanwhile
+(:func:`~.training_data.store_row`), and emits :attr:`RowFiller.ready` so the widgets describe the data again.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 
 from qtpy.QtCore import QObject, Signal
 
-from .. import tracking
-from .._qt_utils import log
-from ..training_data import compute_row, store_row
+from . import tracking
+from ._qt_utils import log
+from .training_data import compute_row, store_row
+from .workers import lower_thread_priority
 
 __all__ = ["RowFiller", "row_filler"]
 
@@ -37,7 +38,7 @@ class RowFiller(QObject):
         self._computed.connect(self._store)
 
     def later(self, membranes: Any) -> Callable[[list[int]], None]:
-        """The ``later`` callback of :func:`~..training_data.viewer_summary` for ``membranes``."""
+        """The ``later`` callback of :func:`~.training_data.viewer_summary` for ``membranes``."""
         ref = weakref.ref(membranes)
         return lambda slices: self.request(ref, slices)
 
@@ -54,6 +55,7 @@ class RowFiller(QObject):
                 self._pool.submit(self._compute, ref, int(z), version, key)
 
     def _compute(self, ref: Any, z: int, version: int, key: tuple[int, int, int]) -> None:  # (the thread)
+        lower_thread_priority()
         lay, viewer, keyed = ref(), self._viewer_ref(), None
         try:
             if lay is not None and viewer is not None:
