@@ -424,17 +424,29 @@ def test_lazy_membranes_paint_tracked_kept_and_cleaned_up(qtbot, make_napari_vie
 
 def test_lazy_probability_layers_are_pyramids_and_the_membranes_stay_paintable(qtbot, make_napari_viewer, lazy_env,
                                                                                tiny_checkpoint, waiter, goto,
-                                                                               tmp_path):
+                                                                               tmp_path, monkeypatch):
     """On the disk-backed path the boundary layer is multiscale (napari reads only the level it shows): level 1
     is the 2x2 mean of level 0 wherever a prediction landed, for the current slice (copied into the layer's array
     in the landing thread) and for all slices (the staged pyramid adopted); the membranes stay one paintable level,
     shown once their data is complete."""
     from napari_neuroedge.io.sample import synthetic_em
 
+    import threading
+
+    from napari_neuroedge._napari import landing
+
     stack = synthetic_em((3, 160, 192), cell_size=24, seed=2)
     data = _zarr_input(tmp_path, stack.image)
     viewer, panel = _open_panel(make_napari_viewer, data, tiny_checkpoint)
     p = panel.predict
+    copied_in: list[str] = []
+    real_copy = landing.copy_slices
+
+    def recording_copy(*args):
+        copied_in.append(threading.current_thread().name)
+        return real_copy(*args)
+
+    monkeypatch.setattr(landing, "copy_slices", recording_copy)
 
     def mean2(a):
         return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).mean(axis=(1, 3))
@@ -446,6 +458,7 @@ def test_lazy_probability_layers_are_pyramids_and_the_membranes_stay_paintable(q
     assert boundary.multiscale and [tuple(a.shape) for a in boundary.data] == [(3, 160, 192), (3, 80, 96)]
     np.testing.assert_allclose(boundary.data[1][1], mean2(np.asarray(boundary.data[0][1])), atol=1e-6)
     assert float(np.asarray(boundary.data[1][0]).max()) == 0 and float(np.asarray(boundary.data[0][2]).max()) == 0
+    assert len(copied_in) == 2 and all(n.startswith("neuroedge-landing") for n in copied_in)  # off the GUI thread
     np.testing.assert_allclose(boundary.data[0][1], _reference(tiny_checkpoint, data, "1")[0], atol=1e-5)
     assert not mem.multiscale and _is_zarr(mem.data) and mem.visible and mem.editable
     np.testing.assert_array_equal(mem.data[1], (np.asarray(boundary.data[0][1]) >= 0.5).astype(np.uint8))
