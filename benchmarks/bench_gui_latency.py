@@ -17,7 +17,8 @@ benchmarks/bench_gui_latency.py``), with the bundled ``default`` model, TTA off:
 
 Each scenario is also run with the probe alone (an idle event loop) first, the peer the lateness is read against.
 Usage: ``python benchmarks/bench_gui_latency.py [--quick] [--scenarios predict-all,predict-large,stroke,finetune]
-[--large 4096] [--depth 8] [--steps 20] [--threads 1]``.
+[--large 4096] [--depth 8] [--steps 20] [--threads 1] [--profile SCENARIO] [--stalls N]``; ``--stalls N`` prints
+where the GUI thread was (a call tree of stack samples) during each scenario's N worst stalls.
 """
 
 from __future__ import annotations
@@ -172,7 +173,7 @@ class StallSampler:
             now = time.perf_counter()
             if self.main in frames:
                 self.samples.append((now, fmt(frames[self.main], 200)))
-                self.others.append((now, {ident: fmt(f, 8) for ident, f in frames.items()
+                self.others.append((now, {ident: fmt(f, 30) for ident, f in frames.items()
                                           if ident not in (self.main, threading.get_ident())}))
 
     @staticmethod
@@ -206,16 +207,20 @@ class StallSampler:
             self._tree(inside, 0, len(inside), "    ")
             # no sample for a while: some thread held the GIL; the other threads' stacks on either side of the gap
             times = [when for when, _ in self.others]
-            around = [i for i, when in enumerate(times) if t - late / 1000 - 0.01 <= when <= t]
+            around = [i for i, when in enumerate(times) if t - late / 1000 - 0.05 <= when <= t + 0.05]
             if len(around) > 1:
                 gap, i = max((times[k + 1] - times[k], k) for k in around[:-1])
                 if gap > 0.05:
                     print(f"    longest gap between samples {gap * 1000:.0f} ms; other threads before / after it:")
                     for ident, stack in self.others[i][1].items():
                         after = self.others[i + 1][1].get(ident, ())
-                        print(f"      thread {ident}: {' < '.join(reversed(stack[-4:]))}"
-                              + ("  (same after)" if after == stack else f"\n        after: "
-                                 f"{' < '.join(reversed(after[-4:]))}"))
+                        print(f"      thread {ident}: {_chain(stack)}"
+                              + ("  (same after)" if after == stack else f"\n        after: {_chain(after)}"))
+
+
+def _chain(stack: tuple[str, ...], n: int = 6) -> str:
+    """A thread's innermost ``n`` frames outside importlib, innermost first."""
+    return " < ".join([fr for fr in reversed(stack) if "<frozen" not in fr][:n])
 
 
 def _profiler(on: bool):

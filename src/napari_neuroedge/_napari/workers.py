@@ -106,8 +106,8 @@ def lower_thread_priority(step: int = WORKER_NICE) -> bool:
 
 
 def drive_cancellable(job: Job, make: Callable[[Job], Generator[Any, None, Any]]) -> Generator[Any, None, Any]:
-    """Generator run by the worker: forwards the core job's events; on cancel closes it (here) and returns CANCELLED.
-    A worker thread lowers its own priority first (:func:`lower_thread_priority`)."""
+    """Generator run by the worker: forwards the core job's events; on cancel closes it (here) and returns
+    CANCELLED. A worker thread lowers its own priority first (:func:`lower_thread_priority`)."""
     lower_thread_priority()
     try:
         try:

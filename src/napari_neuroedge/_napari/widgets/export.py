@@ -130,7 +130,7 @@ class ExportWidget(NeuroEdgeWidget):
         self.export_button.clicked.connect(lambda: self.export())
         self.membranes_combo.currentIndexChanged.connect(lambda *_: self.refresh())
         self._relist = debounced(self, self.refresh)
-        row_filler(self.session).ready.connect(self._relist.start)  # rows of large slices counted in a thread
+        row_filler(self.session).ready.connect(self._relist.start)  # large slices: rows from a thread
         self.session.corrections_changed.connect(self._data_changed)
         self.folder_edit.textChanged.connect(self.confirmation.reset)
         self.refresh()

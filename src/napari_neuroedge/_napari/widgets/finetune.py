@@ -111,7 +111,7 @@ class FinetuneWidget(JobWidget):
         self.clean_button.clicked.connect(lambda: self.clean_runs())
         self.save_edit.textChanged.connect(self.clean_confirmation.reset)
         self._summary_timer = debounced(self, self.refresh_summary)
-        row_filler(self.session).ready.connect(self._summary_timer.start)  # rows of large slices counted in a thread
+        row_filler(self.session).ready.connect(self._summary_timer.start)  # large slices: rows from a thread
         for signal in (self.session.corrections_changed, self.membranes_combo.currentIndexChanged,
                        self.folder_edit.textChanged, self.holdout_spin.valueChanged):
             signal.connect(self._data_changed)
