@@ -17,7 +17,8 @@ benchmarks/bench_gui_latency.py``), with the bundled ``default`` model, TTA off:
 
 Each scenario is also run with the probe alone (an idle event loop) first, the peer the lateness is read against.
 Usage: ``python benchmarks/bench_gui_latency.py [--quick] [--scenarios predict-all,predict-large,stroke,finetune]
-[--large 4096] [--depth 8] [--steps 20] [--threads 1]``.
+[--large 4096] [--depth 8] [--steps 20] [--threads 1] [--profile SCENARIO] [--stalls N]``; ``--stalls N`` prints
+where the GUI thread was (a call tree of stack samples) during each scenario's N worst stalls.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("QT_API", "pyqt6")
 os.environ.setdefault("NEUROEDGE_SETTINGS_DIR", tempfile.mkdtemp(prefix="neuroedge-bench-settings-"))
@@ -55,6 +57,8 @@ class Probe:
         self.timer.timeout.connect(self._tick)
         self.ticks: list[tuple[float, float]] = []
         self.last: float | None = None
+        self.stalls = 0  # > 0: sample the GUI thread's stack and print its N worst stalls at stop()
+        self.sampler: StallSampler | None = None
 
     def _tick(self) -> None:
         now = time.perf_counter()
@@ -62,12 +66,16 @@ class Probe:
             self.ticks.append((now, max(0.0, (now - self.last - self.interval) * 1000)))
         self.last = now
 
-    def start(self) -> None:
+    def start(self, sample: bool = True) -> None:
         self.ticks, self.last = [], None
+        self.sampler = StallSampler() if sample and self.stalls > 0 else None
         self.timer.start()
 
     def stop(self) -> list[tuple[float, float]]:
         self.timer.stop()
+        if self.sampler is not None:
+            self.sampler.report(self.ticks, self.stalls)
+            self.sampler = None
         return self.ticks
 
 
@@ -104,7 +112,7 @@ def summary(ticks: list[tuple[float, float]], landed: float | None = None) -> di
 
 
 def idle(probe: Probe, seconds: float = 1.0) -> dict[str, float]:
-    probe.start()
+    probe.start(sample=False)
     t_end = time.perf_counter() + seconds
     run_loop_until(lambda: time.perf_counter() > t_end)
     return summary(probe.stop())
@@ -138,6 +146,83 @@ def job_lateness(probe: Probe, start, widget, profile: bool = False) -> dict[str
     return out
 
 
+class StallSampler:
+    """Samples the GUI thread's Python stack every ``period`` s from a side thread; :meth:`report` prints, for the
+    worst stalls the probe saw, the functions most often on the stack during each (``--stalls N``)."""
+
+    def __init__(self, period: float = 0.003) -> None:
+        import threading
+
+        self.period = period
+        self.main = threading.main_thread().ident
+        self.samples: list[tuple[float, tuple[str, ...]]] = []
+        self.others: list[tuple[float, dict[int, tuple[str, ...]]]] = []  # the other threads' innermost frames
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import threading
+        import traceback
+
+        def fmt(frame: Any, n: int) -> tuple[str, ...]:
+            return tuple(f"{Path(f.filename).name}:{f.lineno}({f.name})" for f in traceback.extract_stack(frame)[-n:])
+
+        while not self._stop.wait(self.period):
+            frames = sys._current_frames()
+            now = time.perf_counter()
+            if self.main in frames:
+                self.samples.append((now, fmt(frames[self.main], 200)))
+                self.others.append((now, {ident: fmt(f, 30) for ident, f in frames.items()
+                                          if ident not in (self.main, threading.get_ident())}))
+
+    @staticmethod
+    def _tree(stacks: list[tuple[str, ...]], depth: int, total: int, indent: str, share: float = 0.08) -> None:
+        """Print the call tree of ``stacks`` below ``depth``: each callee holding at least ``share`` of the samples
+        (share, then the frame; a chain with one such callee per level stays at one indent)."""
+        from collections import Counter
+
+        while True:
+            below = Counter(s[depth] for s in stacks if len(s) > depth)
+            kept = [(fr, n) for fr, n in below.most_common() if n >= share * total]
+            if len(kept) != 1:
+                break
+            frame, n = kept[0]
+            if "bench_gui_latency" not in frame:
+                print(f"{indent}{n / total:4.0%} {frame}")
+            stacks = [s for s in stacks if len(s) > depth and s[depth] == frame]
+            depth += 1
+        for frame, n in kept:
+            print(f"{indent}{n / total:4.0%} {frame}")
+            StallSampler._tree([s for s in stacks if len(s) > depth and s[depth] == frame], depth + 1, total,
+                              indent + "  ", share)
+
+    def report(self, ticks: list[tuple[float, float]], worst: int = 3) -> None:
+        """For each of the ``worst`` stalls, where the GUI thread was: the call tree of its stack samples, each
+        callee holding at least 8% of them."""
+        self._stop.set()
+        for t, late in sorted(ticks, key=lambda tk: -tk[1])[:worst]:
+            inside = [s for when, s in self.samples if t - late / 1000 - 0.01 <= when <= t]
+            print(f"  stall of {late:.0f} ms ({len(inside)} samples), where the GUI thread was:", flush=True)
+            self._tree(inside, 0, len(inside), "    ")
+            # no sample for a while: some thread held the GIL; the other threads' stacks on either side of the gap
+            times = [when for when, _ in self.others]
+            around = [i for i, when in enumerate(times) if t - late / 1000 - 0.05 <= when <= t + 0.05]
+            if len(around) > 1:
+                gap, i = max((times[k + 1] - times[k], k) for k in around[:-1])
+                if gap > 0.05:
+                    print(f"    longest gap between samples {gap * 1000:.0f} ms; other threads before / after it:")
+                    for ident, stack in self.others[i][1].items():
+                        after = self.others[i + 1][1].get(ident, ())
+                        print(f"      thread {ident}: {_chain(stack)}"
+                              + ("  (same after)" if after == stack else f"\n        after: {_chain(after)}"))
+
+
+def _chain(stack: tuple[str, ...], n: int = 6) -> str:
+    """A thread's innermost ``n`` frames outside importlib, innermost first."""
+    return " < ".join([fr for fr in reversed(stack) if "<frozen" not in fr][:n])
+
+
 def _profiler(on: bool):
     if not on:
         return None
@@ -166,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="fine-tune steps")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the jobs (the GUI keeps a core)")
     p.add_argument("--profile", default="", help="a scenario to run under cProfile (prints the top functions)")
+    p.add_argument("--stalls", type=int, default=0,
+                   help="print the GUI thread's stack samples during each scenario's N worst stalls")
     args = p.parse_args(argv)
     if args.quick:
         args.large, args.depth, args.steps = 1024, 2, 3
@@ -189,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     pw = panel.predict
     pw.device_combo.setCurrentText("cpu")
     probe = Probe()
+    probe.stalls = args.stalls
     print(f"bench_gui_latency: napari {napari.__version__}, {os.cpu_count()} cores, job threads {args.threads}, "
           f"load {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
     rows, results = [], {}

@@ -246,3 +246,30 @@ def test_ledger_of_follows_the_layer():
     assert mem.metadata[tracking.KEY]["role"] == "membranes"  # the plugin's other keys stay
     user_made = FakeLayer("em membranes", np.zeros(SHAPE, np.uint8))  # a Labels layer without our metadata
     assert ledger_of(user_made).records() == {} and tracking.info_role(user_made) == ""
+
+
+def test_rows_of_large_slices_are_counted_elsewhere_and_a_stroke_meanwhile_voids_them(world, monkeypatch):
+    """Export's and Fine-tune's summaries leave the rows of large slices to ``later`` (the widgets: a thread): the
+    summary says they are being counted; a row computed before a stroke that dropped it is not stored."""
+    viewer, _, mem = world
+    _predict(viewer, mem, [0, 1])
+    _stroke(viewer, mem, 1)
+    asked: list[list[int]] = []
+    assert training_data.viewer_summary(viewer, mem, later=asked.append).pending == []  # small slices: at once
+    assert asked == []
+    monkeypatch.setattr(training_data, "ROW_LATER_PIXELS", 100)  # 16 x 16 is now large
+    tracking.drop_rows(mem)
+    summary = training_data.viewer_summary(viewer, mem, later=asked.append)
+    assert summary.slices == [1] and summary.pending == [1] and summary.rows == [] and asked == [[1]]
+    assert "Counting the labelled pixels of slice 1" in summary.text
+    version = tracking.rows_version(mem)
+    keyed = training_data.compute_row(viewer, mem, 1)  # what the thread does
+    _stroke(viewer, mem, 1, at=(7, 7))
+    tracking.drop_rows(mem, {1})  # (the paint tracking drops the painted slice's row)
+    assert not training_data.store_row(mem, 1, keyed, version)  # it predates the stroke
+    keyed = training_data.compute_row(viewer, mem, 1)
+    assert training_data.store_row(mem, 1, keyed, tracking.rows_version(mem))
+    summary = training_data.viewer_summary(viewer, mem, later=asked.append)
+    assert summary.pending == [] and asked == [[1]] and summary.rows[0]["slice"] == 1
+    assert summary.rows == training_data.viewer_summary(viewer, mem).rows  # the same row as computed at once
+    assert summary.rows[0]["changed_fraction"] == pytest.approx(2 / 256, abs=1e-4)

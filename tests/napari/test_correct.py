@@ -342,6 +342,35 @@ def test_a_stroke_rereads_only_the_slice_it_painted(qtbot, predicted, monkeypatc
     assert panel.export.info.text() != shown and panel.export.info.text().endswith(_fresh_summary(viewer, mem))
 
 
+def test_rows_of_large_slices_are_counted_in_a_thread_once_for_both_summaries(qtbot, predicted, monkeypatch):
+    """Slices over ``ROW_LATER_PIXELS`` are read and counted off the GUI thread: the summaries say so, then show
+    the counted rows (the same as computed at once); the slice is read once for Export and Fine-tune together."""
+    import threading
+
+    from napari_neuroedge._napari import training_data
+
+    viewer, panel, mem = predicted
+    monkeypatch.setattr(training_data, "ROW_LATER_PIXELS", 16)
+    threads: list[str] = []
+    real = training_data.slice_arrays
+
+    def counting(viewer_, membranes, z):
+        threads.append(threading.current_thread().name)
+        return real(viewer_, membranes, z)
+
+    monkeypatch.setattr(training_data, "slice_arrays", counting)
+    mem.paint((1, *_cell_pixel(mem, 1)), 1)
+    _run_debounced(panel)
+    assert "Counting the labelled pixels of slice 1" in panel.export.info.text()
+    assert "Counting the labelled pixels of slice 1" in panel.finetune.data_label.text()
+    qtbot.waitUntil(lambda: "Counting" not in panel.export.info.text()
+                    and "Counting" not in panel.finetune.data_label.text(), timeout=10_000)
+    assert len(threads) == 1 and threads[0].startswith("neuroedge-rows")  # once, in the thread
+    monkeypatch.setattr(training_data, "slice_arrays", real)
+    assert panel.export.info.text().endswith(_fresh_summary(viewer, mem))
+    assert panel.finetune.data_label.text().startswith("Will train on " + _fresh_summary(viewer, mem))
+
+
 def test_any_ignore_layer_is_tracked_without_recomputing_differences(qtbot, predicted, monkeypatch):
     """An ignore layer the user made (not Correct's button) is tracked: a stroke on it re-reads only its slice,
     and recomputes no difference map; a membrane stroke recomputes the difference of its own slice only."""

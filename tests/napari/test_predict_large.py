@@ -17,6 +17,8 @@ import torch
 import zarr
 
 from napari_neuroedge.io import workstore
+from napari_neuroedge.io.chunks import paint_chunks
+from napari_neuroedge.io.ngff import fill_levels
 from napari_neuroedge._napari import lazy_outputs, tracking
 from napari_neuroedge.inference import sinks
 from napari_neuroedge.config import NormConfig
@@ -107,6 +109,41 @@ def test_lazy_decision_and_chunks(monkeypatch, tmp_path):
     assert workstore.wants_lazy(small)
     assert sinks.chunks_for((5, 3000, 700)) == (1, 1024, 700)
     assert sinks.chunks_for((2048, 100)) == (1024, 100)
+    assert paint_chunks((5, 3000, 700)) == (1, 512, 512) and paint_chunks((100, 90)) == (100, 90)
+    store = workstore.OutputStore(tmp_path)  # the label outputs the user paints get small chunks
+    assert store.create((2, 600, 700), np.uint8, "membranes").chunks == (1, 512, 512)
+    assert store.create((2, 600, 700), np.float32, "boundary").chunks == (1, 600, 700)
+    assert tracking.blank((2, 20000, 20000), np.uint8).chunks == (1, 512, 512)  # a large blank label layer
+    levels = store.levels_of(store.create((2, 300, 260), np.float32, "boundary", pyramid=True))
+    assert [tuple(a.shape) for a in levels] == [(2, 300, 260), (2, 150, 130), (2, 75, 65)]  # down to 64 px
+    levels[0][1] = np.arange(300 * 260, dtype=np.float32).reshape(300, 260)
+    fill_levels(levels, [1])
+    assert float(levels[1][1, 0, 0]) == np.mean([0, 1, 260, 261]) and float(np.asarray(levels[2][0]).max()) == 0
+    store.close()
+
+
+def test_a_dab_on_a_zarr_labels_layer_reads_only_the_chunks_under_the_brush(monkeypatch):
+    """napari's own label check reads ``data[0]`` (a whole slice) at every dab; the layers NeuroEdge tracks check
+    the label against the dtype instead, so a dab reads the few 512^2 chunks under the brush."""
+    from napari.layers import Labels
+
+    from napari_neuroedge._napari.labels_fix import check_labels_by_dtype
+
+    data = zarr.zeros((2, 1024, 1024), chunks=paint_chunks((2, 1024, 1024)), dtype=np.uint8)
+    layer = Labels(data)
+    check_labels_by_dtype(layer)
+    layer.brush_size = 9
+    read: list[int] = []
+    real = type(data).__getitem__
+    monkeypatch.setattr(type(data), "__getitem__", lambda self, key: read.append(np.asarray(real(self, key)).size)
+                        or real(self, key))
+    layer.paint((1, 500, 600), 1)
+    assert int(np.asarray(data[1]).sum()) > 50 and int(np.asarray(data[0]).max()) == 0  # painted slice 1 only
+    read_by_dab = read[:-2]
+    assert read_by_dab and max(read_by_dab) < 512 * 512  # never a whole slice
+    with pytest.raises(ValueError):
+        layer._validate_label_in_range(256)  # still refused: out of uint8's range
+    layer._validate_label_in_range(255)
 
 
 class _Recorder:
@@ -383,6 +420,62 @@ def test_lazy_membranes_paint_tracked_kept_and_cleaned_up(qtbot, make_napari_vie
     assert root is not None and root.exists() and root.parent == lazy_env
     viewer.close()
     qtbot.waitUntil(lambda: not root.exists(), timeout=10_000)
+
+
+def test_lazy_probability_layers_are_pyramids_and_the_membranes_stay_paintable(qtbot, make_napari_viewer, lazy_env,
+                                                                               tiny_checkpoint, waiter, goto,
+                                                                               tmp_path, monkeypatch):
+    """On the disk-backed path the boundary layer is multiscale (napari reads only the level it shows): level 1
+    is the 2x2 mean of level 0 wherever a prediction landed, for the current slice (copied into the layer's array
+    in the landing thread) and for all slices (the staged pyramid adopted); the membranes stay one paintable level,
+    shown once their data is complete."""
+    from napari_neuroedge.io.sample import synthetic_em
+
+    import threading
+
+    from napari_neuroedge._napari import landing
+
+    stack = synthetic_em((3, 160, 192), cell_size=24, seed=2)
+    data = _zarr_input(tmp_path, stack.image)
+    viewer, panel = _open_panel(make_napari_viewer, data, tiny_checkpoint)
+    p = panel.predict
+    copied_in: list[str] = []
+    real_copy = landing.copy_slices
+
+    def recording_copy(*args):
+        copied_in.append(threading.current_thread().name)
+        return real_copy(*args)
+
+    monkeypatch.setattr(landing, "copy_slices", recording_copy)
+
+    def mean2(a):
+        return a.reshape(a.shape[0] // 2, 2, a.shape[1] // 2, 2).mean(axis=(1, 3))
+
+    goto(viewer, viewer.layers["big"], 1)
+    p.scope_combo.setCurrentText("current slice")
+    assert waiter(p.predict()).state == "done"
+    boundary, mem = viewer.layers["big boundary"], viewer.layers["big membranes"]
+    assert boundary.multiscale and [tuple(a.shape) for a in boundary.data] == [(3, 160, 192), (3, 80, 96)]
+    np.testing.assert_allclose(boundary.data[1][1], mean2(np.asarray(boundary.data[0][1])), atol=1e-6)
+    assert float(np.asarray(boundary.data[1][0]).max()) == 0 and float(np.asarray(boundary.data[0][2]).max()) == 0
+    assert len(copied_in) == 2 and all(n.startswith("neuroedge-landing") for n in copied_in)  # off the GUI thread
+    np.testing.assert_allclose(boundary.data[0][1], _reference(tiny_checkpoint, data, "1")[0], atol=1e-5)
+    assert not mem.multiscale and _is_zarr(mem.data) and mem.visible and mem.editable
+    np.testing.assert_array_equal(mem.data[1], (np.asarray(boundary.data[0][1]) >= 0.5).astype(np.uint8))
+    y, x = (int(v) for v in np.argwhere(np.asarray(mem.data[1]) == 0)[0])
+    mem.brush_size = 1
+    mem.paint((1, y, x), 1)
+    assert int(mem.data[1, y, x]) == 1 and tracking.ledger_of(mem).edited == {1}
+
+    p.scope_combo.setCurrentText("all slices")
+    assert waiter(p.predict()).state == "done"
+    boundary = viewer.layers["big boundary"]
+    assert boundary.multiscale and viewer.layers["big membranes"] is mem
+    full = np.asarray(boundary.data[0])
+    np.testing.assert_allclose(full, _reference(tiny_checkpoint, data), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(boundary.data[1]), np.stack([mean2(f) for f in full]), atol=1e-6)
+    assert int(mem.data[1, y, x]) == 1  # the corrected slice kept its labels
+    assert tracking.predicted_membranes(viewer, mem, 0) is not None  # read from level 0
 
 
 def test_lazy_2d_zarr_image(qtbot, make_napari_viewer, lazy_env, tiny_checkpoint, waiter, tmp_path):

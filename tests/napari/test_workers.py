@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -141,3 +142,25 @@ def test_a_generator_done_handler_lands_a_step_per_event_loop_turn(qtbot, backgr
     # each step saw the timers of the steps before it run (the loop turned in between); synchronously none did
     assert job.state == "done"
     assert states == [("landing", True, True, n) for n in ((0, 1, 2) if background else (0, 0, 0))]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_a_worker_thread_runs_nicer_than_the_gui_thread(qtbot):
+    """On a busy machine the GUI thread must get the core first: the job's thread is WORKER_NICE nicer."""
+    import os
+
+    from napari_neuroedge._napari.workers import WORKER_NICE
+
+    def make(job):
+        def gen():
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+            yield ProgressEvent(1, 1, "x")
+            return "ok"
+        return gen()
+
+    seen: list[int] = []
+    main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    job = JobRunner(background=True).start("nice", {"r"}, make)
+    qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
+    assert job.state == "done" and seen == [min(19, main + WORKER_NICE)]
+    assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == main  # the GUI thread keeps its priority

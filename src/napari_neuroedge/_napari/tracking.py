@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .labels_fix import check_labels_by_dtype
 from .ledger import KEY, ledger_of
 
 SUFFIXES = {"boundary": " boundary", "membranes": " membranes", "instances": " instances",
@@ -95,15 +96,17 @@ def go_to_slice(viewer: Any, layer: Any, z: int) -> None:
 
 
 def blank(shape: tuple[int, ...], dtype: Any) -> Any:
-    """A zero array for an output layer; sparse in-memory zarr (one chunk per slice) when it
-    :func:`~napari_neuroedge.io.workstore.is_large`."""
+    """A zero array for an output layer; sparse in-memory zarr when it
+    :func:`~napari_neuroedge.io.workstore.is_large` (chunks of :func:`~napari_neuroedge.io.chunks.paint_chunks`:
+    a brush dab reads and writes a small chunk, not the slice)."""
+    from ..io.chunks import paint_chunks
     from ..io.workstore import is_large
 
     if len(shape) < 3 or not is_large(shape, dtype):
         return np.zeros(shape, dtype)
     import zarr
 
-    return zarr.zeros(shape, chunks=(1, *shape[-2:]), dtype=dtype)
+    return zarr.zeros(shape, chunks=paint_chunks(shape), dtype=dtype)
 
 
 def slices_from_paint(event: Any, ndim: int) -> set[int]:
@@ -137,7 +140,7 @@ def predicted_membranes(viewer: Any, membranes: Any, z: int) -> np.ndarray | Non
     led = ledger_of(membranes)
     if boundary is None or z not in led.predicted:
         return None
-    return (slice_of(boundary.data, z) >= led.threshold_of(z)).astype(np.uint8)
+    return (slice_of(image_array(boundary), z) >= led.threshold_of(z)).astype(np.uint8)
 
 
 def _current(viewer: Any, membranes: Any) -> Any:
@@ -198,8 +201,18 @@ def cached_rows(membranes: Any) -> dict[int, Any]:
     return _ROWS.setdefault(membranes, {})
 
 
+_ROW_VERSION: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def rows_version(membranes: Any) -> int:
+    """How many times rows of ``membranes`` were dropped: a row computed elsewhere (another thread) is stored only
+    if this did not change meanwhile (:func:`~.training_data.store_row`)."""
+    return _ROW_VERSION.get(membranes, 0)
+
+
 def drop_rows(membranes: Any, slices: Any = None) -> None:
     """Forget the cached rows of ``slices`` of ``membranes`` (all when None)."""
+    _ROW_VERSION[membranes] = _ROW_VERSION.get(membranes, 0) + 1
     rows = _ROWS.get(membranes)
     if rows is None:
         return
@@ -233,6 +246,7 @@ def attach_tracking(layer: Any, session: Any) -> None:
     if layer in _TRACKED or not hasattr(getattr(layer, "events", None), "paint"):
         return
     _TRACKED.add(layer)
+    check_labels_by_dtype(layer)  # a dab on a zarr-backed layer must not read a whole slice
     session_ref = weakref.ref(session)
     layer_ref = weakref.ref(layer)
 

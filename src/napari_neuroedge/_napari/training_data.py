@@ -9,6 +9,7 @@ membrane, almost nothing labelled). No Qt here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,7 @@ class Summary:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     text: str = ""
+    pending: list[Any] = field(default_factory=list)  # slices whose rows are still being computed elsewhere
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -98,38 +100,79 @@ def _compose(what: str, rows: list[dict[str, Any]], scratch: set[Any], warnings:
     return "\n".join(lines)
 
 
+#: slices with more pixels than this get their summary row in a background thread (:func:`viewer_summary`'s
+#: ``later``): reading and counting a 4096^2 slice took 0.8 s of the GUI thread after each stroke
+ROW_LATER_PIXELS = 2048 * 2048
+
+
+def _ignore_key(viewer: Any, membranes: Any) -> Any:
+    image = tracking.image_of(viewer, membranes)
+    ignore = tracking.companion(viewer, image.name, "ignore") if image is not None else None
+    return None if ignore is None else (id(ignore), tuple(ignore.data.shape))  # an ignore layer added or replaced
+
+
+def cached_row(viewer: Any, membranes: Any, z: int) -> dict[str, Any] | None:
+    """The cached :func:`slice_row` of slice ``z`` if it is still valid, else None."""
+    hit = tracking.cached_rows(membranes).get(z)
+    return hit[1] if hit is not None and hit[0] == _ignore_key(viewer, membranes) else None
+
+
+def compute_row(viewer: Any, membranes: Any, z: int, arrays: Any = None) -> tuple[Any, dict[str, Any]]:
+    """(cache key, row) of slice ``z``, read from the layers (no cache; safe in another thread: it only reads)."""
+    from ..training.finetune import describe_row
+
+    key = _ignore_key(viewer, membranes)
+    a = arrays if arrays is not None else slice_arrays(viewer, membranes, z)
+    return key, describe_row(z, a.label, a.mask, None if a.prediction is None else a.prediction != a.label)
+
+
+def store_row(membranes: Any, z: int, keyed_row: tuple[Any, dict[str, Any]], version: int | None = None) -> bool:
+    """Cache a :func:`compute_row` result; with ``version`` (:func:`.tracking.rows_version` when it was started)
+    only if no row was dropped since (else the row may predate a stroke). Returns whether it was stored."""
+    if version is not None and version != tracking.rows_version(membranes):
+        return False
+    tracking.cached_rows(membranes)[z] = keyed_row
+    return True
+
+
 def slice_row(viewer: Any, membranes: Any, z: int, arrays: Any = None) -> dict[str, Any]:
     """The :func:`~napari_neuroedge.training.finetune.describe_row` of slice ``z``, cached per slice in
     :func:`.tracking.cached_rows` (shared by Export and Fine-tune): a stroke re-reads only the slice it painted.
 
     ``arrays``: the slice's label, mask and prediction already read (the row is then computed from them)."""
-    from ..training.finetune import describe_row
-
-    image = tracking.image_of(viewer, membranes)
-    ignore = tracking.companion(viewer, image.name, "ignore") if image is not None else None
-    key = None if ignore is None else (id(ignore), tuple(ignore.data.shape))  # an ignore layer added or replaced
-    cache = tracking.cached_rows(membranes)
-    hit = cache.get(z)
-    if arrays is None and hit is not None and hit[0] == key:
-        return hit[1]
-    a = arrays if arrays is not None else slice_arrays(viewer, membranes, z)
-    row = describe_row(z, a.label, a.mask, None if a.prediction is None else a.prediction != a.label)
-    cache[z] = (key, row)
-    return row
+    if arrays is None:
+        hit = cached_row(viewer, membranes, z)
+        if hit is not None:
+            return hit
+    keyed = compute_row(viewer, membranes, z, arrays)
+    store_row(membranes, z, keyed)
+    return keyed[1]
 
 
-def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None) -> Summary:
+def _is_large_slice(membranes: Any) -> bool:
+    return int(np.prod(membranes.data.shape[-2:], dtype=np.int64)) > ROW_LATER_PIXELS
+
+
+def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = None,
+                   later: Callable[[list[int]], None] | None = None) -> Summary:
     """The corrected slices of a membrane layer as Export / Fine-tune will take them, and what is left out
     (``text`` continues a sentence such as "Will export ").
 
     ``arrays``: {slice: object with label, mask, prediction} already read (else cached rows, see
-    :func:`slice_row`).
+    :func:`slice_row`). ``later``: for a layer of large slices (over :data:`ROW_LATER_PIXELS` px), rows not cached
+    are not computed here: ``later(slices)`` is called to compute them elsewhere (the widgets: a thread), and the
+    summary lists them in ``pending`` and says they are being counted.
     """
     from ..training.finetune import rows_warnings
 
     led = tracking.ledger_of(membranes)
     out = Summary(slices=led.training_slices())
-    out.rows = [slice_row(viewer, membranes, z, (arrays or {}).get(z)) for z in out.slices]
+    if later is not None and not arrays and _is_large_slice(membranes):
+        out.pending = [z for z in out.slices if cached_row(viewer, membranes, z) is None]
+    out.rows = [slice_row(viewer, membranes, z, (arrays or {}).get(z)) for z in out.slices if z not in out.pending]
+    if out.pending:
+        later(list(out.pending))
+        out.notes.append(f"Counting the labelled pixels of slice {', '.join(map(str, out.pending))} ...")
     out.warnings = rows_warnings(out.rows)
     left_out = led.left_out()
     if left_out:
@@ -138,6 +181,9 @@ def viewer_summary(viewer: Any, membranes: Any, arrays: dict[int, Any] | None = 
     pixels = sum(r["pixels"] for r in out.rows)
     what = (f"{len(out.slices)} corrected slice(s), {pixels:,} labelled pixels:" if out.slices
             else "nothing: no slice is marked corrected.")
+    if out.pending:
+        what = (f"{len(out.slices)} corrected slice(s), {pixels:,} labelled pixels in the {len(out.rows)} counted "
+                "so far:")
     out.text = _compose(what, out.rows, led.scratch, out.warnings, out.notes)
     return out
 

@@ -10,13 +10,16 @@ Handlers always run in the GUI thread. An ``on_done`` handler that is a generato
 steps: the runner advances it one step per turn of the Qt event loop (the job is ``landing`` meanwhile, still
 holding its resources), so writing large results into layers never freezes the window at once. Jobs holding a
 resource (e.g. ``"layer:stack"``) block other jobs asking for it, with a message; closing the viewer cancels every
-job and waits briefly for it.
+job and waits briefly for it. A worker thread runs at a lower priority than the GUI thread
+(:func:`lower_thread_priority`), so on a busy machine the window gets the core first.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import os
+import sys
 import threading
 import time
 import traceback
@@ -28,6 +31,9 @@ from typing import Any
 from ._qt_utils import alive, log, notify, reason, report
 
 Handler = Callable[..., None] | None
+#: ms between two landing steps: a 0 ms timer re-armed from its own callback is a posted event that runs before
+#: the loop's due timers and repaints, so a chain of steps held them off as if it were one long step
+STEP_GAP_MS = 1
 
 
 class _Cancelled:
@@ -81,8 +87,28 @@ class Job:
         self.cancel_requested.set()
 
 
+#: how much nicer than the process's main (GUI) thread a worker thread runs (Linux; elsewhere nothing changes)
+WORKER_NICE = 5
+
+
+def lower_thread_priority(step: int = WORKER_NICE) -> bool:
+    """Make the calling thread ``step`` nicer than the process's main thread (Linux schedules threads by their own
+    nice value): when the cores are busy, the GUI thread runs first and the job waits. Returns whether it did (never
+    on the main thread)."""
+    if threading.current_thread() is threading.main_thread() or not sys.platform.startswith("linux"):
+        return False
+    try:
+        main = os.getpriority(os.PRIO_PROCESS, os.getpid())  # (the main thread's id is the process id)
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, main + step))
+        return True
+    except OSError:  # not allowed
+        return False
+
+
 def drive_cancellable(job: Job, make: Callable[[Job], Generator[Any, None, Any]]) -> Generator[Any, None, Any]:
-    """Generator run by the worker: forwards the core job's events; on cancel closes it (here) and returns CANCELLED."""
+    """Generator run by the worker: forwards the core job's events; on cancel closes it (here) and returns
+    CANCELLED. A worker thread lowers its own priority first (:func:`lower_thread_priority`)."""
+    lower_thread_priority()
     try:
         try:
             gen = make(job)
@@ -237,9 +263,9 @@ class JobRunner:
             except Exception as exc:
                 self._handler_failed(job, exc)
                 return self._landed(job, handlers)
-            QTimer.singleShot(0, step)
+            QTimer.singleShot(STEP_GAP_MS, step)
 
-        QTimer.singleShot(0, step)
+        QTimer.singleShot(STEP_GAP_MS, step)
 
     def _landed(self, job: Job, handlers: dict[str, Handler]) -> None:
         job.state = "done"

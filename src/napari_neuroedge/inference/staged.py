@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io.ngff import fill_levels
 from ..io.workstore import OutputStore, discard
 from .pipeline import OutputPlan, iter_run, output_shape
 from .postprocess import instance_dtype
@@ -38,19 +39,25 @@ def iter_staged(volume: Any, request: Any, store: OutputStore, *, variance: bool
     """Generator: run ``request`` (a :class:`~.pipeline.PredictionRequest`) on ``volume`` into new
     staged arrays of ``store``; yields its ProgressEvents, returns (:class:`Staged`, the pipeline's outcome).
 
-    On an error or a cancel (the generator is closed) the staged arrays are deleted.
+    When the request covers the whole volume (its arrays become a viewer's layers as they are), the probability
+    and the variance also get their pyramid levels (:meth:`~..io.workstore.OutputStore.levels_of`), computed here
+    after the prediction. On an error or a cancel (the generator is closed) the staged arrays are deleted.
     """
     shape = output_shape(volume.shape, None if volume.ndim == 2 else request.slices)
-    staged = Staged(store.create(shape, np.float32, "boundary", voxel_size),
+    whole = volume.ndim == 2 or shape[0] == int(volume.shape[0])
+    staged = Staged(store.create(shape, np.float32, "boundary", voxel_size, pyramid=whole),
                     store.create(shape, np.uint8, "membranes", voxel_size))
     try:
         if variance:
-            staged.variance = store.create(shape, np.float32, "uncertainty", voxel_size)
+            staged.variance = store.create(shape, np.float32, "uncertainty", voxel_size, pyramid=whole)
         if instances:
             staged.instances = store.create(shape, instance_dtype(tuple(volume.shape)), "instances", voxel_size)
         plan = OutputPlan(staged.probability, staged.membranes, staged.variance, staged.instances,
                           check=store.check_open)
         outcome = yield from iter_run(volume, request, plan)
+        for arr in (staged.probability, staged.variance):
+            if arr is not None:
+                fill_levels(store.levels_of(arr), mode="mean")
     except BaseException:  # failed or cancelled (GeneratorExit): nothing half-done is left on disk
         discard(store, staged.arrays())
         raise

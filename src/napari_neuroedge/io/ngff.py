@@ -30,7 +30,7 @@ from .chunks import chunks_for
 from .units import nm_per_unit
 
 MIN_LEVEL_SIZE = 64  # px: no pyramid level smaller than this in y or x
-_BAND = 2048  # rows of the previous level read at a time while building the pyramid (even)
+_BAND = 512  # rows of the previous level read at a time while building the pyramid (even; 8 MiB of 4096 px float32)
 _WRITING: dict[str, Path] = {}  # resolved final path -> temporary folder of the NGFF images being written here
 
 
@@ -87,7 +87,9 @@ def _downsample(block: np.ndarray, mode: str) -> np.ndarray:
     return ((b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2]) / 4).astype(block.dtype)
 
 
-def _level_shapes(shape: tuple[int, ...], min_size: int) -> list[tuple[int, ...]]:
+def level_shapes(shape: tuple[int, ...], min_size: int = MIN_LEVEL_SIZE) -> list[tuple[int, ...]]:
+    """The shapes of a pyramid's levels: ``shape``, then each half the previous one in y/x (rounded up; z kept)
+    while the next is at least ``min_size`` px in y and x."""
     shapes = [tuple(shape)]
     while min((s + 1) // 2 for s in shapes[-1][-2:]) >= min_size:
         prev = shapes[-1]
@@ -95,13 +97,19 @@ def _level_shapes(shape: tuple[int, ...], min_size: int) -> list[tuple[int, ...]
     return shapes
 
 
-def _build_pyramid(group: Any, shapes: list[tuple[int, ...]], chunks: tuple[int, ...], mode: str) -> None:
-    for level in range(1, len(shapes)):
-        src = group[str(level - 1)]
-        dst = group.create_array(str(level), shape=shapes[level], chunks=tuple(min(c, s) for c, s in
-                                 zip(chunks, shapes[level])), dtype=src.dtype, fill_value=0)
-        planes = range(src.shape[0]) if src.ndim == 3 else [None]
-        for z in planes:
+def create_levels(group: Any, shapes: list[tuple[int, ...]], chunks: tuple[int, ...], dtype: Any) -> list[Any]:
+    """Zero-filled arrays "1" .. ``len(shapes) - 1`` of ``group`` (``chunks`` cut to each level's shape)."""
+    return [group.create_array(str(level), shape=shapes[level], chunks=tuple(min(c, s) for c, s in
+                               zip(chunks, shapes[level])), dtype=np.dtype(dtype), fill_value=0)
+            for level in range(1, len(shapes))]
+
+
+def fill_levels(levels: list[Any], planes: Any = None, mode: str = "mean") -> None:
+    """Compute levels 1.. of a pyramid (``levels[0]`` the full resolution) from the level above, band by band:
+    every plane, or the z indices in ``planes`` (those just written). ``mode``: see :func:`_downsample`."""
+    zs = [None] if levels[0].ndim == 2 else list(range(levels[0].shape[0]) if planes is None else planes)
+    for src, dst in zip(levels[:-1], levels[1:]):
+        for z in zs:
             for y0 in range(0, src.shape[-2], _BAND):
                 key = (slice(y0, y0 + _BAND),) if z is None else (z, slice(y0, y0 + _BAND))
                 small = _downsample(np.asarray(src[key]), mode)
@@ -134,8 +142,8 @@ def open_ngff_output(path: str | Path, shape: tuple[int, ...], dtype: Any, chunk
         try:
             group = zarr.open_group(str(tmp), mode="w-")
             yield group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0)
-            shapes = _level_shapes(tuple(shape), min_size)
-            _build_pyramid(group, shapes, chunks, downsample)
+            shapes = level_shapes(tuple(shape), min_size)
+            fill_levels([group["0"], *create_levels(group, shapes, chunks, dtype)], mode=downsample)
             write_metadata(group, len(shapes), len(shape), voxel_size, path.name.split(".")[0],
                            label=label or inside is not None, source="../../" if inside is not None else None)
         finally:

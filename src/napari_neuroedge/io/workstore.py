@@ -2,12 +2,15 @@
 
 The Predict widget switches to these when the image is not an in-memory numpy array (a memory-mapped TIFF, zarr,
 dask ...) or has more than :func:`lazy_voxels` voxels. Each output is an OME-Zarr (NGFF) image
-(``NNNN-name.ome.zarr``: one full-resolution level ``0`` with chunks (1, 1024, 1024), axes z/y/x or y/x and the
-image's voxel size as the scale; label outputs carry ``image-label`` metadata) in a temporary folder
+(``NNNN-name.ome.zarr``: one full-resolution level ``0`` with chunks (1, 1024, 1024), (1, 512, 512) for the label
+outputs the user paints (:func:`~.chunks.paint_chunks`), axes z/y/x or y/x and the image's voxel size as the
+scale; label outputs carry ``image-label`` metadata; image outputs made with ``pyramid`` also carry mean-downsampled
+levels ``1``, ``2`` ... so a viewer reads only the level it shows) in a temporary folder
 (:class:`OutputStore`, under ``$NEUROEDGE_CACHE_DIR`` or the system temp dir), created atomically (under a
 temporary name, then renamed) so the folder never holds a half-made array. ome-zarr readers, napari-ome-zarr
-and :func:`napari_neuroedge.io.stacks.open_stack` read them back with their axes and scale. No pyramid: the layers
-are painted in place, which would leave lower levels stale.
+and :func:`napari_neuroedge.io.stacks.open_stack` read them back with their axes and scale. Label outputs have no
+pyramid: the user paints them in place, which would leave lower levels stale (and napari paints no multiscale
+labels); whoever writes a pyramid's level 0 updates its levels (:func:`~.ngff.fill_levels`).
 
 :func:`~napari_neuroedge.inference.staged.iter_staged` predicts into new arrays of a store.
 """
@@ -26,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_dir
-from .chunks import chunks_for
-from .ngff import write_metadata
+from .chunks import chunks_for, paint_chunks
+from .ngff import create_levels, level_shapes, write_metadata
 
 ENV_LAZY_VOXELS = "NEUROEDGE_LAZY_VOXELS"
 ENV_CACHE_DIR = "NEUROEDGE_CACHE_DIR"
@@ -90,6 +93,7 @@ class OutputStore:
         self._parent = Path(parent) if parent is not None else None
         self._root: Path | None = None
         self._arrays: dict[int, tuple[Any, Path]] = {}  # id(array) -> (array, folder)
+        self._levels: dict[int, list[Any]] = {}  # id(level 0) -> the levels of its pyramid, itself first
         self._lock = threading.Lock()
         self._count = 0
         self.closed = False
@@ -113,14 +117,16 @@ class OutputStore:
             raise StoreClosedError("the viewer was closed; its temporary output folder is gone")
 
     def create(self, shape: Sequence[int], dtype: Any, name: str = "array",
-               voxel_size: Sequence[float] | None = None, label: bool | None = None) -> Any:
-        """A new zero-filled array: level 0 of a new OME-Zarr image (chunks :func:`chunks_for`; unwritten chunks
-        take no disk space). ``voxel_size`` (nm per axis, or per y/x) becomes the NGFF scale; ``label``
-        (default: an integer dtype) marks it an NGFF label image."""
+               voxel_size: Sequence[float] | None = None, label: bool | None = None, pyramid: bool = False) -> Any:
+        """A new zero-filled array: level 0 of a new OME-Zarr image (chunks :func:`chunks_for`, for a label image
+        :func:`paint_chunks`; unwritten chunks take no disk space). ``voxel_size`` (nm per axis, or per y/x) becomes
+        the NGFF scale; ``label`` (default: an integer dtype) marks it an NGFF label image. ``pyramid``: also
+        levels down to :data:`~.ngff.MIN_LEVEL_SIZE` px (zero; :meth:`levels_of` lists them)."""
         import zarr
 
         shape = tuple(int(s) for s in shape)
         dtype = np.dtype(dtype)
+        label = np.issubdtype(dtype, np.integer) if label is None else label
         with self._lock:
             self.check_open()
             root = self._ensure_root()
@@ -129,13 +135,23 @@ class OutputStore:
             path = root / f"{self._count:04d}-{safe}.ome.zarr"
         with atomic_dir(path) as tmp:
             group = zarr.open_group(str(tmp), mode="w-")
-            group.create_array("0", shape=shape, chunks=chunks_for(shape), dtype=dtype, fill_value=0)
-            write_metadata(group, 1, len(shape), tuple(voxel_size) if voxel_size else None, safe,
-                           label=np.issubdtype(dtype, np.integer) if label is None else label)
-        arr = zarr.open_group(str(path), mode="r+")["0"]
+            chunks = paint_chunks(shape) if label else chunks_for(shape)
+            group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            shapes = level_shapes(shape) if pyramid else [shape]
+            create_levels(group, shapes, chunks, dtype)
+            write_metadata(group, len(shapes), len(shape), tuple(voxel_size) if voxel_size else None, safe,
+                           label=label)
+        group = zarr.open_group(str(path), mode="r+")
+        levels = [group[str(i)] for i in range(len(shapes))]
         with self._lock:
-            self._arrays[id(arr)] = (arr, path)
-        return arr
+            self._arrays[id(levels[0])] = (levels[0], path)
+            self._levels[id(levels[0])] = levels
+        return levels[0]
+
+    def levels_of(self, arr: Any) -> list[Any]:
+        """The pyramid of an array made here: [``arr``, level 1, ...] (just [``arr``] without one, or for an array
+        made elsewhere)."""
+        return self._levels.get(id(arr), [arr]) if self.owns(arr) else [arr]
 
     def owns(self, arr: Any) -> bool:
         return id(arr) in self._arrays and self._arrays[id(arr)][0] is arr
@@ -155,6 +171,7 @@ class OutputStore:
             if entry is None or entry[0] is not arr:
                 return
             del self._arrays[id(arr)]
+            self._levels.pop(id(arr), None)
         _remove_tree(entry[1])
 
     def close(self) -> None:
@@ -162,6 +179,7 @@ class OutputStore:
         with self._lock:
             self.closed = True
             self._arrays.clear()
+            self._levels.clear()
             root, self._root = self._root, None
         if self._finalizer is not None:
             self._finalizer.detach()

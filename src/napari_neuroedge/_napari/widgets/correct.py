@@ -85,7 +85,7 @@ def next_uncertain_slice(viewer: Any, membranes: Any, after: int | None = None) 
     candidates = sorted(led.uncertain - led.corrected)
     if not candidates:
         return None
-    scores = {z: float(np.mean(tracking.slice_of(unc.data, z))) for z in candidates}
+    scores = {z: float(np.mean(tracking.slice_of(tracking.image_array(unc), z))) for z in candidates}
     ranking = sorted(candidates, key=lambda z: (-scores[z], z))
     if after in ranking:
         return ranking[(ranking.index(after) + 1) % len(ranking)]

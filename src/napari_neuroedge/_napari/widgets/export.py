@@ -24,6 +24,7 @@ from .. import tracking
 from .._qt_utils import LayerCombo, notify, reason, report, short_name
 from ..training_data import slice_arrays, viewer_summary
 from .common import NeuroEdgeWidget, SecondClick, debounced
+from ..rows_later import row_filler
 
 
 def _digest(*arrays: np.ndarray | None) -> str:
@@ -129,6 +130,7 @@ class ExportWidget(NeuroEdgeWidget):
         self.export_button.clicked.connect(lambda: self.export())
         self.membranes_combo.currentIndexChanged.connect(lambda *_: self.refresh())
         self._relist = debounced(self, self.refresh)
+        row_filler(self.session).ready.connect(self._relist.start)  # large slices: rows from a thread
         self.session.corrections_changed.connect(self._data_changed)
         self.folder_edit.textChanged.connect(self.confirmation.reset)
         self.refresh()
@@ -158,7 +160,8 @@ class ExportWidget(NeuroEdgeWidget):
             else:
                 text += f"\nPixel size {size[0]:g} x {size[1]:g} {unit}."
         try:
-            text += "\nWill export " + viewer_summary(self.viewer, layer).text
+            text += "\nWill export " + viewer_summary(self.viewer, layer,
+                                                   later=row_filler(self.session).later(layer)).text
         except Exception as exc:  # a layer of the wrong shape: export says why when clicked
             text += f"\n(cannot describe the slices: {reason(exc)})"
         self.info.setText(text)

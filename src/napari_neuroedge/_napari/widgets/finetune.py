@@ -28,6 +28,7 @@ from .._qt_utils import LayerCombo, notify, reason, report
 from ..text import clean_preview, cleaned, done_summary, will_train_on
 from ..workers import Job
 from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary, viewer_training_slices
+from ..rows_later import row_filler
 from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds
 from .forms import finetune_form, finetune_options
 from .plot import TrainingPlot
@@ -111,6 +112,7 @@ class FinetuneWidget(JobWidget):
         self.clean_button.clicked.connect(lambda: self.clean_runs())
         self.save_edit.textChanged.connect(self.clean_confirmation.reset)
         self._summary_timer = debounced(self, self.refresh_summary)
+        row_filler(self.session).ready.connect(self._summary_timer.start)  # large slices: rows from a thread
         for signal in (self.session.corrections_changed, self.membranes_combo.currentIndexChanged,
                        self.folder_edit.textChanged, self.holdout_spin.valueChanged):
             signal.connect(self._data_changed)
@@ -177,7 +179,9 @@ class FinetuneWidget(JobWidget):
                 self._folder_summary = (key, folder_summary(manifest.parent))
             return self._folder_summary[1]
         membranes = self.membranes_combo.layer()
-        return viewer_summary(self.viewer, membranes) if membranes is not None else None
+        if membranes is None:
+            return None
+        return viewer_summary(self.viewer, membranes, later=row_filler(self.session).later(membranes))
 
     def _summary_text(self, summary: Summary) -> str:
         return will_train_on(summary.text, self.holdout_spin.value(), len(summary.slices))
