@@ -497,3 +497,16 @@ def test_a_parent_the_guard_kept_is_marked_at_step_0_and_said(qtbot, corrected_v
     assert "did not improve neuron separation on your held-out pixels" in text
     assert text.startswith("Model '") and "saved with the parent's weights (fine-tuning did not beat it)" in text
     waiter(job.extra["repredict"])
+
+
+def test_the_panel_imports_the_fine_tune_path_in_the_background_as_it_opens(panel_viewer):
+    import sys
+
+    from napari_neuroedge.training.warmup import TRAINING_MODULES
+
+    _, panel = panel_viewer
+    thread = panel.finetune.warm_up
+    assert thread.name == "neuroedge-warm-up-training"
+    thread.join(120)
+    assert not thread.is_alive()
+    assert "torch._dynamo" in sys.modules and all(m in sys.modules for m in TRAINING_MODULES)

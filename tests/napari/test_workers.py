@@ -164,3 +164,29 @@ def test_a_worker_thread_runs_nicer_than_the_gui_thread(qtbot):
     qtbot.waitUntil(lambda: not job.running and job.worker is None, timeout=10_000)
     assert job.state == "done" and seen == [min(19, main + WORKER_NICE)]
     assert os.getpriority(os.PRIO_PROCESS, os.getpid()) == main  # the GUI thread keeps its priority
+
+
+def test_a_warm_up_runs_once_in_a_nicer_thread_and_a_failure_is_only_logged(qtbot, caplog):
+    import os
+
+    from napari_neuroedge._napari.workers import WORKER_NICE, warm_up
+
+    calls: list[int] = []
+
+    def fn() -> float:
+        calls.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return 0.0
+
+    first = warm_up("test-once", fn)
+    assert warm_up("test-once", fn) is first  # once per process
+    first.join(10)
+    assert warm_up("test-once", fn) is first and not first.is_alive() and not first.daemon
+    main = os.getpriority(os.PRIO_PROCESS, os.getpid())
+    assert calls == [min(19, main + WORKER_NICE)]
+
+    def boom() -> float:
+        raise RuntimeError("no such module")
+
+    with caplog.at_level("WARNING", logger="napari_neuroedge"):
+        warm_up("test-fails", boom).join(10)
+    assert "warm-up test-fails failed" in caplog.text and "no such module" in caplog.text

@@ -401,3 +401,28 @@ def _cooperative_worker_class() -> type:
 
         _WORKER_CLASS = CooperativeWorker
     return _WORKER_CLASS
+
+
+_WARM_UPS: dict[str, threading.Thread] = {}
+
+
+def warm_up(name: str, fn: Callable[[], Any]) -> threading.Thread:
+    """Run ``fn`` once per process in a background thread at a lower priority (e.g. the imports a job would
+    otherwise make mid-way, holding the GIL: :func:`napari_neuroedge.training.warmup.import_training_path`).
+    Later calls with the same ``name`` return the same thread. A failure is logged, never raised: the job
+    imports what it needs itself."""
+    thread = _WARM_UPS.get(name)
+    if thread is None:
+        def run() -> None:
+            lower_thread_priority()
+            try:
+                seconds = fn()
+                log.debug("warm-up %s took %s s", name, seconds)
+            except Exception:  # noqa: BLE001  (a warm-up is an optimisation)
+                log.warning("warm-up %s failed", name, exc_info=True)
+
+        # not a daemon: a thread importing modules while the interpreter shuts down can crash it
+        thread = threading.Thread(target=run, name=f"neuroedge-warm-up-{name}")
+        _WARM_UPS[name] = thread
+        thread.start()
+    return thread

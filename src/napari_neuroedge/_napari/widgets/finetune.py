@@ -22,11 +22,12 @@ from typing import Any
 from qtpy.QtWidgets import (QAbstractSpinBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
                             QPushButton, QWidget)
 
+from ...training.warmup import import_training_path
 from .. import tracking
 from ..actions import finetune_job, nearest_uncorrected, remove_run_folder
 from .._qt_utils import LayerCombo, notify, reason, report
 from ..text import clean_preview, cleaned, done_summary, will_train_on
-from ..workers import Job
+from ..workers import Job, warm_up
 from ..training_data import Summary, folder_summary, slice_arrays, viewer_summary, viewer_training_slices
 from ..rows_later import row_filler
 from .common import JobPanel, JobWidget, SecondClick, debounced, format_seconds
@@ -128,6 +129,9 @@ class FinetuneWidget(JobWidget):
         self._show_model()
         self._on_source_changed()
         self.refresh_summary()
+        # the ~900 modules a fine-tune's first step would import (torch._dynamo, sympy, ...), now, while the user
+        # corrects: imported mid-job they held the GIL, and the window, for 0.2 s at a time (issue 22)
+        self.warm_up = warm_up("training", import_training_path)
         self._summary_timer.stop()  # _on_source_changed started it; the summary is already shown
 
     def _browse(self) -> None:
