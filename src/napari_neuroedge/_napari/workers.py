@@ -406,15 +406,18 @@ def _cooperative_worker_class() -> type:
 _WARM_UPS: dict[str, threading.Thread] = {}
 
 
-def warm_up(name: str, fn: Callable[[], Any]) -> threading.Thread:
-    """Run ``fn`` once per process in a background thread at a lower priority (e.g. the imports a job would
-    otherwise make mid-way, holding the GIL: :func:`napari_neuroedge.training.warmup.import_training_path`).
+def warm_up(name: str, fn: Callable[[], Any], delay_s: float = 0.0) -> threading.Thread:
+    """Run ``fn`` once per process in a background thread at a lower priority, ``delay_s`` after this call (e.g.
+    the imports a job would otherwise make mid-way, holding the GIL:
+    :func:`napari_neuroedge.training.warmup.import_training_path`; the delay lets the window paint what it just
+    opened first: a GIL-holding import while napari paints a new dock stalled the loop 0.4 s, alone 0.16 s).
     Later calls with the same ``name`` return the same thread. A failure is logged, never raised: the job
     imports what it needs itself."""
     thread = _WARM_UPS.get(name)
     if thread is None:
         def run() -> None:
             lower_thread_priority()
+            time.sleep(delay_s)
             try:
                 seconds = fn()
                 log.debug("warm-up %s took %s s", name, seconds)

@@ -36,6 +36,7 @@ from .plot import TrainingPlot
 
 SOURCES = ("corrected slices in the viewer", "training-set folder")
 ADVANCED_ARROWS = ("\u25b6", "\u25bc")  # collapsed, expanded
+WARM_UP_DELAY_S = 2.0  # after the panel opens: its first paint done (bench_gui_latency.py)
 
 
 class FinetuneWidget(JobWidget):
@@ -129,9 +130,10 @@ class FinetuneWidget(JobWidget):
         self._show_model()
         self._on_source_changed()
         self.refresh_summary()
-        # the ~900 modules a fine-tune's first step would import (torch._dynamo, sympy, ...), now, while the user
-        # corrects: imported mid-job they held the GIL, and the window, for 0.2 s at a time (issue 22)
-        self.warm_up = warm_up("training", import_training_path)
+        # the ~900 modules a fine-tune's first step would import (torch._dynamo, sympy, ...), while the user
+        # corrects, once the window has painted the new dock: imported mid-job they held the GIL, and the window,
+        # for 0.2 s at a time (issue 22)
+        self.warm_up = warm_up("training", import_training_path, delay_s=WARM_UP_DELAY_S)
         self._summary_timer.stop()  # _on_source_changed started it; the summary is already shown
 
     def _browse(self) -> None:
