@@ -25,6 +25,7 @@ where the GUI thread was (a call tree of stack samples) during each scenario's N
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -61,6 +62,15 @@ class Probe:
         self.stalls = 0  # > 0: sample the GUI thread's stack and print its N worst stalls at stop()
         self.sampler: StallSampler | None = None
 
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:  # any thread: a full collection holds the GIL
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        elif self._gc_start is not None:
+            self.gc_pauses.append((time.perf_counter() - self._gc_start) * 1000)
+            self._gc_start = None
+
     def _tick(self) -> None:
         now = time.perf_counter()
         if self.last is not None:
@@ -69,11 +79,16 @@ class Probe:
 
     def start(self, sample: bool = True) -> None:
         self.ticks, self.last = [], None
+        self.gc_pauses: list[float] = []  # ms of each full (generation 2) garbage collection, in any thread
+        self._gc_start: float | None = None
+        gc.callbacks.append(self._gc)
         self.sampler = StallSampler() if sample and self.stalls > 0 else None
         self.timer.start()
 
     def stop(self) -> list[tuple[float, float]]:
         self.timer.stop()
+        if self._gc in gc.callbacks:
+            gc.callbacks.remove(self._gc)
         if self.sampler is not None:
             self.sampler.report(self.ticks, self.stalls)
             self.sampler = None
@@ -96,13 +111,16 @@ def run_loop_until(cond, timeout: float = 3600.0) -> None:
     check.stop()
 
 
-def summary(ticks: list[tuple[float, float]], landed: float | None = None) -> dict[str, float]:
+def summary(probe: Probe, landed: float | None = None) -> dict[str, float]:
+    """Stop ``probe``; its lateness (max, p50, p99; before / after ``landed``) and its full garbage collections."""
     import numpy as np
+
+    ticks = probe.stop()
 
     late = np.asarray([t[1] for t in ticks]) if ticks else np.zeros(1)
     worst = int(np.argmax(late))
     out = {"n": len(ticks), "p50": float(np.percentile(late, 50)), "p99": float(np.percentile(late, 99)),
-           "max": float(late.max())}
+           "max": float(late.max()), "gc_n": len(probe.gc_pauses), "gc_max": max(probe.gc_pauses, default=0.0)}
     if landed is not None and ticks:
         run = [lat for t, lat in ticks if t < landed]
         land = [lat for t, lat in ticks if t >= landed]
@@ -116,7 +134,7 @@ def idle(probe: Probe, seconds: float = 1.0) -> dict[str, float]:
     probe.start(sample=False)
     t_end = time.perf_counter() + seconds
     run_loop_until(lambda: time.perf_counter() > t_end)
-    return summary(probe.stop())
+    return summary(probe)
 
 
 def job_lateness(probe: Probe, start, widget, profile: bool = False) -> dict[str, float]:
@@ -142,7 +160,7 @@ def job_lateness(probe: Probe, start, widget, profile: bool = False) -> dict[str
     del widget._on_done
     if job.state != "done":
         raise RuntimeError(f"{job.name} ended {job.state}: {job.error}")
-    out = summary(probe.stop(), marks.get("landed"))
+    out = summary(probe, marks.get("landed"))
     out["wall"] = time.perf_counter() - job.started_at
     return out
 
@@ -286,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     probe.start()
     t0 = time.perf_counter()
     run_loop_until(lambda: not warm.is_alive())
-    r = summary(probe.stop())
+    r = summary(probe)
     r.update(wall=time.perf_counter() - t0, worst_at="in the background")
     results["warm-up"] = r
     rows.append(["After the panel opens: importing the fine-tune path in the background", r])
@@ -353,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(prof)
         t_end = time.perf_counter() + 0.5  # the debounced summaries after the stroke
         run_loop_until(lambda: time.perf_counter() > t_end)
-        r = summary(probe.stop())
+        r = summary(probe)
         r.update(wall=total, worst_at="stroke", dab_p50=float(np.median(dabs)), dab_max=float(max(dabs)))
         results["stroke"] = r
         rows.append([f"200-dab stroke on the {side}^2 zarr-backed membranes (per dab: median "
@@ -378,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         where = r["worst_at"]
         print(f"  {what}: wall {r['wall']:.1f} s; lateness max {r['max']:.0f} ms ({where}), p99 {r['p99']:.0f} ms, "
               f"p50 {r['p50']:.0f} ms" + (f"; max while running {r['max_running']:.0f} ms, as results land "
-                                          f"{r['max_landing']:.0f} ms" if "max_landing" in r else ""), flush=True)
+                                          f"{r['max_landing']:.0f} ms" if "max_landing" in r else "")
+              + f"; full garbage collections {r['gc_n']} (longest {r['gc_max']:.0f} ms)", flush=True)
         table.append([what, f"{r['wall']:.1f} s", f"{r['max']:.0f} ms ({where})", f"{r['p99']:.0f} ms",
                       "met" if r["max"] < TARGET_MS else "NOT met"])
     for key, r in results.items():
