@@ -102,8 +102,10 @@ def test_without_guard_triton_is_imported_after_the_gl_context(tmp_path, tiny_ch
     proc = _run(tmp_path, tiny_checkpoint, allow_triton=True)
     out = proc.stdout + proc.stderr
     assert "viewer up" in proc.stdout, out[-3000:]
-    if proc.returncode in (-11, 139):  # SIGSEGV (raw, or through xvfb-run's shell)
-        assert "fine-tuned OK" not in proc.stdout
+    # SIGSEGV: raw, through xvfb-run's shell (139), or said by the shell when xvfb-run then fails to clean up (5);
+    # the panel's background warm-up (training/warmup.py) may be the thread that imports triton and dies
+    if proc.returncode in (-11, 139) or "Segmentation fault" in proc.stderr:
+        assert proc.returncode != 0 and "fine-tuned OK" not in proc.stdout
     else:  # a GL driver without the conflict: the run ends, but triton was imported, i.e. the guard was off
         assert proc.returncode == 0, out[-3000:]
         assert "triton imported: True" in proc.stdout and "triton hidden: False" in proc.stdout, out[-3000:]
