@@ -17,9 +17,10 @@ labels drawn 2 px wide from the instance boundaries, one px on each side of ever
 ``vnc-inverted`` (inverted staining at half the contrast: bright membranes); ``synthetic`` (no data needed, for the
 smoke test).
 
-Leave-one-shift-out. ``--grid NAME=V1,V2,...`` runs every value of one FinetuneOptions field; for each shift the
-value is chosen on the *other* shifts (lowest mean ratio of Rand error after / zero-shot, F1 exact gain as the
-tie-break) and the left-out shift is reported at that value. Without ``--grid`` the one-click defaults are the
+Leave-one-shift-out. ``--grid NAME=V1,V2,...`` runs every value of one FinetuneOptions field (repeated, every
+combination of several fields: ``--grid lr=2e-4,5e-4 --grid crop=128,256``); for each shift the value is chosen
+on the *other* shifts (lowest mean ratio of Rand error after / zero-shot; the first listed value breaks a tie)
+and the left-out shift is reported at that value. Without ``--grid`` the one-click defaults are the
 only choice. The instance seed rule is chosen the same way: the current rule (the interior's connected
 components at the model's calibrated seed threshold) against distance-transform seeds
 (:func:`~napari_neuroedge.inference.postprocess.instances_from_distance`) with their boundary threshold and h
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
 import tempfile
 import time
@@ -76,7 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-slices", default="10,11,12,13,14", help="evaluated slices (default 10-14)")
     p.add_argument("--time-limit", type=float, help="override the one-click time limit (s)")
     p.add_argument("--crop", type=int, help="use only the top-left CROP x CROP px of every shift's slices")
-    p.add_argument("--grid", help="NAME=V1,V2,...: a FinetuneOptions field chosen leave-one-shift-out")
+    p.add_argument("--grid", action="append", help="NAME=V1,V2,...: a FinetuneOptions field chosen "
+                   "leave-one-shift-out; repeat it to choose several fields at once (every combination is run)")
     p.add_argument("--loss", help="override the loss, e.g. bce=1,skeleton_recall=0.5")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--peer", choices=("isbi", "scratch", "none"), default="isbi",
@@ -307,14 +310,39 @@ def config_difference(a: Any, b: Any) -> list[str]:
     return [f"{k}: {da[k]} != {db[k]}" for k in da if da[k] != db[k]]
 
 
-def parse_grid(spec: str | None, opts: Any) -> tuple[str | None, list[Any]]:
-    """(field, values) of ``--grid NAME=V1,V2`` (values typed like the field's default); (None, [None]) without."""
-    if not spec:
+def _typed(default: Any, text: str) -> Any:
+    """``text`` read as the type of a FinetuneOptions field's ``default`` (a float where it is None)."""
+    if isinstance(default, bool):
+        return text.strip().lower() in ("1", "true", "yes", "on")
+    return (type(default) if default is not None else float)(text)
+
+
+def parse_grid(specs: list[str] | None, opts: Any) -> tuple[str | None, list[Any]]:
+    """(field, values) of ``--grid NAME=V1,V2`` (values typed like the field's default); (None, [None]) without.
+    ``--grid`` repeated runs every combination: the field is then the names joined by commas ("lr,crop") and a
+    value the combination's values joined the same way ("0.0002,256"), the first values' combination first."""
+    if not specs:
         return None, [None]
-    name, _, vals = spec.partition("=")
-    default = getattr(opts, name)
-    kind = type(default) if default is not None else float
-    return name, [kind(v) for v in vals.split(",")]
+    names, axes = [], []
+    for spec in specs:
+        name, _, vals = spec.partition("=")
+        default = getattr(opts, name)  # an unknown field is an error here, before anything runs
+        names.append(name)
+        axes.append([_typed(default, v) for v in vals.split(",")])
+    if len(names) == 1:
+        return names[0], axes[0]
+    return ",".join(names), [",".join(map(str, combo)) for combo in itertools.product(*axes)]
+
+
+def grid_options(opts: Any, field_name: str | None, value: Any) -> Any:
+    """``opts`` with one grid value (of :func:`parse_grid`) applied."""
+    if field_name is None:
+        return opts
+    names = field_name.split(",")
+    if len(names) == 1:
+        return dataclasses.replace(opts, **{field_name: value})
+    texts = str(value).split(",")
+    return dataclasses.replace(opts, **{n: _typed(getattr(opts, n), t) for n, t in zip(names, texts)})
 
 
 def _register_peer() -> bool:
@@ -436,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         out = [{"kind": "zero", "model": model, "parent": parent_ref, "shift": s, "value": None, "r": None,
                 "pair": None, "args": args, "value_first": values[0]} for s in shifts]
         for value in values:  # the one-click defaults (first value) first: a cut-short run still has them
-            run_opts = base_opts if field_name is None else dataclasses.replace(base_opts, **{field_name: value})
+            run_opts = grid_options(base_opts, field_name, value)
             for s in shifts:
                 for r, pair in enumerate(pairs[:repeats]):
                     out.append({"kind": "run", "model": model, "parent": parent_ref, "shift": s, "value": value,
@@ -576,8 +604,9 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
                          f"{args.threads} threads, "
                          + (f"{args.steps}-step fine-tunes on {args.device}" if args.steps else
                             f"{args.time_limit or _default_time_limit():g} s fine-tunes") + "; mean (min-max) over the "
-                         f"pairs; recipe {'chosen leave-one-shift-out over ' + args.grid if args.grid else 'defaults'}"
-                         f" (`python benchmarks/bench_correction_loop.py {' '.join(sys.argv[1:])}`).")
+                         "pairs; recipe "
+                         + ("chosen leave-one-shift-out over " + " x ".join(args.grid) if args.grid else "defaults")
+                         + f" (`python benchmarks/bench_correction_loop.py {' '.join(sys.argv[1:])}`).")
 
 
 def seed_rules(name: str, by_value: dict[Any, Any], shifts: list[str], value: Any) -> None:

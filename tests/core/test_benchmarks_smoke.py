@@ -135,3 +135,24 @@ def test_bench_edge_models_quick(tmp_path) -> None:
     assert expected <= set(ratios), f"missing {expected - set(ratios)}"
     assert "| casenet-18 | synthetic | 6 |" in out and "| dff-18 | synthetic | 6 |" in out
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["casenet-18.pt", "dff-18.pt", "unet.pt"]
+
+
+def test_correction_loop_grid_of_several_fields_runs_every_combination() -> None:
+    """--grid repeated: every combination of the fields, typed like their defaults, applied to the options."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_correction_loop as loop
+    finally:
+        sys.path.remove(str(BENCH))
+    from napari_neuroedge.config import FinetuneOptions
+
+    opts = FinetuneOptions()
+    assert loop.parse_grid(None, opts) == (None, [None])
+    assert loop.parse_grid(["lr=1e-4,2e-4"], opts) == ("lr", [1e-4, 2e-4])
+    name, values = loop.parse_grid(["lr=2e-4,5e-4", "crop=128,256", "cross_slices=true,false"], opts)
+    assert name == "lr,crop,cross_slices" and len(values) == 8 and values[0] == "0.0002,128,True"
+    got = loop.grid_options(opts, name, "0.0005,256,False")
+    assert (got.lr, got.crop, got.cross_slices) == (5e-4, 256, False) and isinstance(got.crop, int)
+    assert loop.grid_options(opts, "lr", 5e-4).lr == 5e-4 and loop.grid_options(opts, None, None) == opts
+    with pytest.raises(AttributeError):
+        loop.parse_grid(["no_such_field=1"], opts)
