@@ -183,6 +183,9 @@ def test_a_warm_up_runs_once_in_a_nicer_thread_and_a_failure_is_only_logged(qtbo
     assert warm_up("test-once", fn) is first and not first.is_alive() and not first.daemon
     main = os.getpriority(os.PRIO_PROCESS, os.getpid())
     assert calls == [min(19, main + WORKER_NICE)]
+    import gc
+
+    assert gc.get_freeze_count() == 0  # its hold on the collector (gc_hold) released
 
     def boom() -> float:
         raise RuntimeError("no such module")
@@ -190,3 +193,50 @@ def test_a_warm_up_runs_once_in_a_nicer_thread_and_a_failure_is_only_logged(qtbo
     with caplog.at_level("WARNING", logger="napari_neuroedge"):
         warm_up("test-fails", boom).join(10)
     assert "warm-up test-fails failed" in caplog.text and "no such module" in caplog.text
+
+
+def test_full_collections_skip_older_objects_only_while_jobs_run(qtbot):
+    """gc_hold: the first running job freezes the objects tracked so far, the last one to end unfreezes them, a
+    failed job too; a freeze made by someone else before is left as it was."""
+    import gc
+
+    from napari_neuroedge._napari import gc_hold
+
+    assert gc.get_freeze_count() == 0 and gc_hold.holders() == 0
+    seen: list[tuple[int, int]] = []
+
+    def make(job):
+        def gen():
+            yield ProgressEvent(1, 1, "x")
+            return "ok"
+        return gen()
+
+    def failing(job):
+        def gen():
+            yield ProgressEvent(1, 1, "x")
+            raise RuntimeError("boom")
+        return gen()
+
+    runner = JobRunner(background=False)
+    record = dict(on_event=lambda j, ev: seen.append((gc.get_freeze_count() > 0, gc_hold.holders())))
+    runner.start("a", {"a"}, make, **record)
+    assert seen == [(True, 1)] and gc.get_freeze_count() == 0 and gc_hold.holders() == 0
+    job = runner.start("b", {"b"}, failing, on_error=lambda j, e: None, **record)
+    assert job.state == "failed" and seen[-1] == (True, 1) and gc.get_freeze_count() == 0
+
+    gc_hold.hold()  # a job already running (another resource): a nested job keeps the freeze when it ends
+    runner.start("c", {"c"}, make, **record)
+    assert seen[-1] == (True, 2) and gc.get_freeze_count() > 0
+    gc_hold.release()
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # someone else's freeze: left alone
+    try:
+        runner.start("d", {"d"}, make, **record)
+        assert gc.get_freeze_count() > 0 and gc_hold.holders() == 0
+    finally:
+        gc.unfreeze()
+
+    bg = JobRunner(background=True).start("e", {"e"}, make, **record)
+    qtbot.waitUntil(lambda: not bg.running and bg.worker is None, timeout=10_000)
+    assert bg.state == "done" and seen[-1][0] and gc.get_freeze_count() == 0 and gc_hold.holders() == 0

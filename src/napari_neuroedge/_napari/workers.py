@@ -11,7 +11,8 @@ steps: the runner advances it one step per turn of the Qt event loop (the job is
 holding its resources), so writing large results into layers never freezes the window at once. Jobs holding a
 resource (e.g. ``"layer:stack"``) block other jobs asking for it, with a message; closing the viewer cancels every
 job and waits briefly for it. A worker thread runs at a lower priority than the GUI thread
-(:func:`lower_thread_priority`), so on a busy machine the window gets the core first.
+(:func:`lower_thread_priority`), so on a busy machine the window gets the core first. While any job runs, full
+garbage collections skip the objects that existed before it (:mod:`.gc_hold`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import gc_hold
 from ._qt_utils import alive, log, notify, reason, report
 
 Handler = Callable[..., None] | None
@@ -77,6 +79,7 @@ class Job:
     pbar: Any = None
     background: bool = True  # run by a worker thread (else in the caller's thread, results landed at once)
     finish_pending: bool = False  # the worker finished while the results were still landing
+    gc_held: bool = False  # holds gc_hold while it runs (released when it has ended)
 
     @property
     def running(self) -> bool:
@@ -185,6 +188,8 @@ class JobRunner:
             # the widget that started the job is closed (e.g. with the viewer): stop the job
             owner.destroyed.connect(functools.partial(_cancel_ref, weakref.ref(job)))
         job.background = bool(background if background is not None else self.background)
+        gc_hold.hold()  # released in _on_finished (or shutdown): full collections skip the older objects meanwhile
+        job.gc_held = True
         if job.background:
             self._start_worker(job, make, handlers)
         else:
@@ -312,8 +317,15 @@ class JobRunner:
         if job.running:  # finished without a return value reaching us (should not happen)
             job.state = "cancelled" if job.cancel_requested.is_set() else "done"
         self._close_progress(job)
+        self._release_gc(job)
         self._call(job, handlers["finally"])
         job.worker = None
+
+    @staticmethod
+    def _release_gc(job: Job) -> None:
+        if job.gc_held:
+            job.gc_held = False
+            gc_hold.release()
 
     # ------------------------------------------------------------------ cancelling
     def cancel(self, job: Job | None, wait: float = 0.0) -> bool:
@@ -336,6 +348,7 @@ class JobRunner:
                 job.finished.wait(max(0.0, deadline - time.perf_counter()))
             job.detached = True
             self._close_progress(job)
+            self._release_gc(job)
 
     def wait_idle(self, timeout: float = 30.0) -> bool:
         """Block (without an event loop) until no job runs; for scripts. Returns False on timeout."""
@@ -418,11 +431,14 @@ def warm_up(name: str, fn: Callable[[], Any], delay_s: float = 0.0) -> threading
         def run() -> None:
             lower_thread_priority()
             time.sleep(delay_s)
+            gc_hold.hold()  # as a job does: its full collections skip the objects that were there before
             try:
                 seconds = fn()
                 log.debug("warm-up %s took %s s", name, seconds)
             except Exception:  # noqa: BLE001  (a warm-up is an optimisation)
                 log.warning("warm-up %s failed", name, exc_info=True)
+            finally:
+                gc_hold.release()
 
         # not a daemon: a thread importing modules while the interpreter shuts down can crash it
         thread = threading.Thread(target=run, name=f"neuroedge-warm-up-{name}")
