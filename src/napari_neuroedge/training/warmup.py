@@ -4,8 +4,8 @@ A fine-tune's first step imports about 900 modules for the first time in the pro
 first call imports ``torch._dynamo`` and, with it, sympy and ``torch.distributed``; the validation imports
 scikit-image's morphology and segmentation): about 1 s of imports that hold the GIL in bursts of up to 0.1-0.2 s,
 during which napari's window does not respond (issue 22, ``benchmarks/bench_gui_latency.py``). The napari plugin
-runs :func:`import_training_path` in a background thread when its Fine-tune panel opens, so that cost is paid while
-the user is still correcting, not in the middle of a job. Importing is idempotent: calling it again costs
+runs :func:`import_training_path` in a background thread 2 s after its Fine-tune panel opens, so that cost is paid
+while the user is still correcting, not in the middle of a job. Importing is idempotent: calling it again costs
 nothing, and a job started before it finished simply waits on Python's import locks.
 """
 
