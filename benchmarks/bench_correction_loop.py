@@ -3,7 +3,9 @@ it was never tuned on, and never worse?
 
 Protocol. Five shifts built from ``../shared/data/vnc/`` stack1 (another animal, microscope and contrast than the
 ISBI 2012 slices the default model was trained on); on each, ``--repeats`` random choices (seeded) of the two
-"corrected" slices from the slices not evaluated (their hand labels stand in for the user's corrections), the
+"corrected" slices from the slices not evaluated (their hand labels stand in for the user's corrections; the
+pixels where they differ from the starting model's membranes are marked changed, as brushing marks them: the
+corrected-pixel weight and the guard's figures near changes act on them; ``--changed none`` drops the mark), the
 one-click service (``FinetuneOptions()``: what the button and ``neuroedge finetune`` run, guard included),
 evaluated on 5 other slices (10-14): pixel error, boundary F1 exact and at 2 px, Rand error and VI of the
 watershed instances and of the thresholded membranes, before (zero-shot) and after, whether the guard kept the
@@ -104,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(four more instance maps per evaluated slice)")
     p.add_argument("--results", help="append every finished fine-tune here as a JSON line (read by --report-from)")
     p.add_argument("--report-from", help="print the tables of a --results file; runs nothing")
+    p.add_argument("--changed", choices=("parent", "none"), default="parent",
+                   help="which pixels of the corrected slices count as the user's changes: those whose label "
+                   "differs from the starting model's membranes (default: what brushing its prediction into the "
+                   "labels changes), or none (no change mask: the corrected-pixel weight and the held-out figures "
+                   "near changes do nothing, as in the runs before 2026-12-05)")
     return p.parse_args(argv)
 
 
@@ -365,6 +372,16 @@ def shift_data(shift: str, args: argparse.Namespace) -> tuple[np.ndarray, np.nda
     return raw, lab
 
 
+def mark_changed(data: list[Any], start_membranes: np.ndarray) -> list[Any]:
+    """The corrected slices as a user hands them in after brushing the starting model's membranes
+    (``start_membranes``: (n, H, W) bool, one per slice of ``data``) into the hand labels: ``corrected`` = the
+    pixels whose label differs from that prediction (uint8 1 = changed)."""
+    if len(data) != len(start_membranes):
+        raise ValueError(f"{len(data)} slices but {len(start_membranes)} predictions")
+    return [dataclasses.replace(sl, corrected=(sl.label != np.asarray(m, bool)).astype(np.uint8))
+            for sl, m in zip(data, start_membranes)]
+
+
 def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """One cell of the protocol, in this process or a worker: ``kind`` "zero" (the parent on the evaluated slices)
     or "run" (one fine-tune of the pair ``pair`` with options ``opts``, then the evaluated slices)."""
@@ -384,12 +401,17 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         before = predict_array(raw[eval_z], TorchPredictor(start.build(), args.device), norm=start.norm)
         return {**out, "metrics": measure(before, lab[eval_z], start, not args.no_seed_rules)}
     data = slices_from_arrays(raw, lab, start.norm, task["pair"], source=task["shift"])
+    changed = None
+    if args.changed == "parent":
+        before = predict_array(raw[task["pair"]], TorchPredictor(start.build(), args.device), norm=start.norm)
+        data = mark_changed(data, before >= start.threshold)
+        changed = float(np.mean([np.mean(sl.corrected) for sl in data]))
     work = Path(task["work"])
     outcome, ft, wall = finetune(start, data, task["opts"], work, task["tag"])
     prob = predict_array(raw[eval_z], TorchPredictor(ft.build(), args.device), norm=ft.norm)
     m1 = measure(prob, lab[eval_z], ft, not args.no_seed_rules)
     return {**out, "metrics": {**m1, "wall": wall, "steps": outcome.steps, "parent_kept": outcome.parent_kept,
-                               "parent_weight": outcome.parent_weight},
+                               "parent_weight": outcome.parent_weight, "changed": changed},
             "kept": outcome.kept, "held_parent": _short(outcome.parent_metrics),
             "held_kept": _short(outcome.kept_metrics)}
 
@@ -565,6 +587,7 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
            args: argparse.Namespace) -> None:
     """Leave-one-shift-out choices, ratio lines against the targets, the README table."""
     rows: list[list[str]] = []
+    after: dict[str, dict[str, dict[str, float]]] = {}  # model -> shift -> mean metrics at the chosen value
     for name, by_value in results.items():
         key = "" if name == "ours" else "peer_"
         # the recipe value for each shift, chosen on the others: lowest mean Rand after / zero-shot
@@ -581,6 +604,8 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
             f1 = [r["f1_exact"] for r in runs]
             walls = [r["wall"] for r in runs]
             kept = sum(bool(r["parent_kept"]) for r in runs)
+            after.setdefault(name, {})[shift] = {k: float(np.mean([r[k] for r in runs]))
+                                                 for k in ("pixel", "f1_exact", "rand")}
             sd = float(np.std(rand)) if len(rand) > 1 else 0.0
             C.ratio_line(f"{key}rand_after_over_before_{shift}", float(np.mean(rand)) / max(m0["rand"], 1e-9),
                          C.target_note(float(np.mean(rand)) - m0["rand"], "<=", sd,
@@ -597,6 +622,14 @@ def report(results: dict[str, Any], shifts: list[str], field_name: str | None, v
                          spread([r["rand_mem"] for r in runs]),
                          ", ".join(f"{r['parent_weight']:g}" for r in runs), f"{np.mean(walls):.0f} s"])
         seed_rules(name, by_value, shifts_done, values[0])
+    peers = [m for m in after if m != "ours"]
+    for peer in peers[:1]:  # ours / the peer after the same service (below 1: ours lower; F1: above 1 ours higher)
+        for shift in [s for s in shifts if s in after.get("ours", {}) and s in after[peer]]:
+            for k in ("pixel", "f1_exact", "rand"):
+                C.ratio_line(f"ours_over_peer_{k}_after_{shift}",
+                             max(after["ours"][shift][k], 1e-9) / max(after[peer][shift][k], 1e-9),
+                             f"{k} after fine-tuning: ours {after['ours'][shift][k]:.4f}, {peer} "
+                             f"{after[peer][shift][k]:.4f}")
     C.print_readme_table(["shift", "model", "", "pixel error", "F1 exact", "Rand (instances)", "Rand (membranes)",
                           "parent weight kept", "fine-tune wall"], rows,
                          f"{', '.join(shifts)}: {args.repeats} random pairs of corrected slices from {args.pool}, "

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,9 +124,10 @@ def test_bench_correction_loop_peer_quick() -> None:
     differs = re.search(r"fine-tune TrainConfig differs from ours in: (.*)$", out, re.M).group(1)
     assert [d.split(":")[0] for d in differs.split("; ")] == ["model", "model_kwargs"]  # nothing else differs
     assert "pretrained now on synthetic" in out
-    steps = [int(n) for n in re.findall(r"fine-tune (\d+) steps in", out)]
-    assert len(steps) == 2 and min(steps) >= 1
-    assert "| synthetic | smp Unet(resnet18) | fine-tuned |" in out and "| synthetic | ours | zero-shot |" in out
+    steps = [int(n) for n in re.findall(r" pair \[\d+, \d+\]: (\d+) steps in", out)]
+    assert len(steps) == 6 and min(steps) >= 1  # three pairs each, ours and the peer
+    assert "| synthetic | smp Unet(resnet18) | fine-tuned (defaults; parent kept " in out
+    assert "| synthetic | ours | zero-shot |" in out
 
 
 def test_bench_edge_models_quick(tmp_path) -> None:
@@ -156,3 +158,27 @@ def test_correction_loop_grid_of_several_fields_runs_every_combination() -> None
     assert loop.grid_options(opts, "lr", 5e-4).lr == 5e-4 and loop.grid_options(opts, None, None) == opts
     with pytest.raises(AttributeError):
         loop.parse_grid(["no_such_field=1"], opts)
+
+
+def test_correction_loop_marks_the_pixels_a_user_would_have_changed() -> None:
+    """The simulated correction: ``corrected`` is 1 exactly where the hand label differs from the starting model's
+    membranes, so the corrected-pixel weight has pixels to act on."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_correction_loop as loop
+    finally:
+        sys.path.remove(str(BENCH))
+    from napari_neuroedge.training.labelled import LabelledSlice
+
+    label = np.zeros((2, 6, 6), np.uint8)
+    label[:, 2, :] = 1
+    start = np.zeros((2, 6, 6), bool)
+    start[0, 2, :3] = True  # slice 0: three membrane px found, three missed
+    start[1, 4, :] = True  # slice 1: all six missed and six false ones
+    data = [LabelledSlice(np.zeros((6, 6), np.float32), label[i], meta={"slice": i}) for i in range(2)]
+    marked = loop.mark_changed(data, start)
+    assert [int(sl.corrected.sum()) for sl in marked] == [3, 12]
+    assert marked[0].corrected[2, 3:].all() and not marked[0].corrected[2, :3].any()
+    assert marked[1].meta == {"slice": 1} and data[0].corrected is None  # the input slices are not changed
+    with pytest.raises(ValueError):
+        loop.mark_changed(data, start[:1])
