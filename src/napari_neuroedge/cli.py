@@ -512,7 +512,7 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--ema", type=float, dest="ema_decay", metavar="DECAY",
                    help="keep, validate and save a moving average of the weights (e.g. 0.999; default off)")
     if not finetune:  # a fine-tune always chooses on F1 and Rand error together
-        p.add_argument("--select", choices=["f1", "rand", "f1-rand"], help="checkpoint selection score")
+        p.add_argument("--select", choices=["f1", "rand", "f1-rand", "f1-near"], help="checkpoint selection score")
     p.add_argument("--val-tta", type=int, choices=[1, 6, 8], dest="val_tta",
                    help="validate with this many flips/rotations averaged, as prediction will run (default 1)")
     p.add_argument("--keep-validated", action="store_true", default=None, dest="keep_validated",

@@ -181,7 +181,7 @@ class TrainConfig:
     replay_fraction: float = 0.0
     corrected_weight: float = 1.0  # pixel-weight multiplier where the user changed the prediction
     side_weight: float = 1.0  # weight of deep-supervision losses on side outputs (CASENet/DFF)
-    select: str = "f1-rand"  # checkpoint selection score: "f1", "rand" (lower is better) or "f1-rand"
+    select: str = "f1-rand"  # checkpoint selection score: "f1", "rand" (lower is better), "f1-rand" or "f1-near"
     val_tile: int = 256
     val_tta: int = 1  # test-time augmentation during validation: 1 (off), 6 or 8, as TTAConfig.n
     keep_validated: bool = False  # also keep every validated checkpoint as step-NNNNNN.pt (weights, no optimiser)
@@ -218,6 +218,9 @@ class FinetuneOptions:
     ema_decay: float = 0.0
     val_tta: int = 1
     keep_validated: bool = False
+    # which validated step of each fold becomes the guard's candidate (TrainConfig.select): "f1-rand" (F1 minus
+    # Rand error at the parent's thresholds, all held-out pixels and near the changes) or "f1-near" (F1 only)
+    select: str = "f1-rand"
     # WiSE-FT: candidates for the kept model are parent_weight * parent + (1 - parent_weight) * fine-tuned at 0, 0.25,
     # 0.5, 0.75 and this weight; the guard (training/guard.py) chooses among them and the parent on held-out pixels.
     # 0.35 was the fixed one-click weight measured on vnc / vnc-hard (bench_correction_loop.py, issue 11).

@@ -76,6 +76,7 @@ def test_recipe_inherits_the_parent(parent):
     assert cfg.replay_fraction == 0.0  # replay off without replay data, whatever the form says
     assert finetune_config(parent, FinetuneOptions(), has_replay=True).replay_fraction == 0.3
     assert cfg.model == "unet" and cfg.model_kwargs == {"base": 4, "depth": 2} and cfg.select == "f1-rand"
+    assert finetune_config(parent, FinetuneOptions(select="f1-near"), has_replay=False).select == "f1-near"
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg  # saved beside the checkpoint, read back the same
     # the parent's elastic/contrast scheme is kept, its transfer augmentation is not (the user's own microscope)
     parent.train_config = {"augment": {"elastic_p": 0.7, "scale_p": 0.5, "gamma_p": 0.3, "blur_p": 0.2,
@@ -440,3 +441,17 @@ def test_cancel_in_the_second_run_keeps_the_first_runs_validated_model(parent, c
     assert (tmp_path / "run" / "fold-2" / "last.pt").exists()  # the interrupted run left a valid resume file
     ckpt = load_checkpoint(outcome.path)
     assert ckpt.optimizer is None and ckpt.provenance["cancelled"] is True
+
+
+def test_step_selection_scores() -> None:
+    """f1-rand ranks a thinner, flooded step below a thicker one; f1-near ranks by the boundaries alone, near
+    the changes too; an unknown rule is an error."""
+    from napari_neuroedge.training.loop import _score
+
+    early = {"f1": 0.63, "rand_error": 0.25, "f1_changed": 0.84, "rand_error_changed": 0.45}
+    late = {"f1": 0.80, "rand_error": 0.57, "f1_changed": 0.81, "rand_error_changed": 0.73}
+    assert _score(early, "f1-rand") > _score(late, "f1-rand")
+    assert _score(late, "f1-near") == pytest.approx(1.61) and _score(early, "f1-near") == pytest.approx(1.47)
+    assert _score({"f1": 0.7, "rand_error": 0.1}, "f1-near") == 0.7  # no changes known: F1 alone
+    with pytest.raises(ValueError, match="f1-near"):
+        _score(late, "dice")

@@ -93,7 +93,7 @@ def finetune_config(parent: Checkpoint, options: FinetuneOptions, has_replay: bo
         seed=options.seed, device=options.device, threads=options.threads, precision=options.precision,
         loss=options.loss or loss, augment=local_augment(augment, options.crop), norm=parent.norm,
         replay_fraction=options.replay_fraction if has_replay else 0.0, corrected_weight=options.corrected_weight,
-        select="f1-rand", time_limit_s=options.time_limit_s, val_tile=1024, ema_decay=options.ema_decay,
+        select=options.select, time_limit_s=options.time_limit_s, val_tile=1024, ema_decay=options.ema_decay,
         val_tta=options.val_tta, keep_validated=options.keep_validated)
 
 
