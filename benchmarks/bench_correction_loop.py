@@ -376,9 +376,11 @@ def mark_changed(data: list[Any], start_membranes: np.ndarray) -> list[Any]:
     """The corrected slices as a user hands them in after brushing the starting model's membranes
     (``start_membranes``: (n, H, W) bool, one per slice of ``data``) into the hand labels: ``corrected`` = the
     pixels whose label differs from that prediction (uint8 1 = changed)."""
+    from napari_neuroedge.training.targets import corrected_pixels
+
     if len(data) != len(start_membranes):
         raise ValueError(f"{len(data)} slices but {len(start_membranes)} predictions")
-    return [dataclasses.replace(sl, corrected=(sl.label != np.asarray(m, bool)).astype(np.uint8))
+    return [dataclasses.replace(sl, corrected=corrected_pixels(sl.label, np.asarray(m, bool)).astype(np.uint8))
             for sl, m in zip(data, start_membranes)]
 
 
