@@ -513,8 +513,8 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
                    help="keep, validate and save a moving average of the weights (e.g. 0.999; default off)")
     if finetune:  # the kept model is always chosen on F1 and Rand error together (the guard); this picks its candidate
         p.add_argument("--select", choices=["f1-rand", "f1-near"], help="which validated step of each fold becomes the "
-                       "guard's candidate: f1-rand (default: F1 minus Rand error at the parent's thresholds) or f1-near "
-                       "(boundary F1 only, near your changes too)")
+                       "guard's candidate: f1-near (default: boundary F1, near your changes too) or f1-rand (F1 minus "
+                       "Rand error at the parent's thresholds)")
     else:
         p.add_argument("--select", choices=["f1", "rand", "f1-rand", "f1-near"], help="checkpoint selection score")
     p.add_argument("--val-tta", type=int, choices=[1, 6, 8], dest="val_tta",

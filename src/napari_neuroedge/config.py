@@ -218,9 +218,11 @@ class FinetuneOptions:
     ema_decay: float = 0.0
     val_tta: int = 1
     keep_validated: bool = False
-    # which validated step of each fold becomes the guard's candidate (TrainConfig.select): "f1-rand" (F1 minus
-    # Rand error at the parent's thresholds, all held-out pixels and near the changes) or "f1-near" (F1 only)
-    select: str = "f1-rand"
+    # which validated step of each fold becomes the guard's candidate (TrainConfig.select): "f1-near" (boundary F1,
+    # all held-out pixels plus near the changes) or "f1-rand" (F1 minus Rand error at the parent's seed threshold,
+    # which thinner fine-tuned membranes flood through). f1-near was chosen leave-one-shift-out on all five shifts of
+    # bench_correction_loop.py (issue 23, README); the guard weighs Rand error either way.
+    select: str = "f1-near"
     # WiSE-FT: candidates for the kept model are parent_weight * parent + (1 - parent_weight) * fine-tuned at 0, 0.25,
     # 0.5, 0.75 and this weight; the guard (training/guard.py) chooses among them and the parent on held-out pixels.
     # 0.35 was the fixed one-click weight measured on vnc / vnc-hard (bench_correction_loop.py, issue 11).

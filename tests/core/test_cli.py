@@ -275,7 +275,7 @@ def test_finetune_flags_reach_every_option_field():
              "4e-4", "--loss", "bce=1", "--val-every", "3", "--ema", "0.9", "--val-tta", "6", "--keep-validated",
              "--seed", "5", "--device", "cpu", "--threads", "1", "--replay-fraction", "0.5", "--corrected-weight", "2",
              "--holdout", "0.5", "--parent-weight", "0.1", "--precision", "fp32", "--validation", "blocks",
-             "--select", "f1-near"]
+             "--select", "f1-rand"]
     opts, default = finetune_options(build_parser().parse_args(base + flags)), FinetuneOptions()
     assert {f.name for f in fields(opts) if getattr(opts, f.name) == getattr(default, f.name)} == {
         "recalibrate_threshold"}

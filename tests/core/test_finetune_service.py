@@ -75,8 +75,8 @@ def test_recipe_inherits_the_parent(parent):
     assert cfg.loss.bce == 1.0 and cfg.loss.skeleton_recall == 0.25 and cfg.loss.f1 == 0.0
     assert cfg.replay_fraction == 0.0  # replay off without replay data, whatever the form says
     assert finetune_config(parent, FinetuneOptions(), has_replay=True).replay_fraction == 0.3
-    assert cfg.model == "unet" and cfg.model_kwargs == {"base": 4, "depth": 2} and cfg.select == "f1-rand"
-    assert finetune_config(parent, FinetuneOptions(select="f1-near"), has_replay=False).select == "f1-near"
+    assert cfg.model == "unet" and cfg.model_kwargs == {"base": 4, "depth": 2} and cfg.select == "f1-near"
+    assert finetune_config(parent, FinetuneOptions(select="f1-rand"), has_replay=False).select == "f1-rand"
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg  # saved beside the checkpoint, read back the same
     # the parent's elastic/contrast scheme is kept, its transfer augmentation is not (the user's own microscope)
     parent.train_config = {"augment": {"elastic_p": 0.7, "scale_p": 0.5, "gamma_p": 0.3, "blur_p": 0.2,
