@@ -530,7 +530,7 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--replay-slices")
         p.add_argument("--replay-fraction", type=float, dest="replay_fraction")
         p.add_argument("--corrected-weight", type=float, dest="corrected_weight",
-                       help="loss weight on pixels the user corrected (default 3)")
+                       help="loss weight on pixels the user corrected (default 1)")
         p.add_argument("--holdout", type=float, help="fraction of each slice's area (blocks spread over it) held out "
                        "for validation when no --val-data is given and blocks are used (default 0.25; 0: none)")
         p.add_argument("--validation", choices=("slices", "blocks"),

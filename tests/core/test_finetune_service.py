@@ -77,6 +77,9 @@ def test_recipe_inherits_the_parent(parent):
     assert finetune_config(parent, FinetuneOptions(), has_replay=True).replay_fraction == 0.3
     assert cfg.model == "unet" and cfg.model_kwargs == {"base": 4, "depth": 2} and cfg.select == "f1-near"
     assert finetune_config(parent, FinetuneOptions(select="f1-rand"), has_replay=False).select == "f1-rand"
+    # the corrected-pixel weight chosen leave-one-shift-out (1: no extra weight), and a form's value reaches training
+    assert cfg.corrected_weight == 1.0
+    assert finetune_config(parent, FinetuneOptions(corrected_weight=3.0), has_replay=False).corrected_weight == 3.0
     assert from_dict(TrainConfig, to_dict(cfg)) == cfg  # saved beside the checkpoint, read back the same
     # the parent's elastic/contrast scheme is kept, its transfer augmentation is not (the user's own microscope)
     parent.train_config = {"augment": {"elastic_p": 0.7, "scale_p": 0.5, "gamma_p": 0.3, "blur_p": 0.2,
