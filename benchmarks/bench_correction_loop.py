@@ -126,7 +126,7 @@ def _binned(raw: np.ndarray, lab: np.ndarray, factor: float) -> tuple[np.ndarray
 def load_shift(name: str, quick: bool) -> tuple[np.ndarray, np.ndarray]:
     """(z, y, x) uint8 raw and uint8 membrane labels (1 = membrane) of one shift (see the module docstring)."""
     import tifffile
-    from skimage.morphology import dilation, skeletonize, square
+    from skimage.morphology import dilation, skeletonize
     from skimage.segmentation import expand_labels, find_boundaries
 
     if name == "synthetic":
@@ -147,7 +147,7 @@ def load_shift(name: str, quick: bool) -> tuple[np.ndarray, np.ndarray]:
         faint = 255.0 * (binned / 255.0) ** 1.6
         faint = (faint - faint.mean()) * 0.6 + faint.mean()
         lab2 = lab[:, : h // 2 * 2, : w // 2 * 2].reshape(z, h // 2, 2, w // 2, 2).max((2, 4))
-        thin = np.stack([dilation(skeletonize(s > 0), square(3)) for s in lab2]).astype(np.uint8)
+        thin = np.stack([dilation(skeletonize(s > 0), np.ones((3, 3), bool)) for s in lab2]).astype(np.uint8)
         return np.clip(faint, 0, 255).astype(np.uint8), thin
     if name == "fibsem":
         from napari_neuroedge.metrics import instances_from_membrane

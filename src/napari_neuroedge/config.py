@@ -198,7 +198,10 @@ class FinetuneOptions:
     # slices, 2 cores) the whole job stays under 120 s (90 s of training made 137 s)
     time_limit_s: float = 80.0
     steps: int = 1000  # upper bound on steps (the time limit usually ends the run first)
-    lr: float = 2e-4  # decoder/head learning rate; the encoder gets ``lr * backbone_lr_factor``
+    # decoder/head learning rate; the encoder gets ``lr * backbone_lr_factor``. 5e-4 was chosen over 2e-4
+    # leave-one-shift-out on four of five shifts of bench_correction_loop.py, with the corrected-pixel weight and
+    # step choice below (issue 23, README; 2e-4 had been chosen before the benchmark marked the user's changes)
+    lr: float = 5e-4
     backbone_lr_factor: float = 1.0
     batch: int = 4
     crop: int = 256

@@ -12,6 +12,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from napari_neuroedge._napari import tracking
+from napari_neuroedge.config import FinetuneOptions
 from napari_neuroedge.models.checkpoint import load_checkpoint
 
 
@@ -266,7 +267,7 @@ def test_learning_rate_box_keeps_small_values(panel_viewer):
     """The box's decimals follow its 1e-6 step, so neither the minimum nor a 2e-5 rate is rounded to 0."""
     _, panel = panel_viewer
     lr = panel.finetune.lr_spin
-    assert lr.minimum() == pytest.approx(1e-6) and lr.value() == pytest.approx(2e-4)
+    assert lr.minimum() == pytest.approx(1e-6) and lr.value() == pytest.approx(FinetuneOptions().lr) == 5e-4
     lr.setValue(2e-5)
     assert lr.value() == pytest.approx(2e-5)
 
