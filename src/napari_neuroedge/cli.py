@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .config import PRECISIONS, SEED_THRESHOLD
+from .config import PARENT_WEIGHTS, PRECISIONS, SEED_THRESHOLD, FinetuneOptions
 from .inference.tiling import DEFAULT_CONTEXT
 
 EXIT_INPUT, EXIT_CANCELLED = 2, 130
@@ -511,10 +511,13 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
     p.add_argument("--val-every", type=int, dest="val_every")
     p.add_argument("--ema", type=float, dest="ema_decay", metavar="DECAY",
                    help="keep, validate and save a moving average of the weights (e.g. 0.999; default off)")
+    one_click = FinetuneOptions()  # the help states the defaults the form and the service use
     if finetune:  # the kept model is always chosen on F1 and Rand error together (the guard); this picks its candidate
-        p.add_argument("--select", choices=["f1-rand", "f1-near"], help="which validated step of each fold becomes the "
-                       "guard's candidate: f1-near (default: boundary F1, near your changes too) or f1-rand (F1 minus "
-                       "Rand error at the parent's thresholds)")
+        rules = {"f1-near": "boundary F1, near your changes too", "f1-rand": "F1 minus Rand error at the parent's "
+                 "thresholds"}
+        p.add_argument("--select", choices=list(rules), help="which validated step of each fold becomes the guard's "
+                       "candidate: " + " or ".join(f"{k} ({'default: ' if k == one_click.select else ''}{v})"
+                                                   for k, v in rules.items()))
     else:
         p.add_argument("--select", choices=["f1", "rand", "f1-rand", "f1-near"], help="checkpoint selection score")
     p.add_argument("--val-tta", type=int, choices=[1, 6, 8], dest="val_tta",
@@ -530,16 +533,18 @@ def _add_train_args(p: argparse.ArgumentParser, finetune: bool) -> None:
         p.add_argument("--replay-slices")
         p.add_argument("--replay-fraction", type=float, dest="replay_fraction")
         p.add_argument("--corrected-weight", type=float, dest="corrected_weight",
-                       help="loss weight on pixels the user corrected (default 1)")
+                       help=f"loss weight on pixels the user corrected (default {one_click.corrected_weight:g})")
         p.add_argument("--holdout", type=float, help="fraction of each slice's area (blocks spread over it) held out "
-                       "for validation when no --val-data is given and blocks are used (default 0.25; 0: none)")
+                       "for validation when no --val-data is given and blocks are used "
+                       f"(default {one_click.holdout:g}; 0: none)")
         p.add_argument("--validation", choices=("slices", "blocks"),
                        help="without --val-data: 'slices' (default, with two corrected slices or more: two runs, "
                        "each validated on the whole slices the other trained on) or 'blocks' (one run, held-out "
                        "blocks of every slice)")
         p.add_argument("--parent-weight", type=float, dest="parent_weight",
-                       help="a parent weight (WiSE-FT) tried besides 0, 0.25, 0.5 and 0.75 when the kept model is "
-                       "chosen on the held-out pixels (default 0.35)")
+                       help="a parent weight (WiSE-FT) tried besides "
+                       + ", ".join(f"{w:g}" for w in PARENT_WEIGHTS) + " when the kept model is chosen on the held-out "
+                       f"pixels (default {one_click.parent_weight:g})")
         p.add_argument("--precision", choices=list(PRECISIONS), help="auto (default), fp32, bf16, fp16")
 
 

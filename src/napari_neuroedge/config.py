@@ -190,6 +190,11 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0 (e.g. 0.999): validate and save an exponential moving average of the weights
 
 
+#: Parent weights of the guard's interpolated candidates (WiSE-FT; 0 = the fine-tuned weights alone); the form's
+#: ``FinetuneOptions.parent_weight`` is added to them. 1.0 (the parent's weights) is the parent candidate.
+PARENT_WEIGHTS = (0.0, 0.35, 0.7)
+
+
 @dataclass(frozen=True)
 class FinetuneOptions:
     """What a user may set for a fine-tune; the defaults are the one-click recipe (button and CLI alike)."""
@@ -229,8 +234,9 @@ class FinetuneOptions:
     # which thinner fine-tuned membranes flood through). f1-near was chosen leave-one-shift-out on all five shifts of
     # bench_correction_loop.py (issue 23, README); the guard weighs Rand error either way.
     select: str = "f1-near"
-    # WiSE-FT: candidates for the kept model are parent_weight * parent + (1 - parent_weight) * fine-tuned at 0, 0.25,
-    # 0.5, 0.75 and this weight; the guard (training/guard.py) chooses among them and the parent on held-out pixels.
+    # WiSE-FT: candidates for the kept model are parent_weight * parent + (1 - parent_weight) * fine-tuned at each of
+    # PARENT_WEIGHTS and this weight; the guard (training/guard.py) chooses among them and the parent on held-out
+    # pixels.
     # 0.35 was the fixed one-click weight measured on vnc / vnc-hard (bench_correction_loop.py, issue 11).
     parent_weight: float = 0.35
 

@@ -292,7 +292,6 @@ def test_button_and_cli_build_the_same_finetune(panel_viewer, tmp_path):
 def test_finetune_options_persist_but_not_the_models_folder(make_napari_viewer, tmp_path, monkeypatch):
     """Advanced options survive re-creating the widget (a new session); "save models in" follows the models dir."""
     from napari_neuroedge._napari.widgets.finetune import FinetuneWidget
-    from napari_neuroedge.config import FinetuneOptions
 
     viewer = make_napari_viewer()
     ft = FinetuneWidget(viewer)

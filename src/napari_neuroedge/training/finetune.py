@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import AugmentConfig, FinetuneOptions, LossConfig, TrainConfig, from_dict, to_dict
+from ..config import PARENT_WEIGHTS, AugmentConfig, FinetuneOptions, LossConfig, TrainConfig, from_dict, to_dict
 from ..models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..progress import ProgressEvent
 from .calibration import (SEED_THRESHOLDS, SEED_TIE_TOLERANCE, calibrate_thresholds,  # noqa: F401 (re-exported)
@@ -174,10 +174,9 @@ def _children(folds: Sequence[Fold], parent: Checkpoint) -> tuple[list[Checkpoin
 def _candidates(folds: Sequence[Fold], parent: Checkpoint, options: FinetuneOptions
                 ) -> list[tuple[str, float, Checkpoint, list[Checkpoint]]]:
     """(name, parent weight, the model the user would get, each fold's model at that weight) of every fine-tuned
-    candidate: the folds' checkpoints interpolated with the parent at each weight of the guard's grid (and the
+    candidate: the folds' checkpoints interpolated with the parent at each of ``config.PARENT_WEIGHTS`` (and the
     form's ``parent_weight``). A fold's model is scored on its own validation slices; the user gets the mean."""
     from ..models.averaging import interpolate_towards
-    from .guard import PARENT_WEIGHTS
 
     weights = sorted({*PARENT_WEIGHTS, float(options.parent_weight)} - {1.0})
     children, soup, label = _children(folds, parent)

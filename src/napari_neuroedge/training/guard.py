@@ -2,7 +2,7 @@
 
 The candidates are the parent as it is (its weights and thresholds: the baseline), the parent with its
 thresholds recalibrated on the held-out pixels, and the loop's best validated checkpoint interpolated with the
-parent (WiSE-FT) at every weight of :data:`PARENT_WEIGHTS` (each candidate costs a prediction of the held-out
+parent (WiSE-FT) at every weight of ``config.PARENT_WEIGHTS`` (each candidate costs a prediction of the held-out
 slices and a watershed per seed threshold: a few seconds on 2 x 1024^2 px, so the grid is small). Each candidate
 predicts the held-out slices whole; its instance seed threshold is chosen on half the held-out blocks and scored
 on the other half, and the other way round (cross-fitting), so a threshold picked on few pixels is not also
@@ -34,9 +34,6 @@ from .labelled import LabelledSlice, labelled_pixels
 from .holdout import held_out_blocks
 from .scoring import BoundaryMatch, mean_scores, near_changes, region_rand, score_slice
 
-#: Parent weights of the interpolated candidates (0 = the fine-tuned weights alone); the form's parent weight is
-#: added to them. 1.0 (the parent's weights) is the parent candidate.
-PARENT_WEIGHTS = (0.0, 0.35, 0.7)
 #: Held-out labelled pixels from which the membrane threshold is recalibrated (else carried over).
 MIN_CALIBRATION_PIXELS = 20_000
 #: Blocks with neurons needed before a difference in Rand error can count as evidence.
