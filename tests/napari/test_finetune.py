@@ -66,7 +66,8 @@ def test_finetune_twice_in_background(qtbot, corrected_viewer, waiter, tmp_path,
     viewer, panel, mem = corrected_viewer
     ft = panel.finetune
     # the defaults behind "Advanced" are the core's one-click recipe, the same as `neuroedge finetune`'s
-    assert ft.time_spin.value() == 80 and ft.steps_spin.value() == 1000 and ft.crop_spin.value() == 256
+    d = FinetuneOptions()
+    assert (ft.time_spin.value(), ft.steps_spin.value(), ft.crop_spin.value()) == (d.time_limit_s, d.steps, d.crop)
     assert ft.holdout_spin.value() == pytest.approx(0.25)
     assert ft.model_label.text() == panel.predict.session.selected_model
     first_model = panel.predict.session.selected_model
