@@ -414,7 +414,10 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     prob = predict_array(raw[eval_z], TorchPredictor(ft.build(), args.device), norm=ft.norm)
     m1 = measure(prob, lab[eval_z], ft, not args.no_seed_rules)
     for left in work.glob(f"{task['tag']}.*"):  # scored: its run folder and checkpoints are not needed
-        shutil.rmtree(left, ignore_errors=True) if left.is_dir() else left.unlink(missing_ok=True)
+        if left.is_dir():
+            shutil.rmtree(left, ignore_errors=True)
+        else:
+            left.unlink(missing_ok=True)
     return {**out, "metrics": {**m1, "wall": wall, "steps": outcome.steps, "parent_kept": outcome.parent_kept,
                                "parent_weight": outcome.parent_weight, "changed": changed},
             "kept": outcome.kept, "held_parent": _short(outcome.parent_metrics),
